@@ -1,0 +1,485 @@
+//! The re-encryption engine: what a worker does with one queue message. The same code runs in the
+//! local worker task and (later) in the SQS-triggered Lambda.
+//!
+//! A job is planned into batch messages, one per page of a source key's data keys, each naming a
+//! stable id range. A batch rewraps what the source still wraps in its range and commits moves
+//! and progress in one conditional write, so duplicates and redeliveries change nothing twice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::stream::{self, StreamExt};
+
+use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
+use crate::model::{
+    data_key_context, DataKeyId, DataKeyRecord, Health, Job, JobError, JobId, JobState, KeyId,
+    OrgId,
+};
+use crate::ports::{BatchCommit, DataKeyMove, Kek, RewrapMessage, Wrapped};
+use crate::rules::{self, Finish};
+use crate::service::{backoff, Cmk};
+
+/// Tuning of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Data keys per batch message.
+    pub batch_size: usize,
+    /// Key-provider calls in flight within one batch.
+    pub concurrency: usize,
+    /// Attempts per data key when the provider throttles or fails transiently.
+    pub max_attempts: u32,
+    /// First backoff after a throttled call; doubles per attempt.
+    pub retry_backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            concurrency: 16,
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What the worker should do with a message after handling it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (or stale, or unreadable): acknowledge it.
+    Ack,
+}
+
+#[derive(Clone, Debug)]
+pub struct RewrapEngine {
+    cmk: Cmk,
+    config: EngineConfig,
+}
+
+/// How many planned batch messages are sent at once.
+const SEND_CHUNK: usize = 100;
+
+impl RewrapEngine {
+    pub fn new(cmk: Cmk, config: EngineConfig) -> Self {
+        Self { cmk, config }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Handles one message body. `Err` means: do not acknowledge; let the queue redeliver.
+    pub async fn handle(&self, body: &str) -> Result<Outcome, CoreError> {
+        let message: RewrapMessage = match serde_json::from_str(body) {
+            Ok(m) => m,
+            Err(e) => {
+                // A poison message must not block the queue; it can never succeed.
+                tracing::error!(error = %e, "dropping an unreadable rewrap message");
+                return Ok(Outcome::Ack);
+            }
+        };
+        match message {
+            RewrapMessage::Plan {
+                org,
+                job_id,
+                generation,
+            } => self.plan(&org, &job_id, generation).await?,
+            RewrapMessage::Batch {
+                org,
+                job_id,
+                generation,
+                source,
+                after,
+                until,
+            } => {
+                self.batch(&org, &job_id, generation, &source, after.as_ref(), &until)
+                    .await?
+            }
+        }
+        Ok(Outcome::Ack)
+    }
+
+    /// The job, if it is running at this generation; else the message is stale.
+    async fn live_job(
+        &self,
+        org: &OrgId,
+        job_id: &JobId,
+        generation: u32,
+    ) -> Result<Option<Job>, CoreError> {
+        let job = self.cmk.store().get_job(org, job_id).await?;
+        Ok(job.filter(|j| j.state == JobState::Running && j.generation == generation))
+    }
+
+    /// Enumerates the sources page by page and enqueues one batch per page.
+    pub async fn plan(&self, org: &OrgId, job_id: &JobId, generation: u32) -> Result<(), CoreError> {
+        let Some(job) = self.live_job(org, job_id, generation).await? else {
+            return Ok(());
+        };
+        let mut pending = Vec::new();
+        let mut planned = 0usize;
+        for source in &job.source_key_ids {
+            let mut after: Option<DataKeyId> = None;
+            loop {
+                let ids = self
+                    .cmk
+                    .store()
+                    .list_data_key_ids(org, source, after.as_ref(), self.config.batch_size)
+                    .await?;
+                let Some(last) = ids.last().cloned() else {
+                    break;
+                };
+                pending.push(RewrapMessage::Batch {
+                    org: org.clone(),
+                    job_id: job_id.clone(),
+                    generation,
+                    source: source.clone(),
+                    after: after.clone(),
+                    until: last.clone(),
+                });
+                if pending.len() >= SEND_CHUNK {
+                    self.cmk.queue().send(&pending).await?;
+                    planned += pending.len();
+                    pending.clear();
+                }
+                if ids.len() < self.config.batch_size {
+                    break;
+                }
+                after = Some(last);
+            }
+        }
+        if !pending.is_empty() {
+            self.cmk.queue().send(&pending).await?;
+            planned += pending.len();
+        }
+        tracing::info!(%org, job = %job_id, batches = planned, "planned re-encryption");
+        if planned == 0 {
+            self.finish(org, job_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn batch(
+        &self,
+        org: &OrgId,
+        job_id: &JobId,
+        generation: u32,
+        source: &KeyId,
+        after: Option<&DataKeyId>,
+        until: &DataKeyId,
+    ) -> Result<(), CoreError> {
+        let Some(job) = self.live_job(org, job_id, generation).await? else {
+            return Ok(());
+        };
+        let from = self.cmk.kek(org, source).await?;
+        let to = self.cmk.kek(org, &job.target_key_id).await?;
+        let mut after = after.cloned();
+        loop {
+            // Only what the source still wraps: a redelivered range costs no provider call for
+            // the data keys that already moved.
+            let records = self
+                .cmk
+                .store()
+                .list_data_keys(
+                    org,
+                    source,
+                    after.as_ref(),
+                    Some(until),
+                    self.config.batch_size,
+                )
+                .await?;
+            let Some(last) = records.last().map(|r| r.id.clone()) else {
+                return Ok(());
+            };
+            let full = records.len() >= self.config.batch_size;
+            self.rewrap_records(org, &job, &from, &to, records).await?;
+            if !full {
+                return Ok(());
+            }
+            after = Some(last);
+        }
+    }
+
+    async fn rewrap_records(
+        &self,
+        org: &OrgId,
+        job: &Job,
+        from: &Kek,
+        to: &Kek,
+        records: Vec<DataKeyRecord>,
+    ) -> Result<(), CoreError> {
+        // Once a key fails for a reason that retrying cannot fix, the rest of the batch fails
+        // fast with the same reason instead of calling the provider again.
+        let broken: Mutex<Option<(KeyId, KeyError)>> = Mutex::new(None);
+        let results: Vec<(DataKeyRecord, Result<Wrapped, (KeyId, KeyError)>)> =
+            stream::iter(records)
+                .map(|record| {
+                    let broken = &broken;
+                    async move {
+                        let known = broken
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone();
+                        let result = match known {
+                            Some(failure) => Err(failure),
+                            None => {
+                                let r = self.rewrap_one(org, from, to, &record).await;
+                                if let Err(f) = &r {
+                                    *broken.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(f.clone());
+                                }
+                                r
+                            }
+                        };
+                        (record, result)
+                    }
+                })
+                .buffer_unordered(self.config.concurrency.max(1))
+                .collect()
+                .await;
+
+        let mut batch = BatchCommit {
+            job_id: job.id.clone(),
+            generation: job.generation,
+            moves: Vec::with_capacity(results.len()),
+            failures: Vec::new(),
+        };
+        let mut failed_key: Option<(KeyId, KeyError)> = None;
+        for (record, result) in results {
+            match result {
+                Ok(wrapped) => batch.moves.push(DataKeyMove {
+                    id: record.id,
+                    from_key_id: from.key_id.clone(),
+                    from_version: record.version,
+                    to_key_id: to.key_id.clone(),
+                    wrapped: wrapped.blob,
+                }),
+                Err((key_id, error)) => {
+                    batch.failures.push(JobError {
+                        data_key_id: record.id,
+                        key_id: key_id.clone(),
+                        reason: error.kind.health(),
+                        message: error.message.clone(),
+                    });
+                    failed_key = Some((key_id, error));
+                }
+            }
+        }
+        let progress = self.commit_batch(org, batch).await?;
+        if let Some((key_id, error)) = failed_key {
+            self.record_health(org, &key_id, &error).await;
+        }
+        if progress.state == JobState::Running && progress.all_processed() {
+            self.finish(org, &job.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_batch(
+        &self,
+        org: &OrgId,
+        batch: BatchCommit,
+    ) -> Result<crate::ports::JobProgress, CoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.cmk.store().commit_batch(org, batch.clone()).await {
+                Err(StoreError::Conflict(_)) if attempt < 8 => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    async fn record_health(&self, org: &OrgId, key: &KeyId, error: &KeyError) {
+        if key.is_service() {
+            return;
+        }
+        let health = Health {
+            status: error.kind.health(),
+            checked_at: Some(Utc::now()),
+            message: Some(error.message.clone()),
+        };
+        if let Err(e) = self.cmk.store().set_key_health(org, key, &health).await {
+            tracing::warn!(error = %e, "could not record key health");
+        }
+    }
+
+    /// Moves one data key from `from` to `to`. On failure, names the key whose use failed.
+    async fn rewrap_one(
+        &self,
+        org: &OrgId,
+        from: &Kek,
+        to: &Kek,
+        record: &DataKeyRecord,
+    ) -> Result<Wrapped, (KeyId, KeyError)> {
+        let ctx = data_key_context(org, &record.id);
+        let keys = self.cmk.key_provider();
+        let mut attempt = 0;
+        loop {
+            let result = match keys.rewrap(from, to, &ctx, &record.wrapped).await {
+                Ok(Some(w)) => Ok(w),
+                Err(e) => Err((from.key_id.clone(), e)),
+                Ok(None) => match keys.unwrap(from, &ctx, &record.wrapped).await {
+                    Err(e) => Err((from.key_id.clone(), e)),
+                    Ok(plaintext) => keys
+                        .wrap(to, &ctx, &plaintext)
+                        .await
+                        .map_err(|e| (to.key_id.clone(), e)),
+                },
+            };
+            match result {
+                Err((_, ref e)) if e.kind.is_retryable() && attempt + 1 < self.config.max_attempts => {
+                    let delay = self.config.retry_backoff * 2u32.saturating_pow(attempt);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err((key, mut e)) if e.kind.is_retryable() => {
+                    e.message = format!("{} (gave up after {} attempts)", e.message, attempt + 1);
+                    if e.kind == KeyErrorKind::Transient {
+                        e.kind = KeyErrorKind::Throttled;
+                    }
+                    return Err((key, e));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Completes, fails or re-plans a job whose data keys have all been processed.
+    pub async fn finish(&self, org: &OrgId, job_id: &JobId) -> Result<(), CoreError> {
+        for attempt in 0..64 {
+            let s = self.cmk.snapshot(org).await?;
+            let (commit, replan) = match rules::finish(&s, job_id) {
+                Finish::NotReady => return Ok(()),
+                Finish::Commit(c) => (c, false),
+                Finish::Replan(c) => (c, true),
+            };
+            match self.cmk.store().commit(org, commit).await {
+                Ok(Some(job)) => {
+                    tracing::info!(%org, job = %job.id, state = job.state.as_str(), done = job.done, total = job.total, "re-encryption job transition");
+                    if replan {
+                        tracing::warn!(%org, job = %job_id, "final check found data keys left; planning again");
+                        self.cmk.enqueue_plan(org, &job, job.generation).await;
+                    }
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(StoreError::Conflict(_)) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    /// Re-plans running jobs that made no progress for `stalled_after` (a lost plan message, a
+    /// message that went to a dead-letter queue). Safe at any time: re-planning is idempotent.
+    pub async fn sweep(&self, stalled_after: Duration) -> Result<usize, CoreError> {
+        let now = Utc::now();
+        let mut replanned = 0;
+        for (org, job) in self.cmk.store().running_jobs().await? {
+            let idle = (now - job.updated_at).to_std().unwrap_or_default();
+            if idle >= stalled_after {
+                tracing::warn!(%org, job = %job.id, idle_s = idle.as_secs(), "re-planning a stalled re-encryption job");
+                self.cmk.enqueue_plan(&org, &job, job.generation).await;
+                replanned += 1;
+            }
+        }
+        Ok(replanned)
+    }
+}
+
+/// Settings of [`run_worker`].
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// How long one receive waits for a message.
+    pub poll_wait: Duration,
+    /// How often to look for stalled jobs.
+    pub sweep_every: Duration,
+    /// A running job with no progress for this long is re-planned.
+    pub stalled_after: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            poll_wait: Duration::from_secs(1),
+            sweep_every: Duration::from_secs(15),
+            stalled_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Polls the queue and handles messages until `shutdown` resolves, then finishes what is in
+/// flight. A message is acknowledged only after it was handled; one that fails is left for the
+/// queue to redeliver.
+pub async fn run_worker(
+    engine: Arc<RewrapEngine>,
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let queue = Arc::clone(engine.cmk.queue());
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut last_sweep = tokio::time::Instant::now();
+    tokio::pin!(shutdown);
+    loop {
+        let available = semaphore.available_permits();
+        let receive = async {
+            if available == 0 {
+                // Wait for a slot instead of spinning.
+                let permit = Arc::clone(&semaphore).acquire_owned().await;
+                drop(permit);
+                Ok(Vec::new())
+            } else {
+                queue.receive(available, config.poll_wait).await
+            }
+        };
+        let deliveries = tokio::select! {
+            _ = &mut shutdown => break,
+            r = receive => r,
+        };
+        match deliveries {
+            Ok(deliveries) => {
+                for delivery in deliveries {
+                    let Ok(permit) = Arc::clone(&semaphore).acquire_owned().await else {
+                        break;
+                    };
+                    let engine = Arc::clone(&engine);
+                    let queue = Arc::clone(&queue);
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        match engine.handle(&delivery.body).await {
+                            Ok(Outcome::Ack) => {
+                                if let Err(e) = queue.ack(&delivery.receipt).await {
+                                    tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+                                }
+                            }
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                receive_count = delivery.receive_count,
+                                "rewrap message failed; it will be redelivered"
+                            ),
+                        }
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "queue receive failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        if last_sweep.elapsed() >= config.sweep_every {
+            last_sweep = tokio::time::Instant::now();
+            if let Err(e) = engine.sweep(config.stalled_after).await {
+                tracing::warn!(error = %e, "stalled-job sweep failed");
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}

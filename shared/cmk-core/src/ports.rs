@@ -1,0 +1,306 @@
+//! The ports: what the core needs from the outside world. Adapters implement these and nothing
+//! else; every adapter passes the contract suites in [`crate::testsuite`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::DataKey;
+use crate::error::{AuthError, KeyError, QueueError, StoreError};
+use crate::model::{
+    AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobError, JobId,
+    JobState, KeyId, KeyRecord, KeySpec, OrgId, Principal,
+};
+
+/// Everything the key rules read about one org, read consistently.
+#[derive(Clone, Debug)]
+pub struct OrgSnapshot {
+    pub org: OrgId,
+    /// Optimistic-concurrency token: every [`Store::commit`] is conditional on it.
+    pub version: u64,
+    pub external_id: Option<String>,
+    pub default_key_id: KeyId,
+    /// Customer managed keys, in creation order (the service key has no record).
+    pub keys: Vec<KeyRecord>,
+    /// How many data keys each key wraps; a key that wraps none may be absent.
+    pub data_key_counts: HashMap<KeyId, u64>,
+    /// The unfinished job, else the last one.
+    pub job: Option<Job>,
+}
+
+impl OrgSnapshot {
+    pub fn count(&self, key: &KeyId) -> u64 {
+        self.data_key_counts.get(key).copied().unwrap_or(0)
+    }
+    pub fn key(&self, key: &KeyId) -> Option<&KeyRecord> {
+        self.keys.iter().find(|k| &k.id == key)
+    }
+    pub fn unfinished_job(&self) -> Option<&Job> {
+        self.job.as_ref().filter(|j| j.state.is_unfinished())
+    }
+}
+
+/// A change to a job's lifecycle fields. Progress counters are never overwritten by it.
+#[derive(Clone, Debug)]
+pub struct JobUpdate {
+    pub job_id: JobId,
+    /// The write applies only if the job is still in this state and generation.
+    pub expected_state: JobState,
+    pub expected_generation: u32,
+    pub state: JobState,
+    pub generation: u32,
+    pub finished: bool,
+    /// Replaces `total` (used when a final check finds work the count missed).
+    pub total: Option<u64>,
+    /// Forget the failures of earlier attempts (`failed` back to 0).
+    pub reset_failures: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum JobChange {
+    /// Creates the job. The store sets `total` to the number of data keys its sources wrap, in
+    /// the same atomic write as the key state changes.
+    Start(Job),
+    Update(JobUpdate),
+}
+
+/// One atomic write of an org's key state, conditional on the snapshot's version.
+#[derive(Clone, Debug)]
+pub struct OrgCommit {
+    pub expected_version: u64,
+    pub default_key_id: KeyId,
+    /// Inserted or replaced whole.
+    pub upsert_keys: Vec<KeyRecord>,
+    pub job: Option<JobChange>,
+    pub events: Vec<AuditEvent>,
+}
+
+/// Moves one data key from `from_key_id` to `to_key_id`, only if it is still wrapped by the
+/// source at the version read.
+#[derive(Clone, Debug)]
+pub struct DataKeyMove {
+    pub id: DataKeyId,
+    pub from_key_id: KeyId,
+    pub from_version: u64,
+    pub to_key_id: KeyId,
+    pub wrapped: Vec<u8>,
+}
+
+/// The result of one batch of a job, committed atomically with the progress counters.
+#[derive(Clone, Debug)]
+pub struct BatchCommit {
+    pub job_id: JobId,
+    pub generation: u32,
+    pub moves: Vec<DataKeyMove>,
+    /// Recorded only for data keys still wrapped by the source named in the error.
+    pub failures: Vec<JobError>,
+}
+
+/// Progress after a batch commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobProgress {
+    pub state: JobState,
+    pub generation: u32,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Data keys moved by this commit (0 for a duplicate or stale batch).
+    pub applied: u64,
+}
+
+impl JobProgress {
+    /// Every data key of the job has been moved or has failed.
+    pub fn all_processed(&self) -> bool {
+        self.done + self.failed >= self.total
+    }
+}
+
+/// State of orgs' keys, data keys, jobs and audit events.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates the org record if absent, with `new_external_id`; returns the org's external id.
+    async fn ensure_org(&self, org: &OrgId, new_external_id: &str) -> Result<String, StoreError>;
+
+    /// A consistent snapshot; an unknown org reads as a fresh one (version 0, service default).
+    async fn load_org(&self, org: &OrgId) -> Result<OrgSnapshot, StoreError>;
+
+    /// Applies `commit` atomically if the org's version is still `expected_version`, else
+    /// [`StoreError::Conflict`]. Returns the started or updated job.
+    async fn commit(&self, org: &OrgId, commit: OrgCommit) -> Result<Option<Job>, StoreError>;
+
+    async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Records a key's health (not versioned: health is an observation, not a rule input).
+    async fn set_key_health(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        health: &Health,
+    ) -> Result<(), StoreError>;
+
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Jobs in state `running`, across orgs (for the worker's recovery sweep).
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError>;
+
+    /// Inserts data keys all wrapped by one key, only if that key is the org's default (else
+    /// [`StoreError::Conflict`]): a data key never lands under a key that is being drained.
+    async fn insert_data_keys(
+        &self,
+        org: &OrgId,
+        keys: &[DataKeyRecord],
+    ) -> Result<(), StoreError>;
+
+    async fn get_data_key(
+        &self,
+        org: &OrgId,
+        id: &DataKeyId,
+    ) -> Result<Option<DataKeyRecord>, StoreError>;
+
+    /// Data keys wrapped by `key`, with ids in `(after, until]`, in id order, at most `limit`.
+    async fn list_data_keys(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        after: Option<&DataKeyId>,
+        until: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyRecord>, StoreError>;
+
+    /// Ids only, for planning: like [`Store::list_data_keys`] without an upper bound.
+    async fn list_data_key_ids(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        after: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyId>, StoreError>;
+
+    /// Applies a batch's moves and failures with the progress counters, atomically, only while
+    /// the job is `running` at `generation` (otherwise nothing changes). Exactly once per data
+    /// key: a move that no longer matches changes nothing; a successful move clears an earlier
+    /// failure of the same data key.
+    async fn commit_batch(
+        &self,
+        org: &OrgId,
+        batch: BatchCommit,
+    ) -> Result<JobProgress, StoreError>;
+
+    async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError>;
+
+    /// Newest first; `cursor` is an opaque value from a previous page.
+    async fn list_audit(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<AuditEvent>, Option<String>), StoreError>;
+}
+
+/// Work for the rewrap workers. Small whatever the job size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RewrapMessage {
+    /// Enumerate the job's source keys and enqueue one batch per page.
+    Plan {
+        org: OrgId,
+        job_id: JobId,
+        generation: u32,
+    },
+    /// Move the data keys wrapped by `source` with ids in `(after, until]`.
+    Batch {
+        org: OrgId,
+        job_id: JobId,
+        generation: u32,
+        source: KeyId,
+        after: Option<DataKeyId>,
+        until: DataKeyId,
+    },
+}
+
+/// A received message; `receipt` acknowledges this delivery only.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+/// At-least-once queue of rewrap work: a message may arrive twice, or be redelivered when a
+/// worker dies before acknowledging it.
+#[async_trait]
+pub trait RewrapQueue: Send + Sync + 'static {
+    async fn send(&self, messages: &[RewrapMessage]) -> Result<(), QueueError>;
+    /// Up to `max` visible messages, waiting up to `wait` for one to arrive (long polling).
+    /// Each stays invisible for the queue's visibility timeout, then is delivered again unless
+    /// acknowledged.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError>;
+}
+
+/// A key-encryption key as a provider needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kek {
+    pub org: OrgId,
+    pub key_id: KeyId,
+    pub spec: KeySpec,
+    /// The org's external id, for assuming a customer's role.
+    pub external_id: Option<String>,
+}
+
+/// A data key wrapped by a provider.
+#[derive(Clone, Debug)]
+pub struct Wrapped {
+    pub blob: Vec<u8>,
+    /// The concrete key that encrypted (an alias resolves to a key ARN), when the provider knows.
+    pub resolved_key: Option<String>,
+}
+
+/// Wraps and unwraps data keys under key-encryption keys, with an encryption context.
+#[async_trait]
+pub trait KeyProvider: Send + Sync + 'static {
+    /// Makes a new key usable (a local key creates its material). Called once, before the
+    /// add-time check.
+    async fn prepare(&self, kek: &Kek) -> Result<(), KeyError> {
+        let _ = kek;
+        Ok(())
+    }
+
+    async fn wrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        plaintext: &DataKey,
+    ) -> Result<Wrapped, KeyError>;
+
+    async fn unwrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        wrapped: &[u8],
+    ) -> Result<DataKey, KeyError>;
+
+    /// Re-wraps without exposing the plaintext when one principal can use both keys; `None`
+    /// when not supported, and the caller unwraps then wraps.
+    async fn rewrap(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        ctx: &EncryptionContext,
+        wrapped: &[u8],
+    ) -> Result<Option<Wrapped>, KeyError> {
+        let _ = (from, to, ctx, wrapped);
+        Ok(None)
+    }
+
+    /// A real round trip (encrypt and decrypt a test value). Returns the resolved key, if any.
+    async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError>;
+}
+
+/// Who is calling.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    async fn authenticate(&self, bearer_token: &str) -> Result<Principal, AuthError>;
+}

@@ -1,0 +1,562 @@
+//! The use cases: what the HTTP routes, the CLI and the worker call. Every admin change reads a
+//! snapshot, applies a rule from [`crate::rules`], and commits conditionally, retrying when a
+//! concurrent change won.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::cache::DataKeyCache;
+use crate::crypto::{self, DataKey};
+use crate::error::{CoreError, KeyError, StoreError};
+use crate::model::{
+    data_key_context, validate_key_name, validate_kms_key_arn, validate_role_arn, AuditEvent,
+    DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, Key, KeyId, KeyRecord, KeySpec,
+    KeyState, OrgId,
+};
+use crate::ports::{
+    Kek, KeyProvider, OrgCommit, OrgSnapshot, RewrapMessage, RewrapQueue, Store,
+};
+use crate::rules::{self, Retry};
+
+/// Settings of the use cases.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The principal customers trust in their role's trust policy (shown by `keys/setup`).
+    pub service_principal: String,
+    /// Whether `local` keys may be added (local runs only).
+    pub allow_local_keys: bool,
+    /// Whether `aws-kms` keys may be added (needs the AWS key provider).
+    pub allow_aws_keys: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            service_principal: "arn:aws:iam::000000000000:role/cmk-service".into(),
+            allow_local_keys: true,
+            allow_aws_keys: false,
+        }
+    }
+}
+
+/// The keys page: every key, the default, and the current job.
+#[derive(Clone, Debug)]
+pub struct KeyListing {
+    pub keys: Vec<Key>,
+    pub default_key_id: KeyId,
+    pub job: Option<Job>,
+}
+
+/// What an admin needs to set up a customer role and key.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub external_id: String,
+    pub service_principal: String,
+    pub trust_policy: Value,
+    pub key_policy_statement: Value,
+}
+
+/// A key to add, as the admin asked for it.
+#[derive(Clone, Debug)]
+pub enum NewKeySpec {
+    AwsKms { role_arn: String, key_arn: String },
+    Local,
+}
+
+/// Most attempts at a conditional commit before answering [`CoreError::Contention`].
+const COMMIT_ATTEMPTS: u32 = 64;
+/// Most attempts at inserting a data key while the default changes under it.
+const INSERT_ATTEMPTS: u32 = 8;
+
+/// The CMK service's use cases over its ports. Cheap to clone.
+#[derive(Clone)]
+pub struct Cmk {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cmk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cmk").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn RewrapQueue>,
+    keys: Arc<dyn KeyProvider>,
+    cache: DataKeyCache,
+    config: ServiceConfig,
+    /// Key specs never change after a key is added, so they are cached for the data plane.
+    keks: Mutex<HashMap<(OrgId, KeyId), Kek>>,
+}
+
+impl Cmk {
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn RewrapQueue>,
+        keys: Arc<dyn KeyProvider>,
+        cache: DataKeyCache,
+        config: ServiceConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                queue,
+                keys,
+                cache,
+                config,
+                keks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn queue(&self) -> &Arc<dyn RewrapQueue> {
+        &self.inner.queue
+    }
+
+    pub fn key_provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.inner.keys
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    pub async fn snapshot(&self, org: &OrgId) -> Result<OrgSnapshot, CoreError> {
+        Ok(self.inner.store.load_org(org).await?)
+    }
+
+    /// Reads a snapshot, applies `rule`, commits conditionally; retries when another writer won.
+    pub(crate) async fn commit_rule<F>(
+        &self,
+        org: &OrgId,
+        rule: F,
+    ) -> Result<(OrgSnapshot, Option<Job>), CoreError>
+    where
+        F: Fn(&OrgSnapshot) -> Result<OrgCommit, CoreError>,
+    {
+        for attempt in 0..COMMIT_ATTEMPTS {
+            let snapshot = self.snapshot(org).await?;
+            let commit = rule(&snapshot)?;
+            match self.inner.store.commit(org, commit).await {
+                Ok(job) => return Ok((snapshot, job)),
+                Err(StoreError::Conflict(_)) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    /// Sends messages; a failure is logged, not returned: the state change already committed,
+    /// and the worker's sweep re-plans a job whose message was lost.
+    pub(crate) async fn enqueue(&self, messages: &[RewrapMessage]) {
+        if let Err(e) = self.inner.queue.send(messages).await {
+            tracing::error!(error = %e, "could not enqueue re-encryption work; the sweep will re-plan it");
+        }
+    }
+
+    pub(crate) async fn enqueue_plan(&self, org: &OrgId, job: &Job, generation: u32) {
+        self.enqueue(&[RewrapMessage::Plan {
+            org: org.clone(),
+            job_id: job.id.clone(),
+            generation,
+        }])
+        .await;
+    }
+
+    /// The provider's view of a key, cached (specs are immutable).
+    pub async fn kek(&self, org: &OrgId, key: &KeyId) -> Result<Kek, CoreError> {
+        let cache_key = (org.clone(), key.clone());
+        if let Some(kek) = lock(&self.inner.keks).get(&cache_key) {
+            return Ok(kek.clone());
+        }
+        let snapshot = self.snapshot(org).await?;
+        let kek = kek_of(&snapshot, key)?;
+        lock(&self.inner.keks).insert(cache_key, kek.clone());
+        Ok(kek)
+    }
+
+    // ---- admin reads ----
+
+    pub async fn list_keys(&self, org: &OrgId) -> Result<KeyListing, CoreError> {
+        let s = self.snapshot(org).await?;
+        Ok(KeyListing {
+            keys: rules::key_views(&s),
+            default_key_id: s.default_key_id.clone(),
+            job: s.job.clone(),
+        })
+    }
+
+    pub async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Key, CoreError> {
+        rules::key_view(&self.snapshot(org).await?, key)
+    }
+
+    pub async fn reencryption(&self, org: &OrgId) -> Result<Option<Job>, CoreError> {
+        Ok(self.snapshot(org).await?.job)
+    }
+
+    async fn external_id(&self, org: &OrgId) -> Result<String, CoreError> {
+        let fresh = format!("cmk-{}", uuid::Uuid::new_v4().simple());
+        Ok(self.inner.store.ensure_org(org, &fresh).await?)
+    }
+
+    pub async fn setup(&self, org: &OrgId) -> Result<Setup, CoreError> {
+        let external_id = self.external_id(org).await?;
+        let principal = self.inner.config.service_principal.clone();
+        let trust_policy = json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"AWS": principal},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": external_id}}
+            }]
+        });
+        let key_policy_statement = json!({
+            "Sid": "AllowCustomerManagedKeysService",
+            "Effect": "Allow",
+            "Principal": {"AWS": "<the Role ARN you give us>"},
+            "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:EncryptionContext:org": org.as_str()}}
+        });
+        Ok(Setup {
+            external_id,
+            service_principal: principal,
+            trust_policy,
+            key_policy_statement,
+        })
+    }
+
+    pub async fn audit(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<AuditEvent>, Option<String>), CoreError> {
+        Ok(self
+            .inner
+            .store
+            .list_audit(org, limit.clamp(1, 500), cursor)
+            .await?)
+    }
+
+    // ---- admin writes ----
+
+    /// Adds a key after a real round trip through the provider; nothing is stored if it fails.
+    pub async fn add_key(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        name: &str,
+        spec: NewKeySpec,
+    ) -> Result<(Key, Option<Job>), CoreError> {
+        let name = validate_key_name(name)?;
+        let spec = match spec {
+            NewKeySpec::Local if !self.inner.config.allow_local_keys => {
+                return Err(CoreError::InvalidRequest(
+                    "local keys are available only when the service runs locally".into(),
+                ))
+            }
+            NewKeySpec::Local => KeySpec::Local,
+            NewKeySpec::AwsKms { .. } if !self.inner.config.allow_aws_keys => {
+                return Err(CoreError::InvalidRequest(
+                    "aws-kms keys need the AWS backend; this service runs on embedded backends (use type \"local\")".into(),
+                ))
+            }
+            NewKeySpec::AwsKms { role_arn, key_arn } => {
+                validate_role_arn(&role_arn)?;
+                validate_kms_key_arn(&key_arn)?;
+                KeySpec::AwsKms {
+                    role_arn,
+                    key_arn,
+                    resolved_key_arn: None,
+                }
+            }
+        };
+        let external_id = self.external_id(org).await?;
+        rules::precheck_add(&self.snapshot(org).await?, &name)?;
+
+        let mut kek = Kek {
+            org: org.clone(),
+            key_id: KeyId::generate(),
+            spec,
+            external_id: Some(external_id),
+        };
+        let check = async {
+            self.inner.keys.prepare(&kek).await?;
+            self.inner.keys.check(&kek).await
+        };
+        let resolved = check.await.map_err(|e| CoreError::KeyCheckFailed {
+            reason: e.kind.health(),
+            message: e.message,
+        })?;
+        if let KeySpec::AwsKms {
+            resolved_key_arn, ..
+        } = &mut kek.spec
+        {
+            *resolved_key_arn = resolved;
+        }
+        let record = KeyRecord {
+            id: kek.key_id.clone(),
+            name,
+            spec: kek.spec.clone(),
+            state: KeyState::Active,
+            health: Health::ok(Utc::now()),
+            created_at: Utc::now(),
+            created_by: actor.to_owned(),
+        };
+        let (_, job) = self
+            .commit_rule(org, |s| rules::add_key(s, actor, record.clone()))
+            .await?;
+        if let Some(job) = &job {
+            self.enqueue_plan(org, job, job.generation).await;
+        }
+        Ok((self.get_key(org, &record.id).await?, job))
+    }
+
+    pub async fn set_default(&self, actor: &str, org: &OrgId, key: &KeyId) -> Result<Key, CoreError> {
+        self.commit_rule(org, |s| rules::set_default(s, actor, key))
+            .await?;
+        self.get_key(org, key).await
+    }
+
+    pub async fn disable(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        key: &KeyId,
+        target: &KeyId,
+    ) -> Result<Job, CoreError> {
+        let (_, job) = self
+            .commit_rule(org, |s| rules::disable(s, actor, key, target))
+            .await?;
+        self.started(org, job).await
+    }
+
+    pub async fn disable_all(&self, actor: &str, org: &OrgId) -> Result<Job, CoreError> {
+        let (_, job) = self
+            .commit_rule(org, |s| rules::disable_all(s, actor))
+            .await?;
+        self.started(org, job).await
+    }
+
+    async fn started(&self, org: &OrgId, job: Option<Job>) -> Result<Job, CoreError> {
+        let job = job.ok_or_else(|| CoreError::Internal("the store returned no job".into()))?;
+        self.enqueue_plan(org, &job, job.generation).await;
+        Ok(job)
+    }
+
+    /// A real round trip through the key's provider; records and returns the key's health.
+    pub async fn check_key(&self, actor: &str, org: &OrgId, key: &KeyId) -> Result<Key, CoreError> {
+        let mut view = self.get_key(org, key).await?;
+        let kek = self.kek(org, key).await?;
+        let now = Utc::now();
+        let health = match self.inner.keys.check(&kek).await {
+            Ok(_) => Health::ok(now),
+            Err(e) => Health {
+                status: e.kind.health(),
+                checked_at: Some(now),
+                message: Some(e.message),
+            },
+        };
+        if !key.is_service() {
+            self.inner.store.set_key_health(org, key, &health).await?;
+        }
+        let mut event = AuditEvent::new(actor, "key.check")
+            .key(key)
+            .detail(health.status.as_str());
+        if health.status != crate::model::HealthStatus::Ok {
+            event = event.outcome("failure");
+        }
+        self.inner.store.append_audit(org, &[event]).await?;
+        view.record.health = health;
+        Ok(view)
+    }
+
+    pub async fn retry(&self, actor: &str, org: &OrgId) -> Result<Job, CoreError> {
+        for attempt in 0..COMMIT_ATTEMPTS {
+            let s = self.snapshot(org).await?;
+            match rules::retry(&s, actor)? {
+                Retry::Replan(job) => {
+                    self.inner
+                        .store
+                        .append_audit(
+                            org,
+                            &[AuditEvent::new(actor, "reencryption.retried")
+                                .job(&job.id)
+                                .detail("re-planned the remaining work of a running job")],
+                        )
+                        .await?;
+                    self.enqueue_plan(org, &job, job.generation).await;
+                    return Ok(job);
+                }
+                Retry::Restart(commit, generation) => {
+                    match self.inner.store.commit(org, commit).await {
+                        Ok(Some(job)) => {
+                            self.enqueue_plan(org, &job, generation).await;
+                            return Ok(job);
+                        }
+                        Ok(None) => {
+                            return Err(CoreError::Internal("the store returned no job".into()))
+                        }
+                        Err(StoreError::Conflict(_)) => backoff(attempt).await,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    pub async fn cancel(&self, actor: &str, org: &OrgId) -> Result<Job, CoreError> {
+        let (_, job) = self.commit_rule(org, |s| rules::cancel(s, actor)).await?;
+        job.ok_or_else(|| CoreError::Internal("the store returned no job".into()))
+    }
+
+    // ---- data plane ----
+
+    /// Creates a data key wrapped by the org's current default key.
+    pub async fn create_data_key(&self, org: &OrgId) -> Result<DataKeyRecord, CoreError> {
+        for attempt in 0..INSERT_ATTEMPTS {
+            let snapshot = self.snapshot(org).await?;
+            let kek = kek_of(&snapshot, &snapshot.default_key_id)?;
+            let id = DataKeyId::generate();
+            let plaintext = DataKey::generate();
+            let wrapped = self
+                .inner
+                .keys
+                .wrap(&kek, &data_key_context(org, &id), &plaintext)
+                .await
+                .map_err(|e| self.unavailable(org, &kek.key_id, e))?;
+            let record = DataKeyRecord {
+                id,
+                key_id: kek.key_id.clone(),
+                wrapped: wrapped.blob,
+                version: 0,
+                created_at: Utc::now(),
+            };
+            match self
+                .inner
+                .store
+                .insert_data_keys(org, std::slice::from_ref(&record))
+                .await
+            {
+                Ok(()) => {
+                    self.inner.cache.insert(org, &record.id, &plaintext);
+                    return Ok(record);
+                }
+                // The default changed between the read and the insert: wrap under the new one.
+                Err(StoreError::Conflict(_)) => backoff(attempt).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    /// The plaintext of a data key, from the cache or through its wrapping key.
+    pub async fn data_key(&self, org: &OrgId, id: &DataKeyId) -> Result<DataKey, CoreError> {
+        if let Some(k) = self.inner.cache.get(org, id) {
+            return Ok(k);
+        }
+        let record = self
+            .inner
+            .store
+            .get_data_key(org, id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(format!("data key {id} not found in this organization")))?;
+        let kek = self.kek(org, &record.key_id).await?;
+        let plaintext = self
+            .inner
+            .keys
+            .unwrap(&kek, &data_key_context(org, id), &record.wrapped)
+            .await
+            .map_err(|e| self.unavailable(org, &record.key_id, e))?;
+        self.inner.cache.insert(org, id, &plaintext);
+        Ok(plaintext)
+    }
+
+    /// Maps a provider failure to `key_unavailable`, and records the key's health on the way.
+    fn unavailable(&self, org: &OrgId, key: &KeyId, e: KeyError) -> CoreError {
+        let reason = e.kind.health();
+        if !key.is_service() && !e.kind.is_retryable() {
+            let store = Arc::clone(&self.inner.store);
+            let (org, key, message) = (org.clone(), key.clone(), e.message.clone());
+            tokio::spawn(async move {
+                let health = Health {
+                    status: reason,
+                    checked_at: Some(Utc::now()),
+                    message: Some(message),
+                };
+                if let Err(err) = store.set_key_health(&org, &key, &health).await {
+                    tracing::warn!(error = %err, "could not record key health");
+                }
+            });
+        }
+        CoreError::KeyUnavailable {
+            key_id: key.clone(),
+            reason,
+            message: e.message,
+        }
+    }
+
+    pub async fn encrypt(
+        &self,
+        org: &OrgId,
+        id: &DataKeyId,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<String, CoreError> {
+        let key = self.data_key(org, id).await?;
+        Ok(crypto::encrypt(org, id, &key, ctx, plaintext))
+    }
+
+    pub async fn decrypt(
+        &self,
+        org: &OrgId,
+        ciphertext: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>, CoreError> {
+        let parsed = crypto::parse(ciphertext)?;
+        let key = self.data_key(org, &parsed.data_key_id).await?;
+        crypto::decrypt(org, &parsed, &key, ctx)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The provider's view of a key of the snapshot.
+pub fn kek_of(s: &OrgSnapshot, key: &KeyId) -> Result<Kek, CoreError> {
+    let spec = if key.is_service() {
+        KeySpec::ServiceManaged
+    } else {
+        s.key(key)
+            .map(|k| k.spec.clone())
+            .ok_or_else(|| CoreError::NotFound(format!("key {key} not found in this organization")))?
+    };
+    Ok(Kek {
+        org: s.org.clone(),
+        key_id: key.clone(),
+        spec,
+        external_id: s.external_id.clone(),
+    })
+}
+
+/// Short randomized exponential backoff for lost conditional writes.
+pub(crate) async fn backoff(attempt: u32) {
+    let cap = 2u64.saturating_pow(attempt.min(6)).max(1);
+    let ms = rand::thread_rng().gen_range(0..=cap);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
