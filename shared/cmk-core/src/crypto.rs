@@ -68,7 +68,13 @@ pub fn seal(key: &[u8; KEY_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .unwrap_or_default(); // encryption fails only for plaintexts over 64 GiB
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
@@ -195,7 +201,10 @@ mod tests {
     #[test]
     fn malformed_ciphertexts_are_invalid_requests() {
         for bad in ["", "cmk1.", "cmk1.!!!", "cmk2.AAAA", "cmk1.AQ"] {
-            assert!(matches!(parse(bad), Err(CoreError::InvalidRequest(_))), "{bad}");
+            assert!(
+                matches!(parse(bad), Err(CoreError::InvalidRequest(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use futures::stream::{self, StreamExt};
 
 use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
@@ -112,7 +111,12 @@ impl RewrapEngine {
     }
 
     /// Enumerates the sources page by page and enqueues one batch per page.
-    pub async fn plan(&self, org: &OrgId, job_id: &JobId, generation: u32) -> Result<(), CoreError> {
+    pub async fn plan(
+        &self,
+        org: &OrgId,
+        job_id: &JobId,
+        generation: u32,
+    ) -> Result<(), CoreError> {
         let Some(job) = self.live_job(org, job_id, generation).await? else {
             return Ok(());
         };
@@ -216,10 +220,7 @@ impl RewrapEngine {
                 .map(|record| {
                     let broken = &broken;
                     async move {
-                        let known = broken
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone();
+                        let known = broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         let result = match known {
                             Some(failure) => Err(failure),
                             None => {
@@ -241,6 +242,7 @@ impl RewrapEngine {
         let mut batch = BatchCommit {
             job_id: job.id.clone(),
             generation: job.generation,
+            source: from.key_id.clone(),
             moves: Vec::with_capacity(results.len()),
             failures: Vec::new(),
         };
@@ -298,7 +300,7 @@ impl RewrapEngine {
         }
         let health = Health {
             status: error.kind.health(),
-            checked_at: Some(Utc::now()),
+            checked_at: Some(crate::model::now()),
             message: Some(error.message.clone()),
         };
         if let Err(e) = self.cmk.store().set_key_health(org, key, &health).await {
@@ -330,7 +332,9 @@ impl RewrapEngine {
                 },
             };
             match result {
-                Err((_, ref e)) if e.kind.is_retryable() && attempt + 1 < self.config.max_attempts => {
+                Err((_, ref e))
+                    if e.kind.is_retryable() && attempt + 1 < self.config.max_attempts =>
+                {
                     let delay = self.config.retry_backoff * 2u32.saturating_pow(attempt);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -376,7 +380,7 @@ impl RewrapEngine {
     /// Re-plans running jobs that made no progress for `stalled_after` (a lost plan message, a
     /// message that went to a dead-letter queue). Safe at any time: re-planning is idempotent.
     pub async fn sweep(&self, stalled_after: Duration) -> Result<usize, CoreError> {
-        let now = Utc::now();
+        let now = crate::model::now();
         let mut replanned = 0;
         for (org, job) in self.cmk.store().running_jobs().await? {
             let idle = (now - job.updated_at).to_std().unwrap_or_default();

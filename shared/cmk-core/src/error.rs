@@ -21,7 +21,9 @@ pub enum CoreError {
     KeyNotActive(String),
     #[error("the service-managed key cannot be disabled")]
     ServiceKeyLocked,
-    #[error("a re-encryption is already in progress (job {0}); wait for it, retry it or cancel it")]
+    #[error(
+        "a re-encryption is already in progress (job {0}); wait for it, retry it or cancel it"
+    )]
     ReencryptionInProgress(String),
     #[error("{0}")]
     NoReencryption(String),

@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
 
+/// The current time at the precision every store keeps (microseconds), so a record reads back
+/// equal to what was written.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// Id of the service-managed key, which every org has and which can never be disabled.
 pub const SERVICE_KEY_ID: &str = "service";
 
@@ -397,7 +404,7 @@ impl AuditEvent {
     pub fn new(actor: &str, action: &str) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
-            at: Utc::now(),
+            at: now(),
             actor: actor.to_owned(),
             action: action.to_owned(),
             key_id: None,
@@ -513,7 +520,9 @@ pub fn validate_kms_key_arn(arn: &str) -> Result<(), CoreError> {
     }
     let resource = parts[5];
     let ok = if let Some(id) = resource.strip_prefix("key/") {
-        !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        !id.is_empty()
+            && id.len() <= 64
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     } else if let Some(alias) = resource.strip_prefix("alias/") {
         !alias.is_empty()
             && alias.len() <= 250

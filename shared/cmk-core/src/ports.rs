@@ -93,8 +93,10 @@ pub struct DataKeyMove {
 pub struct BatchCommit {
     pub job_id: JobId,
     pub generation: u32,
+    /// The source key every move and failure of the batch is about.
+    pub source: KeyId,
     pub moves: Vec<DataKeyMove>,
-    /// Recorded only for data keys still wrapped by the source named in the error.
+    /// Recorded only for data keys still wrapped by `source`.
     pub failures: Vec<JobError>,
 }
 
@@ -147,11 +149,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts data keys all wrapped by one key, only if that key is the org's default (else
     /// [`StoreError::Conflict`]): a data key never lands under a key that is being drained.
-    async fn insert_data_keys(
-        &self,
-        org: &OrgId,
-        keys: &[DataKeyRecord],
-    ) -> Result<(), StoreError>;
+    async fn insert_data_keys(&self, org: &OrgId, keys: &[DataKeyRecord])
+        -> Result<(), StoreError>;
 
     async fn get_data_key(
         &self,

@@ -83,7 +83,7 @@ fn base_commit(s: &OrgSnapshot) -> OrgCommit {
 }
 
 fn new_job(kind: JobKind, sources: Vec<KeyId>, target: KeyId, actor: &str) -> Job {
-    let now = Utc::now();
+    let now = crate::model::now();
     Job {
         id: JobId::generate(),
         kind,
@@ -140,7 +140,11 @@ pub fn add_key(s: &OrgSnapshot, actor: &str, record: KeyRecord) -> Result<OrgCom
     c.events.push(
         AuditEvent::new(actor, "key.added")
             .key(&record.id)
-            .detail(format!("{} key {:?}", record.spec.key_type().as_str(), record.name)),
+            .detail(format!(
+                "{} key {:?}",
+                record.spec.key_type().as_str(),
+                record.name
+            )),
     );
     if !has_active_cmk(s) {
         c.default_key_id = record.id.clone();
@@ -322,7 +326,10 @@ pub fn retry(s: &OrgSnapshot, actor: &str) -> Result<Retry, CoreError> {
     c.events.push(
         AuditEvent::new(actor, "reencryption.retried")
             .job(&job.id)
-            .detail(format!("{} data keys failed in the previous attempt", job.failed)),
+            .detail(format!(
+                "{} data keys failed in the previous attempt",
+                job.failed
+            )),
     );
     Ok(Retry::Restart(c, generation))
 }
@@ -343,11 +350,8 @@ pub fn cancel(s: &OrgSnapshot, actor: &str) -> Result<OrgCommit, CoreError> {
                         k.state = KeyState::Active;
                     } else {
                         k.state = KeyState::Disabled;
-                        c.events.push(
-                            AuditEvent::new(actor, "key.disabled")
-                                .key(src)
-                                .job(&job.id),
-                        );
+                        c.events
+                            .push(AuditEvent::new(actor, "key.disabled").key(src).job(&job.id));
                     }
                     c.upsert_keys.push(k);
                 }
@@ -458,7 +462,7 @@ mod tests {
             spec: KeySpec::Local,
             state,
             health: Health::unknown(),
-            created_at: Utc::now(),
+            created_at: crate::model::now(),
             created_by: "t".into(),
         }
     }

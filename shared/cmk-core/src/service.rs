@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use rand::Rng;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -19,9 +18,7 @@ use crate::model::{
     DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, Key, KeyId, KeyRecord, KeySpec,
     KeyState, OrgId,
 };
-use crate::ports::{
-    Kek, KeyProvider, OrgCommit, OrgSnapshot, RewrapMessage, RewrapQueue, Store,
-};
+use crate::ports::{Kek, KeyProvider, OrgCommit, OrgSnapshot, RewrapMessage, RewrapQueue, Store};
 use crate::rules::{self, Retry};
 
 /// Settings of the use cases.
@@ -312,8 +309,8 @@ impl Cmk {
             name,
             spec: kek.spec.clone(),
             state: KeyState::Active,
-            health: Health::ok(Utc::now()),
-            created_at: Utc::now(),
+            health: Health::ok(crate::model::now()),
+            created_at: crate::model::now(),
             created_by: actor.to_owned(),
         };
         let (_, job) = self
@@ -325,7 +322,12 @@ impl Cmk {
         Ok((self.get_key(org, &record.id).await?, job))
     }
 
-    pub async fn set_default(&self, actor: &str, org: &OrgId, key: &KeyId) -> Result<Key, CoreError> {
+    pub async fn set_default(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        key: &KeyId,
+    ) -> Result<Key, CoreError> {
         self.commit_rule(org, |s| rules::set_default(s, actor, key))
             .await?;
         self.get_key(org, key).await
@@ -361,7 +363,7 @@ impl Cmk {
     pub async fn check_key(&self, actor: &str, org: &OrgId, key: &KeyId) -> Result<Key, CoreError> {
         let mut view = self.get_key(org, key).await?;
         let kek = self.kek(org, key).await?;
-        let now = Utc::now();
+        let now = crate::model::now();
         let health = match self.inner.keys.check(&kek).await {
             Ok(_) => Health::ok(now),
             Err(e) => Health {
@@ -444,7 +446,7 @@ impl Cmk {
                 key_id: kek.key_id.clone(),
                 wrapped: wrapped.blob,
                 version: 0,
-                created_at: Utc::now(),
+                created_at: crate::model::now(),
             };
             match self
                 .inner
@@ -474,7 +476,9 @@ impl Cmk {
             .store
             .get_data_key(org, id)
             .await?
-            .ok_or_else(|| CoreError::NotFound(format!("data key {id} not found in this organization")))?;
+            .ok_or_else(|| {
+                CoreError::NotFound(format!("data key {id} not found in this organization"))
+            })?;
         let kek = self.kek(org, &record.key_id).await?;
         let plaintext = self
             .inner
@@ -495,7 +499,7 @@ impl Cmk {
             tokio::spawn(async move {
                 let health = Health {
                     status: reason,
-                    checked_at: Some(Utc::now()),
+                    checked_at: Some(crate::model::now()),
                     message: Some(message),
                 };
                 if let Err(err) = store.set_key_health(&org, &key, &health).await {
@@ -542,9 +546,9 @@ pub fn kek_of(s: &OrgSnapshot, key: &KeyId) -> Result<Kek, CoreError> {
     let spec = if key.is_service() {
         KeySpec::ServiceManaged
     } else {
-        s.key(key)
-            .map(|k| k.spec.clone())
-            .ok_or_else(|| CoreError::NotFound(format!("key {key} not found in this organization")))?
+        s.key(key).map(|k| k.spec.clone()).ok_or_else(|| {
+            CoreError::NotFound(format!("key {key} not found in this organization"))
+        })?
     };
     Ok(Kek {
         org: s.org.clone(),

@@ -1,1 +1,37 @@
-//! placeholder
+//! Embedded adapters of the CMK ports, so the whole service runs as one local process with no
+//! cloud account: a SQLite store and durable queue sharing one database, and a local key
+//! provider keeping keys in the data directory.
+
+mod db;
+mod keys;
+mod queue;
+mod store;
+
+pub use db::Database;
+pub use keys::LocalKeyProvider;
+pub use queue::{QueueConfig, SqliteQueue};
+pub use store::SqliteStore;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cmk_core::error::StoreError;
+
+/// The file name of the database inside a data directory.
+pub const DATABASE_FILE: &str = "cmk.db";
+
+/// Opens the embedded backends of a data directory (creating what is missing).
+pub fn open(
+    data_dir: &Path,
+    queue: QueueConfig,
+) -> Result<(SqliteStore, SqliteQueue, LocalKeyProvider), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let db = Database::open(&data_dir.join(DATABASE_FILE))?;
+    let keys = LocalKeyProvider::open(&data_dir.join("keys"))
+        .map_err(|e| StoreError::Unavailable(format!("key directory: {e}")))?;
+    Ok((
+        SqliteStore::new(Arc::clone(&db)),
+        SqliteQueue::new(db, queue),
+        keys,
+    ))
+}

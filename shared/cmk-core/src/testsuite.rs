@@ -1,0 +1,565 @@
+//! Contract suites: one per port, run against every adapter (SQLite now, DynamoDB/SQS/KMS when
+//! they exist). Each function panics with a message naming the broken promise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use crate::crypto::DataKey;
+use crate::error::{KeyErrorKind, StoreError};
+use crate::model::{
+    data_key_context, AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job, JobError,
+    JobKind, JobState, KeyId, KeyRecord, KeySpec, KeyState, OrgId,
+};
+use crate::ports::{
+    BatchCommit, DataKeyMove, JobChange, JobUpdate, Kek, KeyProvider, OrgCommit, RewrapMessage,
+    RewrapQueue, Store,
+};
+
+fn unique_org(prefix: &str) -> OrgId {
+    OrgId::from_trusted(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()))
+}
+
+fn key_record(id: &str, name: &str) -> KeyRecord {
+    KeyRecord {
+        id: KeyId::from_trusted(id),
+        name: name.to_owned(),
+        spec: KeySpec::Local,
+        state: KeyState::Active,
+        health: Health::unknown(),
+        created_at: crate::model::now(),
+        created_by: "contract".into(),
+    }
+}
+
+fn data_keys(key: &KeyId, n: usize) -> Vec<DataKeyRecord> {
+    (0..n)
+        .map(|i| DataKeyRecord {
+            id: DataKeyId::generate(),
+            key_id: key.clone(),
+            wrapped: vec![1, 2, 3, i as u8],
+            version: 0,
+            created_at: crate::model::now(),
+        })
+        .collect()
+}
+
+fn job(kind: JobKind, sources: Vec<KeyId>, target: KeyId) -> Job {
+    Job {
+        id: crate::model::JobId::generate(),
+        kind,
+        state: JobState::Running,
+        source_key_ids: sources,
+        target_key_id: target,
+        total: 0,
+        done: 0,
+        failed: 0,
+        errors: vec![],
+        generation: 0,
+        started_at: crate::model::now(),
+        updated_at: crate::model::now(),
+        finished_at: None,
+        started_by: "contract".into(),
+    }
+}
+
+fn commit(version: u64, default: &KeyId) -> OrgCommit {
+    OrgCommit {
+        expected_version: version,
+        default_key_id: default.clone(),
+        upsert_keys: vec![],
+        job: None,
+        events: vec![],
+    }
+}
+
+fn moves(records: &[DataKeyRecord], to: &KeyId) -> Vec<DataKeyMove> {
+    records
+        .iter()
+        .map(|r| DataKeyMove {
+            id: r.id.clone(),
+            from_key_id: r.key_id.clone(),
+            from_version: r.version,
+            to_key_id: to.clone(),
+            wrapped: vec![9, 9],
+        })
+        .collect()
+}
+
+/// Runs every promise of the [`Store`] port.
+pub async fn store_contract(store: &dyn Store) {
+    fresh_org_and_versions(store).await;
+    names_are_unique(store).await;
+    data_keys_only_under_the_default(store).await;
+    job_total_and_exact_progress(store).await;
+    failures_and_retries(store).await;
+    orgs_are_isolated(store).await;
+    audit_pages(store).await;
+}
+
+async fn fresh_org_and_versions(store: &dyn Store) {
+    let org = unique_org("fresh");
+    let s = store.load_org(&org).await.unwrap();
+    assert_eq!(s.version, 0, "an unknown org reads at version 0");
+    assert!(
+        s.default_key_id.is_service(),
+        "the service key is the first default"
+    );
+    assert!(s.keys.is_empty() && s.job.is_none());
+
+    let ext = store.ensure_org(&org, "ext-1").await.unwrap();
+    assert_eq!(ext, "ext-1");
+    assert_eq!(
+        store.ensure_org(&org, "ext-2").await.unwrap(),
+        "ext-1",
+        "the external id never changes once set"
+    );
+
+    let k1 = key_record("k1", "one");
+    let mut c = commit(5, &k1.id);
+    c.upsert_keys.push(k1.clone());
+    assert!(
+        matches!(store.commit(&org, c).await, Err(StoreError::Conflict(_))),
+        "a commit at a stale version is refused"
+    );
+    assert!(
+        store.load_org(&org).await.unwrap().keys.is_empty(),
+        "and changes nothing"
+    );
+
+    let mut c = commit(0, &k1.id);
+    c.upsert_keys.push(k1.clone());
+    c.events
+        .push(AuditEvent::new("alice", "key.added").key(&k1.id));
+    store.commit(&org, c).await.unwrap();
+    let s = store.load_org(&org).await.unwrap();
+    assert_eq!(s.version, 1);
+    assert_eq!(s.default_key_id, k1.id);
+    assert_eq!(s.keys, vec![k1.clone()]);
+    assert_eq!(s.external_id.as_deref(), Some("ext-1"));
+
+    let health = Health {
+        status: HealthStatus::AccessDenied,
+        checked_at: Some(crate::model::now()),
+        message: Some("revoked".into()),
+    };
+    store.set_key_health(&org, &k1.id, &health).await.unwrap();
+    let got = store.get_key(&org, &k1.id).await.unwrap().unwrap();
+    assert_eq!(got.health.status, HealthStatus::AccessDenied);
+    assert_eq!(
+        store.load_org(&org).await.unwrap().version,
+        1,
+        "health is an observation: it does not bump the version"
+    );
+}
+
+async fn names_are_unique(store: &dyn Store) {
+    let org = unique_org("names");
+    let mut c = commit(0, &KeyId::service());
+    c.upsert_keys.push(key_record("a", "prod"));
+    store.commit(&org, c).await.unwrap();
+    let mut c = commit(1, &KeyId::service());
+    c.upsert_keys.push(key_record("b", "PROD"));
+    assert!(
+        matches!(store.commit(&org, c).await, Err(StoreError::Conflict(_))),
+        "two keys of one org never share a name (case-insensitive)"
+    );
+    let other = unique_org("names");
+    let mut c = commit(0, &KeyId::service());
+    c.upsert_keys.push(key_record("a", "prod"));
+    store
+        .commit(&other, c)
+        .await
+        .expect("another org may reuse the name");
+}
+
+async fn data_keys_only_under_the_default(store: &dyn Store) {
+    let org = unique_org("default");
+    let svc = KeyId::service();
+    store
+        .insert_data_keys(&org, &data_keys(&svc, 3))
+        .await
+        .unwrap();
+    let k = key_record("k", "k");
+    let mut c = commit(0, &k.id);
+    c.upsert_keys.push(k.clone());
+    store.commit(&org, c).await.unwrap();
+    assert!(
+        matches!(
+            store.insert_data_keys(&org, &data_keys(&svc, 1)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a data key is never inserted under a key that is not the default"
+    );
+    store
+        .insert_data_keys(&org, &data_keys(&k.id, 2))
+        .await
+        .unwrap();
+    let s = store.load_org(&org).await.unwrap();
+    assert_eq!(s.count(&svc), 3);
+    assert_eq!(s.count(&k.id), 2);
+}
+
+async fn job_total_and_exact_progress(store: &dyn Store) {
+    let org = unique_org("progress");
+    let svc = KeyId::service();
+    let records = data_keys(&svc, 10);
+    store.insert_data_keys(&org, &records).await.unwrap();
+    let k = key_record("k", "k");
+    let mut c = commit(0, &k.id);
+    c.upsert_keys.push(k.clone());
+    c.job = Some(JobChange::Start(job(
+        JobKind::Adopt,
+        vec![svc.clone()],
+        k.id.clone(),
+    )));
+    let started = store.commit(&org, c).await.unwrap().expect("the job");
+    assert_eq!(
+        started.total, 10,
+        "total counts the sources' data keys in the same write"
+    );
+    assert_eq!(started.state, JobState::Running);
+
+    let ids = store.list_data_key_ids(&org, &svc, None, 4).await.unwrap();
+    assert_eq!(ids.len(), 4);
+    let page = store
+        .list_data_keys(&org, &svc, Some(&ids[0]), Some(&ids[3]), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        ids[1..4].to_vec(),
+        "ranges are (after, until] in id order"
+    );
+
+    let batch = BatchCommit {
+        job_id: started.id.clone(),
+        generation: 0,
+        source: svc.clone(),
+        moves: moves(&records[..6], &k.id),
+        failures: vec![],
+    };
+    let p = store.commit_batch(&org, batch.clone()).await.unwrap();
+    assert_eq!((p.done, p.applied), (6, 6));
+    let p = store.commit_batch(&org, batch).await.unwrap();
+    assert_eq!(
+        (p.done, p.applied),
+        (6, 0),
+        "a duplicate batch counts nothing"
+    );
+
+    // A stale generation changes nothing.
+    let stale = BatchCommit {
+        job_id: started.id.clone(),
+        generation: 7,
+        source: svc.clone(),
+        moves: moves(&records[6..], &k.id),
+        failures: vec![],
+    };
+    assert_eq!(store.commit_batch(&org, stale).await.unwrap().applied, 0);
+
+    let moved = store
+        .get_data_key(&org, &records[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.key_id, k.id);
+    assert_eq!(moved.version, 1);
+    assert_eq!(moved.wrapped, vec![9, 9]);
+
+    let rest = BatchCommit {
+        job_id: started.id.clone(),
+        generation: 0,
+        source: svc.clone(),
+        moves: moves(&records[6..], &k.id),
+        failures: vec![],
+    };
+    let p = store.commit_batch(&org, rest).await.unwrap();
+    assert_eq!((p.done, p.total), (10, 10));
+    assert!(p.all_processed());
+    let s = store.load_org(&org).await.unwrap();
+    assert_eq!(s.count(&svc), 0);
+    assert_eq!(s.count(&k.id), 10);
+
+    // Completing is conditional on the state read.
+    let done = |expected_state| JobUpdate {
+        job_id: started.id.clone(),
+        expected_state,
+        expected_generation: 0,
+        state: JobState::Completed,
+        generation: 0,
+        finished: true,
+        total: None,
+        reset_failures: false,
+    };
+    let mut c = commit(s.version, &k.id);
+    c.job = Some(JobChange::Update(done(JobState::Failed)));
+    assert!(matches!(
+        store.commit(&org, c).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut c = commit(s.version, &k.id);
+    c.job = Some(JobChange::Update(done(JobState::Running)));
+    let finished = store.commit(&org, c).await.unwrap().unwrap();
+    assert_eq!(finished.state, JobState::Completed);
+    assert!(finished.finished_at.is_some());
+    assert!(store
+        .running_jobs()
+        .await
+        .unwrap()
+        .iter()
+        .all(|(o, _)| o != &org));
+}
+
+async fn failures_and_retries(store: &dyn Store) {
+    let org = unique_org("failures");
+    let svc = KeyId::service();
+    let records = data_keys(&svc, 3);
+    store.insert_data_keys(&org, &records).await.unwrap();
+    let k = key_record("k", "k");
+    let mut c = commit(0, &k.id);
+    c.upsert_keys.push(k.clone());
+    c.job = Some(JobChange::Start(job(
+        JobKind::Adopt,
+        vec![svc.clone()],
+        k.id.clone(),
+    )));
+    let started = store.commit(&org, c).await.unwrap().unwrap();
+    assert!(store
+        .running_jobs()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(o, j)| o == &org && j.id == started.id));
+
+    let failure = |r: &DataKeyRecord| JobError {
+        data_key_id: r.id.clone(),
+        key_id: k.id.clone(),
+        reason: HealthStatus::AccessDenied,
+        message: "denied".into(),
+    };
+    let batch = BatchCommit {
+        job_id: started.id.clone(),
+        generation: 0,
+        source: svc.clone(),
+        moves: moves(&records[..1], &k.id),
+        failures: records[1..].iter().map(failure).collect(),
+    };
+    let p = store.commit_batch(&org, batch.clone()).await.unwrap();
+    assert_eq!((p.done, p.failed), (1, 2));
+    let p = store.commit_batch(&org, batch).await.unwrap();
+    assert_eq!(
+        (p.done, p.failed),
+        (1, 2),
+        "a failure is counted once per data key"
+    );
+    let job_now = store.get_job(&org, &started.id).await.unwrap().unwrap();
+    assert_eq!(job_now.errors.len(), 2);
+    assert_eq!(job_now.errors[0].reason, HealthStatus::AccessDenied);
+
+    // A late success of a failed data key replaces its failure.
+    let late = BatchCommit {
+        job_id: started.id.clone(),
+        generation: 0,
+        source: svc.clone(),
+        moves: moves(&records[1..2], &k.id),
+        failures: vec![failure(&records[0])],
+    };
+    let p = store.commit_batch(&org, late).await.unwrap();
+    assert_eq!(
+        (p.done, p.failed),
+        (2, 1),
+        "a moved data key is no longer failed, and a failure of an already moved one is not recorded"
+    );
+
+    // Fail the job, then retry with a new generation: failures are forgotten.
+    let s = store.load_org(&org).await.unwrap();
+    let mut c = commit(s.version, &k.id);
+    c.job = Some(JobChange::Update(JobUpdate {
+        job_id: started.id.clone(),
+        expected_state: JobState::Running,
+        expected_generation: 0,
+        state: JobState::Failed,
+        generation: 0,
+        finished: false,
+        total: None,
+        reset_failures: false,
+    }));
+    store.commit(&org, c).await.unwrap();
+    let s = store.load_org(&org).await.unwrap();
+    let mut c = commit(s.version, &k.id);
+    c.job = Some(JobChange::Update(JobUpdate {
+        job_id: started.id.clone(),
+        expected_state: JobState::Failed,
+        expected_generation: 0,
+        state: JobState::Running,
+        generation: 1,
+        finished: false,
+        total: Some(3),
+        reset_failures: true,
+    }));
+    let retried = store.commit(&org, c).await.unwrap().unwrap();
+    assert_eq!(
+        (retried.state, retried.generation, retried.failed),
+        (JobState::Running, 1, 0)
+    );
+    assert!(retried.errors.is_empty());
+    let old = BatchCommit {
+        job_id: started.id.clone(),
+        generation: 0,
+        source: svc.clone(),
+        moves: moves(&records[2..], &k.id),
+        failures: vec![],
+    };
+    assert_eq!(
+        store.commit_batch(&org, old).await.unwrap().applied,
+        0,
+        "a message of an earlier attempt changes nothing"
+    );
+}
+
+async fn orgs_are_isolated(store: &dyn Store) {
+    let a = unique_org("iso");
+    let b = unique_org("iso");
+    let records = data_keys(&KeyId::service(), 1);
+    store.insert_data_keys(&a, &records).await.unwrap();
+    assert!(store
+        .get_data_key(&b, &records[0].id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_data_key(&a, &records[0].id)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .list_data_keys(&b, &KeyId::service(), None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn audit_pages(store: &dyn Store) {
+    let org = unique_org("audit");
+    let events: Vec<AuditEvent> = (0..5)
+        .map(|i| AuditEvent::new("alice", "key.check").detail(format!("#{i}")))
+        .collect();
+    store.append_audit(&org, &events).await.unwrap();
+    let (first, cursor) = store.list_audit(&org, 3, None).await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(first[0].detail.as_deref(), Some("#4"), "newest first");
+    let (second, end) = store.list_audit(&org, 3, cursor.as_deref()).await.unwrap();
+    assert_eq!(second.len(), 2);
+    assert_eq!(second[1].detail.as_deref(), Some("#0"));
+    assert!(end.is_none());
+    assert!(store
+        .list_audit(&unique_org("audit"), 3, None)
+        .await
+        .unwrap()
+        .0
+        .is_empty());
+}
+
+/// Runs every promise of the [`RewrapQueue`] port. `visibility` is the adapter's timeout.
+pub async fn queue_contract(queue: &dyn RewrapQueue, visibility: Duration) {
+    let msg = |n: u32| RewrapMessage::Plan {
+        org: OrgId::from_trusted("q"),
+        job_id: crate::model::JobId::from_trusted(format!("job-{n}")),
+        generation: n,
+    };
+    // Drain anything left by another test sharing the queue.
+    while !queue.receive(10, Duration::ZERO).await.unwrap().is_empty() {}
+
+    assert!(queue
+        .receive(10, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
+    queue.send(&[msg(1), msg(2)]).await.unwrap();
+    let got = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let bodies: Vec<RewrapMessage> = got
+        .iter()
+        .map(|d| serde_json::from_str(&d.body).unwrap())
+        .collect();
+    assert!(bodies.contains(&msg(1)) && bodies.contains(&msg(2)));
+    assert!(
+        queue.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+        "a received message is invisible"
+    );
+    let acked = got.iter().find(|d| d.body.contains("job-1")).unwrap();
+    let unacked = got.iter().find(|d| d.body.contains("job-2")).unwrap();
+    queue.ack(&acked.receipt).await.unwrap();
+
+    tokio::time::sleep(visibility + Duration::from_millis(100)).await;
+    let again = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        again.len(),
+        1,
+        "an unacknowledged message comes back, an acknowledged one does not"
+    );
+    assert!(again[0].body.contains("job-2"));
+    assert_eq!(again[0].receive_count, 2);
+    queue.ack(&unacked.receipt).await.unwrap();
+    tokio::time::sleep(visibility + Duration::from_millis(100)).await;
+    let third = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        third.len(),
+        1,
+        "the receipt of an earlier delivery does not acknowledge a redelivery"
+    );
+    queue.ack(&third[0].receipt).await.unwrap();
+    tokio::time::sleep(visibility + Duration::from_millis(100)).await;
+    assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+}
+
+/// Runs every promise of the [`KeyProvider`] port for two usable keys of one org.
+pub async fn key_provider_contract(provider: &dyn KeyProvider, a: &Kek, b: &Kek) {
+    provider.prepare(a).await.unwrap();
+    provider.prepare(b).await.unwrap();
+    provider
+        .check(a)
+        .await
+        .expect("a usable key passes its check");
+    let id = DataKeyId::generate();
+    let ctx = data_key_context(&a.org, &id);
+    let dk = DataKey::generate();
+    let wrapped = provider.wrap(a, &ctx, &dk).await.unwrap();
+    assert_ne!(
+        wrapped.blob.as_slice(),
+        dk.expose().as_slice(),
+        "wrapping hides the key"
+    );
+    let back = provider.unwrap(a, &ctx, &wrapped.blob).await.unwrap();
+    assert_eq!(back.expose(), dk.expose());
+
+    let other_ctx = data_key_context(&a.org, &DataKeyId::generate());
+    let err = provider
+        .unwrap(a, &other_ctx, &wrapped.blob)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        KeyErrorKind::InvalidCiphertext,
+        "the context is authenticated"
+    );
+    assert!(
+        provider.unwrap(b, &ctx, &wrapped.blob).await.is_err(),
+        "another key cannot unwrap"
+    );
+
+    // Rewrap, natively or by unwrap + wrap, yields a blob the target opens.
+    let moved = match provider.rewrap(a, b, &ctx, &wrapped.blob).await.unwrap() {
+        Some(w) => w,
+        None => provider.wrap(b, &ctx, &back).await.unwrap(),
+    };
+    assert_eq!(
+        provider
+            .unwrap(b, &ctx, &moved.blob)
+            .await
+            .unwrap()
+            .expose(),
+        dk.expose()
+    );
+}

@@ -1,0 +1,216 @@
+//! One SQLite database (WAL) shared by the store and the queue: a single writer connection and a
+//! few reader connections, each used on a blocking thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cmk_core::error::StoreError;
+use rusqlite::{Connection, OpenFlags};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS orgs (
+    org TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    external_id TEXT NOT NULL,
+    default_key_id TEXT NOT NULL,
+    current_job_id TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS keys (
+    org TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    name_folded TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'reencrypting', 'disabled')),
+    health TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (org, id),
+    UNIQUE (org, name_folded)
+) WITHOUT ROWID;
+
+-- How many data keys each key wraps, kept in the same transactions that move data keys.
+CREATE TABLE IF NOT EXISTS key_counts (
+    org TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    n INTEGER NOT NULL CHECK (n >= 0),
+    PRIMARY KEY (org, key_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS data_keys (
+    org TEXT NOT NULL,
+    id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS data_keys_by_key ON data_keys (org, key_id, id);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    org TEXT NOT NULL,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sources TEXT NOT NULL,
+    target TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    done INTEGER NOT NULL CHECK (done >= 0 AND done <= total),
+    failed INTEGER NOT NULL CHECK (failed >= 0),
+    generation INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT,
+    started_by TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (state) WHERE state = 'running';
+
+CREATE TABLE IF NOT EXISTS job_failures (
+    org TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    data_key_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (org, job_id, data_key_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS audit (
+    org TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    key_id TEXT,
+    job_id TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue (visible_at, id);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    receive_count INTEGER NOT NULL,
+    dead_at INTEGER NOT NULL
+);
+"#;
+
+/// The database file and its connections.
+pub struct Database {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const READERS: usize = 4;
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -16000)?; // 16 MB per connection
+    Ok(())
+}
+
+impl Database {
+    /// Opens (creating if needed) the database at `path` and applies the schema.
+    pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
+        let writer = Connection::open(path).map_err(unavailable)?;
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        configure(&writer).map_err(unavailable)?;
+        writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(unavailable)?;
+            configure(&conn).map_err(unavailable)?;
+            readers.push(Mutex::new(conn));
+        }
+        Ok(Arc::new(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction drops the transaction (rolled back), so the connection is fine.
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the writer connection on a blocking thread.
+    pub(crate) async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&mut Self::lock(&db.writer)))
+            .await
+            .map_err(unavailable)?
+    }
+
+    /// Runs `f` with a reader connection on a blocking thread.
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let start = db.next_reader.fetch_add(1, Ordering::Relaxed);
+            for i in 0..db.readers.len() {
+                if let Ok(mut conn) = db.readers[(start + i) % db.readers.len()].try_lock() {
+                    return f(&mut conn);
+                }
+            }
+            f(&mut Self::lock(&db.readers[start % db.readers.len()]))
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Runs `f` on the writer connection on the current thread (for tools that own the thread).
+    pub fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        f(&mut Self::lock(&self.writer))
+    }
+}

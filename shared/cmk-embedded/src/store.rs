@@ -1,0 +1,869 @@
+//! The SQLite [`Store`]. Every invariant is enforced inside one `BEGIN IMMEDIATE` transaction:
+//! org commits are conditional on the org's version, data-key moves on the data key's source
+//! and version, and progress counters change in the same transaction as the moves they count.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use cmk_core::error::StoreError;
+use cmk_core::model::{
+    AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job, JobError, JobId, JobKind,
+    JobState, KeyId, KeyRecord, KeyState, OrgId, SERVICE_KEY_ID,
+};
+use cmk_core::ports::{BatchCommit, JobChange, JobProgress, OrgCommit, OrgSnapshot, Store};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::db::{unavailable, Database};
+
+/// How many errors of a job are returned with it.
+const ERRORS_SHOWN: usize = 100;
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    db: Arc<Database>,
+}
+
+impl SqliteStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)
+}
+
+/// A UNIQUE or CHECK violation means the caller's view was stale: report a conflict.
+fn write_err(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(msg.unwrap_or_else(|| "constraint violated".into()))
+        }
+        other => unavailable(other),
+    }
+}
+
+struct OrgRow {
+    version: u64,
+    external_id: String,
+    default_key_id: String,
+    current_job_id: Option<String>,
+}
+
+fn org_row(conn: &Connection, org: &str) -> Result<Option<OrgRow>, StoreError> {
+    conn.query_row(
+        "SELECT version, external_id, default_key_id, current_job_id FROM orgs WHERE org = ?1",
+        [org],
+        |r| {
+            Ok(OrgRow {
+                version: r.get::<_, i64>(0)? as u64,
+                external_id: r.get(1)?,
+                default_key_id: r.get(2)?,
+                current_job_id: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(unavailable)
+}
+
+fn read_keys(conn: &Connection, org: &str) -> Result<Vec<KeyRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, name, spec, state, health, created_at, created_by FROM keys
+             WHERE org = ?1 ORDER BY seq",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([org], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })
+        .map_err(unavailable)?;
+    let mut keys = Vec::new();
+    for row in rows {
+        let (id, name, spec, state, health, created_at, created_by) = row.map_err(unavailable)?;
+        keys.push(KeyRecord {
+            id: KeyId::from_trusted(id),
+            name,
+            spec: from_json(&spec)?,
+            state: KeyState::parse(&state).ok_or_else(|| corrupt("key state"))?,
+            health: from_json(&health)?,
+            created_at: parse_ts(&created_at)?,
+            created_by,
+        });
+    }
+    Ok(keys)
+}
+
+fn read_key(conn: &Connection, org: &str, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    Ok(read_keys(conn, org)?
+        .into_iter()
+        .find(|k| k.id.as_str() == id))
+}
+
+fn read_job(conn: &Connection, org: &str, id: &str) -> Result<Option<Job>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT kind, state, sources, target, total, done, failed, generation, started_at,
+                    updated_at, finished_at, started_by
+             FROM jobs WHERE org = ?1 AND id = ?2",
+        )
+        .map_err(unavailable)?
+        .query_row([org, id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, Option<String>>(10)?,
+                r.get::<_, String>(11)?,
+            ))
+        })
+        .optional()
+        .map_err(unavailable)?;
+    let Some((
+        kind,
+        state,
+        sources,
+        target,
+        total,
+        done,
+        failed,
+        generation,
+        started_at,
+        updated_at,
+        finished_at,
+        started_by,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT data_key_id, key_id, reason, message FROM job_failures
+             WHERE org = ?1 AND job_id = ?2 ORDER BY data_key_id LIMIT ?3",
+        )
+        .map_err(unavailable)?;
+    let errors = stmt
+        .query_map(params![org, id, ERRORS_SHOWN as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(unavailable)?
+        .map(|row| {
+            let (dk, key, reason, message) = row.map_err(unavailable)?;
+            Ok(JobError {
+                data_key_id: DataKeyId::from_trusted(dk),
+                key_id: KeyId::from_trusted(key),
+                reason: from_json::<HealthStatus>(&format!("\"{reason}\""))?,
+                message,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(Job {
+        id: JobId::from_trusted(id),
+        kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind"))?,
+        state: JobState::parse(&state).ok_or_else(|| corrupt("job state"))?,
+        source_key_ids: from_json(&sources)?,
+        target_key_id: KeyId::from_trusted(target),
+        total: total as u64,
+        done: done as u64,
+        failed: failed as u64,
+        errors,
+        generation: generation as u32,
+        started_at: parse_ts(&started_at)?,
+        updated_at: parse_ts(&updated_at)?,
+        finished_at: finished_at.as_deref().map(parse_ts).transpose()?,
+        started_by,
+    }))
+}
+
+fn read_counts(conn: &Connection, org: &str) -> Result<HashMap<KeyId, u64>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT key_id, n FROM key_counts WHERE org = ?1")
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([org], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(unavailable)?;
+    let mut counts = HashMap::new();
+    for row in rows {
+        let (k, n) = row.map_err(unavailable)?;
+        counts.insert(KeyId::from_trusted(k), n as u64);
+    }
+    Ok(counts)
+}
+
+fn add_count(tx: &Transaction<'_>, org: &str, key: &str, delta: i64) -> Result<(), StoreError> {
+    if delta == 0 {
+        return Ok(());
+    }
+    if delta < 0 {
+        // An upsert would check `n >= 0` on the inserted row before resolving the conflict.
+        tx.prepare_cached("UPDATE key_counts SET n = n + ?3 WHERE org = ?1 AND key_id = ?2")
+            .map_err(unavailable)?
+            .execute(params![org, key, delta])
+            .map_err(write_err)?;
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO key_counts (org, key_id, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (org, key_id) DO UPDATE SET n = n + excluded.n",
+    )
+    .map_err(unavailable)?
+    .execute(params![org, key, delta])
+    .map_err(write_err)?;
+    Ok(())
+}
+
+fn insert_events(tx: &Transaction<'_>, org: &str, events: &[AuditEvent]) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO audit (org, id, at, actor, action, key_id, job_id, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(unavailable)?;
+    for e in events {
+        stmt.execute(params![
+            org,
+            e.id,
+            ts(&e.at),
+            e.actor,
+            e.action,
+            e.key_id.as_ref().map(|k| k.as_str()),
+            e.job_id.as_ref().map(|j| j.as_str()),
+            e.outcome,
+            e.detail,
+        ])
+        .map_err(write_err)?;
+    }
+    Ok(())
+}
+
+fn commit_tx(tx: Transaction<'_>) -> Result<(), StoreError> {
+    tx.commit().map_err(unavailable)
+}
+
+fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option<Job>, StoreError> {
+    let tx = immediate(conn)?;
+    let row = org_row(&tx, org)?;
+    let version = row.as_ref().map_or(0, |r| r.version);
+    if version != c.expected_version {
+        return Err(StoreError::Conflict(format!(
+            "org version is {version}, expected {}",
+            c.expected_version
+        )));
+    }
+    let now = Utc::now();
+    if row.is_none() {
+        tx.execute(
+            "INSERT INTO orgs (org, version, external_id, default_key_id) VALUES (?1, 0, ?2, ?3)",
+            params![
+                org,
+                format!("cmk-{}", uuid::Uuid::new_v4().simple()),
+                SERVICE_KEY_ID
+            ],
+        )
+        .map_err(write_err)?;
+    }
+    tx.execute(
+        "UPDATE orgs SET version = version + 1, default_key_id = ?2 WHERE org = ?1",
+        params![org, c.default_key_id.as_str()],
+    )
+    .map_err(write_err)?;
+    for k in &c.upsert_keys {
+        tx.prepare_cached(
+            "INSERT INTO keys (org, id, seq, name, name_folded, spec, state, health, created_at, created_by)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys WHERE org = ?1), ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (org, id) DO UPDATE SET name = excluded.name, name_folded = excluded.name_folded,
+                 spec = excluded.spec, state = excluded.state, health = excluded.health",
+        )
+        .map_err(unavailable)?
+        .execute(params![
+            org,
+            k.id.as_str(),
+            k.name,
+            k.name.to_lowercase(),
+            json(&k.spec)?,
+            k.state.as_str(),
+            json(&k.health)?,
+            ts(&k.created_at),
+            k.created_by,
+        ])
+        .map_err(write_err)?;
+    }
+    let job_id = match &c.job {
+        None => None,
+        Some(JobChange::Start(job)) => {
+            let mut total: i64 = 0;
+            for src in &job.source_key_ids {
+                total += tx
+                    .query_row(
+                        "SELECT COALESCE(SUM(n), 0) FROM key_counts WHERE org = ?1 AND key_id = ?2",
+                        params![org, src.as_str()],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(unavailable)?;
+            }
+            tx.execute(
+                "INSERT INTO jobs (org, id, kind, state, sources, target, total, done, failed,
+                                   generation, started_at, updated_at, finished_at, started_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?9, NULL, ?10)",
+                params![
+                    org,
+                    job.id.as_str(),
+                    job.kind.as_str(),
+                    job.state.as_str(),
+                    json(&job.source_key_ids)?,
+                    job.target_key_id.as_str(),
+                    total,
+                    job.generation,
+                    ts(&now),
+                    job.started_by,
+                ],
+            )
+            .map_err(write_err)?;
+            tx.execute(
+                "UPDATE orgs SET current_job_id = ?2 WHERE org = ?1",
+                params![org, job.id.as_str()],
+            )
+            .map_err(write_err)?;
+            Some(job.id.clone())
+        }
+        Some(JobChange::Update(u)) => {
+            let changed = tx
+                .execute(
+                    "UPDATE jobs SET state = ?5, generation = ?6, updated_at = ?7,
+                         finished_at = CASE WHEN ?8 THEN ?7 ELSE NULL END,
+                         total = COALESCE(?9, total),
+                         failed = CASE WHEN ?10 THEN 0 ELSE failed END
+                     WHERE org = ?1 AND id = ?2 AND state = ?3 AND generation = ?4",
+                    params![
+                        org,
+                        u.job_id.as_str(),
+                        u.expected_state.as_str(),
+                        u.expected_generation,
+                        u.state.as_str(),
+                        u.generation,
+                        ts(&now),
+                        u.finished,
+                        u.total.map(|t| t as i64),
+                        u.reset_failures,
+                    ],
+                )
+                .map_err(write_err)?;
+            if changed != 1 {
+                return Err(StoreError::Conflict("the job changed".into()));
+            }
+            if u.reset_failures {
+                tx.execute(
+                    "DELETE FROM job_failures WHERE org = ?1 AND job_id = ?2",
+                    params![org, u.job_id.as_str()],
+                )
+                .map_err(write_err)?;
+            }
+            Some(u.job_id.clone())
+        }
+    };
+    insert_events(&tx, org, &c.events)?;
+    let job = match &job_id {
+        Some(id) => read_job(&tx, org, id.as_str())?,
+        None => None,
+    };
+    commit_tx(tx)?;
+    Ok(job)
+}
+
+fn apply_batch(
+    conn: &mut Connection,
+    org: &str,
+    b: BatchCommit,
+) -> Result<JobProgress, StoreError> {
+    let tx = immediate(conn)?;
+    let row: Option<(String, i64, i64, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT state, generation, total, done, failed FROM jobs WHERE org = ?1 AND id = ?2",
+        )
+        .map_err(unavailable)?
+        .query_row(params![org, b.job_id.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()
+        .map_err(unavailable)?;
+    let Some((state, generation, total, done, failed)) = row else {
+        return Err(StoreError::Conflict(format!("job {} not found", b.job_id)));
+    };
+    let state = JobState::parse(&state).ok_or_else(|| corrupt("job state"))?;
+    let progress = |done: i64, failed: i64, applied: u64| JobProgress {
+        state,
+        generation: generation as u32,
+        total: total as u64,
+        done: done as u64,
+        failed: failed as u64,
+        applied,
+    };
+    if state != JobState::Running || generation as u32 != b.generation {
+        // A stale message: the job moved on. Nothing changes.
+        return Ok(progress(done, failed, 0));
+    }
+    let mut applied: HashMap<&str, i64> = HashMap::new();
+    let mut cleared = 0i64;
+    {
+        let mut mv = tx
+            .prepare_cached(
+                "UPDATE data_keys SET key_id = ?3, wrapped = ?4, version = version + 1
+                 WHERE org = ?1 AND id = ?2 AND key_id = ?5 AND version = ?6",
+            )
+            .map_err(unavailable)?;
+        let mut clear = tx
+            .prepare_cached(
+                "DELETE FROM job_failures WHERE org = ?1 AND job_id = ?2 AND data_key_id = ?3",
+            )
+            .map_err(unavailable)?;
+        for m in &b.moves {
+            if m.from_key_id != b.source {
+                return Err(StoreError::Conflict("a move names another source".into()));
+            }
+            let n = mv
+                .execute(params![
+                    org,
+                    m.id.as_str(),
+                    m.to_key_id.as_str(),
+                    m.wrapped,
+                    m.from_key_id.as_str(),
+                    m.from_version as i64,
+                ])
+                .map_err(write_err)?;
+            if n == 1 {
+                *applied.entry(m.to_key_id.as_str()).or_default() += 1;
+                cleared += clear
+                    .execute(params![org, b.job_id.as_str(), m.id.as_str()])
+                    .map_err(write_err)? as i64;
+            }
+        }
+    }
+    let moved: i64 = applied.values().sum();
+    for (to, n) in &applied {
+        add_count(&tx, org, to, *n)?;
+    }
+    add_count(&tx, org, b.source.as_str(), -moved)?;
+    let mut recorded = 0i64;
+    {
+        let mut fail = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO job_failures (org, job_id, data_key_id, key_id, reason, message)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE EXISTS (SELECT 1 FROM data_keys WHERE org = ?1 AND id = ?3 AND key_id = ?7)",
+            )
+            .map_err(unavailable)?;
+        for f in &b.failures {
+            recorded += fail
+                .execute(params![
+                    org,
+                    b.job_id.as_str(),
+                    f.data_key_id.as_str(),
+                    f.key_id.as_str(),
+                    f.reason.as_str(),
+                    f.message,
+                    b.source.as_str(),
+                ])
+                .map_err(write_err)? as i64;
+        }
+    }
+    let (done, failed) = (done + moved, failed - cleared + recorded);
+    tx.prepare_cached(
+        "UPDATE jobs SET done = ?3, failed = ?4, updated_at = ?5 WHERE org = ?1 AND id = ?2",
+    )
+    .map_err(unavailable)?
+    .execute(params![
+        org,
+        b.job_id.as_str(),
+        done,
+        failed,
+        ts(&Utc::now())
+    ])
+    .map_err(write_err)?;
+    commit_tx(tx)?;
+    Ok(progress(done, failed, moved as u64))
+}
+
+fn data_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Vec<u8>, i64, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn to_record(row: (String, String, Vec<u8>, i64, String)) -> Result<DataKeyRecord, StoreError> {
+    let (id, key_id, wrapped, version, created_at) = row;
+    Ok(DataKeyRecord {
+        id: DataKeyId::from_trusted(id),
+        key_id: KeyId::from_trusted(key_id),
+        wrapped,
+        version: version as u64,
+        created_at: parse_ts(&created_at)?,
+    })
+}
+
+/// Inserts data keys under `key`, only if it is the org's default. Used by the store and by
+/// bulk tools that already hold the writer.
+pub(crate) fn insert_data_keys_tx(
+    conn: &mut Connection,
+    org: &str,
+    keys: &[DataKeyRecord],
+) -> Result<(), StoreError> {
+    let Some(first) = keys.first() else {
+        return Ok(());
+    };
+    if keys.iter().any(|k| k.key_id != first.key_id) {
+        return Err(StoreError::Conflict(
+            "data keys of one insert must share their wrapping key".into(),
+        ));
+    }
+    let tx = immediate(conn)?;
+    let default =
+        org_row(&tx, org)?.map_or_else(|| SERVICE_KEY_ID.to_owned(), |r| r.default_key_id);
+    if default != first.key_id.as_str() {
+        return Err(StoreError::Conflict(format!(
+            "key {} is no longer the default",
+            first.key_id
+        )));
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO data_keys (org, id, key_id, wrapped, version, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(unavailable)?;
+        for k in keys {
+            stmt.execute(params![
+                org,
+                k.id.as_str(),
+                k.key_id.as_str(),
+                k.wrapped,
+                k.version as i64,
+                ts(&k.created_at),
+            ])
+            .map_err(write_err)?;
+        }
+    }
+    add_count(&tx, org, first.key_id.as_str(), keys.len() as i64)?;
+    commit_tx(tx)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ensure_org(&self, org: &OrgId, new_external_id: &str) -> Result<String, StoreError> {
+        let (org, ext) = (org.to_string(), new_external_id.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT OR IGNORE INTO orgs (org, version, external_id, default_key_id)
+                     VALUES (?1, 0, ?2, ?3)",
+                    params![org, ext, SERVICE_KEY_ID],
+                )
+                .map_err(write_err)?;
+                conn.query_row("SELECT external_id FROM orgs WHERE org = ?1", [&org], |r| {
+                    r.get(0)
+                })
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn load_org(&self, org: &OrgId) -> Result<OrgSnapshot, StoreError> {
+        let org = org.clone();
+        self.db
+            .read(move |conn| {
+                // One read transaction: every part of the snapshot is from the same moment.
+                let tx = conn.transaction().map_err(unavailable)?;
+                let row = org_row(&tx, org.as_str())?;
+                let keys = read_keys(&tx, org.as_str())?;
+                let data_key_counts = read_counts(&tx, org.as_str())?;
+                let job = match row.as_ref().and_then(|r| r.current_job_id.as_deref()) {
+                    Some(id) => read_job(&tx, org.as_str(), id)?,
+                    None => None,
+                };
+                drop(tx);
+                Ok(OrgSnapshot {
+                    version: row.as_ref().map_or(0, |r| r.version),
+                    external_id: row.as_ref().map(|r| r.external_id.clone()),
+                    default_key_id: KeyId::from_trusted(
+                        row.map_or_else(|| SERVICE_KEY_ID.to_owned(), |r| r.default_key_id),
+                    ),
+                    org,
+                    keys,
+                    data_key_counts,
+                    job,
+                })
+            })
+            .await
+    }
+
+    async fn commit(&self, org: &OrgId, commit: OrgCommit) -> Result<Option<Job>, StoreError> {
+        let org = org.to_string();
+        self.db
+            .write(move |conn| apply_commit(conn, &org, commit))
+            .await
+    }
+
+    async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let (org, key) = (org.to_string(), key.to_string());
+        self.db.read(move |conn| read_key(conn, &org, &key)).await
+    }
+
+    async fn set_key_health(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        health: &Health,
+    ) -> Result<(), StoreError> {
+        let (org, key, health) = (org.to_string(), key.to_string(), json(health)?);
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE keys SET health = ?3 WHERE org = ?1 AND id = ?2",
+                    params![org, key, health],
+                )
+                .map_err(write_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
+        let (org, job) = (org.to_string(), job.to_string());
+        self.db.read(move |conn| read_job(conn, &org, &job)).await
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
+        self.db
+            .read(move |conn| {
+                let ids: Vec<(String, String)> = conn
+                    .prepare("SELECT org, id FROM jobs WHERE state = 'running'")
+                    .map_err(unavailable)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?
+                    .collect::<Result<_, _>>()
+                    .map_err(unavailable)?;
+                let mut jobs = Vec::new();
+                for (org, id) in ids {
+                    if let Some(job) = read_job(conn, &org, &id)? {
+                        jobs.push((OrgId::from_trusted(org), job));
+                    }
+                }
+                Ok(jobs)
+            })
+            .await
+    }
+
+    async fn insert_data_keys(
+        &self,
+        org: &OrgId,
+        keys: &[DataKeyRecord],
+    ) -> Result<(), StoreError> {
+        let (org, keys) = (org.to_string(), keys.to_vec());
+        self.db
+            .write(move |conn| insert_data_keys_tx(conn, &org, &keys))
+            .await
+    }
+
+    async fn get_data_key(
+        &self,
+        org: &OrgId,
+        id: &DataKeyId,
+    ) -> Result<Option<DataKeyRecord>, StoreError> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT id, key_id, wrapped, version, created_at FROM data_keys
+                     WHERE org = ?1 AND id = ?2",
+                )
+                .map_err(unavailable)?
+                .query_row([&org, &id], data_key_row)
+                .optional()
+                .map_err(unavailable)?
+                .map(to_record)
+                .transpose()
+            })
+            .await
+    }
+
+    async fn list_data_keys(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        after: Option<&DataKeyId>,
+        until: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyRecord>, StoreError> {
+        let (org, key) = (org.to_string(), key.to_string());
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let until = until.map(|u| u.to_string());
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT id, key_id, wrapped, version, created_at FROM data_keys
+                     WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND (?4 IS NULL OR id <= ?4)
+                     ORDER BY id LIMIT ?5",
+                )
+                .map_err(unavailable)?
+                .query_map(params![org, key, after, until, limit as i64], data_key_row)
+                .map_err(unavailable)?
+                .map(|row| to_record(row.map_err(unavailable)?))
+                .collect()
+            })
+            .await
+    }
+
+    async fn list_data_key_ids(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        after: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyId>, StoreError> {
+        let (org, key) = (org.to_string(), key.to_string());
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        self.db
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT id FROM data_keys WHERE org = ?1 AND key_id = ?2 AND id > ?3
+                     ORDER BY id LIMIT ?4",
+                )
+                .map_err(unavailable)?
+                .query_map(params![org, key, after, limit as i64], |r| {
+                    r.get::<_, String>(0).map(DataKeyId::from_trusted)
+                })
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn commit_batch(
+        &self,
+        org: &OrgId,
+        batch: BatchCommit,
+    ) -> Result<JobProgress, StoreError> {
+        let org = org.to_string();
+        self.db
+            .write(move |conn| apply_batch(conn, &org, batch))
+            .await
+    }
+
+    async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let (org, events) = (org.to_string(), events.to_vec());
+        self.db
+            .write(move |conn| {
+                let tx = immediate(conn)?;
+                insert_events(&tx, &org, &events)?;
+                commit_tx(tx)
+            })
+            .await
+    }
+
+    async fn list_audit(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<AuditEvent>, Option<String>), StoreError> {
+        let org = org.to_string();
+        let cursor = cursor.map(str::to_owned);
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, at, actor, action, key_id, job_id, outcome, detail FROM audit
+                         WHERE org = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![org, cursor, (limit + 1) as i64], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                            r.get::<_, String>(6)?,
+                            r.get::<_, Option<String>>(7)?,
+                        ))
+                    })
+                    .map_err(unavailable)?;
+                let mut events = Vec::new();
+                for row in rows {
+                    let (id, at, actor, action, key_id, job_id, outcome, detail) =
+                        row.map_err(unavailable)?;
+                    events.push(AuditEvent {
+                        id,
+                        at: parse_ts(&at)?,
+                        actor,
+                        action,
+                        key_id: key_id.map(KeyId::from_trusted),
+                        job_id: job_id.map(JobId::from_trusted),
+                        outcome,
+                        detail,
+                    });
+                }
+                let next = if events.len() > limit {
+                    events.truncate(limit);
+                    events.last().map(|e| e.id.clone())
+                } else {
+                    None
+                };
+                Ok((events, next))
+            })
+            .await
+    }
+}
