@@ -1,0 +1,506 @@
+//! The wire shapes of API.md. Core types are converted here so that the core's internal fields
+//! never reach a response by accident, and so that the OpenAPI schemas come from the same code.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cmk_core::model::{
+    AuditEvent, DataKeyRecord, HealthStatus, Job, JobError, JobKind, JobState, Key, KeySpec,
+    KeyState, KeyType,
+};
+use cmk_core::service::{KeyListing, Setup};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+// ---- enums (mirrored so the schemas list their values; conversions are exhaustive) ----
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = KeyType)]
+pub enum KeyTypeDto {
+    #[serde(rename = "service-managed")]
+    ServiceManaged,
+    #[serde(rename = "aws-kms")]
+    AwsKms,
+    #[serde(rename = "local")]
+    Local,
+}
+
+impl From<KeyType> for KeyTypeDto {
+    fn from(t: KeyType) -> Self {
+        match t {
+            KeyType::ServiceManaged => Self::ServiceManaged,
+            KeyType::AwsKms => Self::AwsKms,
+            KeyType::Local => Self::Local,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = KeyState)]
+pub enum KeyStateDto {
+    Active,
+    Reencrypting,
+    Disabled,
+}
+
+impl From<KeyState> for KeyStateDto {
+    fn from(s: KeyState) -> Self {
+        match s {
+            KeyState::Active => Self::Active,
+            KeyState::Reencrypting => Self::Reencrypting,
+            KeyState::Disabled => Self::Disabled,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = HealthStatus)]
+pub enum HealthStatusDto {
+    Ok,
+    AccessDenied,
+    KeyDisabled,
+    KeyNotFound,
+    InvalidKeyState,
+    Throttled,
+    Unknown,
+}
+
+impl From<HealthStatus> for HealthStatusDto {
+    fn from(s: HealthStatus) -> Self {
+        match s {
+            HealthStatus::Ok => Self::Ok,
+            HealthStatus::AccessDenied => Self::AccessDenied,
+            HealthStatus::KeyDisabled => Self::KeyDisabled,
+            HealthStatus::KeyNotFound => Self::KeyNotFound,
+            HealthStatus::InvalidKeyState => Self::InvalidKeyState,
+            HealthStatus::Throttled => Self::Throttled,
+            HealthStatus::Unknown => Self::Unknown,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = JobKind)]
+pub enum JobKindDto {
+    /// The first customer managed key was added: data keys move off the service key.
+    Adopt,
+    Disable,
+    DisableAll,
+}
+
+impl From<JobKind> for JobKindDto {
+    fn from(k: JobKind) -> Self {
+        match k {
+            JobKind::Adopt => Self::Adopt,
+            JobKind::Disable => Self::Disable,
+            JobKind::DisableAll => Self::DisableAll,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = JobState)]
+pub enum JobStateDto {
+    Running,
+    Completed,
+    /// Work remains that failed; retry or cancel.
+    Failed,
+    Cancelled,
+}
+
+impl From<JobState> for JobStateDto {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Running => Self::Running,
+            JobState::Completed => Self::Completed,
+            JobState::Failed => Self::Failed,
+            JobState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+// ---- keys ----
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = KeyHealth)]
+pub struct HealthDto {
+    pub status: HealthStatusDto,
+    #[schema(required = true)]
+    pub checked_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AwsKey)]
+pub struct AwsKeyDto {
+    pub role_arn: String,
+    /// As given: a key ARN or an alias ARN.
+    pub key_arn: String,
+    /// The key ARN that actually encrypts (an alias resolves to it).
+    #[schema(required = true)]
+    pub resolved_key_arn: Option<String>,
+}
+
+/// A key-encryption key of the org.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Key)]
+pub struct KeyDto {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub key_type: KeyTypeDto,
+    /// Whether this key wraps every new data key.
+    pub default: bool,
+    pub state: KeyStateDto,
+    /// Source or target of the org's unfinished re-encryption job.
+    pub busy: bool,
+    /// Number of data keys this key wraps.
+    pub data_keys: u64,
+    pub health: HealthDto,
+    /// Set for `aws-kms` keys only.
+    #[schema(required = true)]
+    pub aws: Option<AwsKeyDto>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+impl From<Key> for KeyDto {
+    fn from(k: Key) -> Self {
+        let r = k.record;
+        let key_type = r.spec.key_type().into();
+        let aws = match r.spec {
+            KeySpec::AwsKms {
+                role_arn,
+                key_arn,
+                resolved_key_arn,
+            } => Some(AwsKeyDto {
+                role_arn,
+                key_arn,
+                resolved_key_arn,
+            }),
+            KeySpec::ServiceManaged | KeySpec::Local => None,
+        };
+        Self {
+            id: r.id.to_string(),
+            name: r.name,
+            key_type,
+            default: k.default,
+            state: r.state.into(),
+            busy: k.busy,
+            data_keys: k.data_keys,
+            health: HealthDto {
+                status: r.health.status.into(),
+                checked_at: r.health.checked_at,
+                message: r.health.message,
+            },
+            aws,
+            created_at: r.created_at,
+            created_by: r.created_by,
+        }
+    }
+}
+
+// ---- jobs ----
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobError)]
+pub struct JobErrorDto {
+    pub data_key_id: String,
+    /// The key whose use failed.
+    pub key_id: String,
+    pub reason: HealthStatusDto,
+    pub message: String,
+}
+
+impl From<JobError> for JobErrorDto {
+    fn from(e: JobError) -> Self {
+        Self {
+            data_key_id: e.data_key_id.to_string(),
+            key_id: e.key_id.to_string(),
+            reason: e.reason.into(),
+            message: e.message,
+        }
+    }
+}
+
+/// A re-encryption job.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Job)]
+pub struct JobDto {
+    pub id: String,
+    pub kind: JobKindDto,
+    pub state: JobStateDto,
+    pub source_key_ids: Vec<String>,
+    pub target_key_id: String,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// The first errors of the current attempt (bounded).
+    pub errors: Vec<JobErrorDto>,
+    pub started_at: DateTime<Utc>,
+    #[schema(required = true)]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub started_by: String,
+    /// Grows with every retry.
+    pub generation: u32,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Job> for JobDto {
+    fn from(j: Job) -> Self {
+        Self {
+            id: j.id.to_string(),
+            kind: j.kind.into(),
+            state: j.state.into(),
+            source_key_ids: j.source_key_ids.iter().map(ToString::to_string).collect(),
+            target_key_id: j.target_key_id.to_string(),
+            total: j.total,
+            done: j.done,
+            failed: j.failed,
+            errors: j.errors.into_iter().map(Into::into).collect(),
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+            started_by: j.started_by,
+            generation: j.generation,
+            updated_at: j.updated_at,
+        }
+    }
+}
+
+// ---- audit ----
+
+/// One audit record.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Event)]
+pub struct EventDto {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    /// For example `key.added`, `reencryption.completed`.
+    pub action: String,
+    #[schema(required = true)]
+    pub key_id: Option<String>,
+    #[schema(required = true)]
+    pub job_id: Option<String>,
+    /// `success` or `failure`.
+    pub outcome: String,
+    #[schema(required = true)]
+    pub detail: Option<String>,
+}
+
+impl From<AuditEvent> for EventDto {
+    fn from(e: AuditEvent) -> Self {
+        Self {
+            id: e.id,
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            key_id: e.key_id.map(|k| k.to_string()),
+            job_id: e.job_id.map(|j| j.to_string()),
+            outcome: e.outcome,
+            detail: e.detail,
+        }
+    }
+}
+
+// ---- responses ----
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeysResponse {
+    pub keys: Vec<KeyDto>,
+    pub default_key_id: String,
+    /// The unfinished job, else the last one.
+    #[schema(required = true)]
+    pub reencryption: Option<JobDto>,
+}
+
+impl From<KeyListing> for KeysResponse {
+    fn from(l: KeyListing) -> Self {
+        Self {
+            keys: l.keys.into_iter().map(Into::into).collect(),
+            default_key_id: l.default_key_id.to_string(),
+            reencryption: l.job.map(Into::into),
+        }
+    }
+}
+
+/// What an admin needs to set up a role and a key in their AWS account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SetupResponse {
+    /// Put this in the role's trust policy (`sts:ExternalId`); generated by the service.
+    pub external_id: String,
+    pub service_principal: String,
+    #[schema(value_type = Object)]
+    pub trust_policy: Value,
+    #[schema(value_type = Object)]
+    pub key_policy_statement: Value,
+}
+
+impl From<Setup> for SetupResponse {
+    fn from(s: Setup) -> Self {
+        Self {
+            external_id: s.external_id,
+            service_principal: s.service_principal,
+            trust_policy: s.trust_policy,
+            key_policy_statement: s.key_policy_statement,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AddKeyResponse {
+    pub key: KeyDto,
+    /// The `adopt` job when this is the org's first active customer managed key.
+    #[schema(required = true)]
+    pub reencryption: Option<JobDto>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyResponse {
+    pub key: KeyDto,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobResponse {
+    pub reencryption: JobDto,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReencryptionStatusResponse {
+    /// The unfinished job, else the last one, else null.
+    #[schema(required = true)]
+    pub reencryption: Option<JobDto>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditResponse {
+    /// Newest first.
+    pub events: Vec<EventDto>,
+    /// Pass as `cursor` to read the next page; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DataKey)]
+pub struct DataKeyDto {
+    pub id: String,
+    /// The key that wraps it now.
+    pub key_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<DataKeyRecord> for DataKeyDto {
+    fn from(d: DataKeyRecord) -> Self {
+        Self {
+            id: d.id.to_string(),
+            key_id: d.key_id.to_string(),
+            created_at: d.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DataKeyResponse {
+    pub data_key: DataKeyDto,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EncryptResponse {
+    /// Self-describing, versioned; names its data key.
+    pub ciphertext: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecryptResponse {
+    /// Standard base64.
+    pub plaintext: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthzResponse {
+    /// Always `ok`.
+    pub status: String,
+}
+
+// ---- requests ----
+
+/// Key types an admin may add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+pub enum NewKeyType {
+    #[serde(rename = "aws-kms")]
+    AwsKms,
+    /// Local runs only.
+    #[serde(rename = "local")]
+    Local,
+}
+
+/// `aws-kms` needs `role_arn` and `key_arn`; `local` takes neither.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "prod",
+    "type": "aws-kms",
+    "role_arn": "arn:aws:iam::111122223333:role/cmk",
+    "key_arn": "arn:aws:kms:us-east-1:111122223333:alias/cmk"
+}))]
+pub struct AddKeyRequest {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub key_type: NewKeyType,
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub key_arn: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableRequest {
+    /// The active key that takes over this key's data keys.
+    pub reencrypt_to: String,
+}
+
+/// Authenticated context: at most 32 entries, keys and values up to 256 characters.
+pub type Context = BTreeMap<String, String>;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptRequest {
+    /// Standard base64.
+    pub plaintext: String,
+    /// Authenticated, not encrypted; must be given again, identical, to decrypt. At most 32
+    /// entries; keys 1 to 256 characters, values up to 256.
+    #[serde(default)]
+    pub context: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptRequest {
+    pub ciphertext: String,
+    /// The context given to encrypt.
+    #[serde(default)]
+    pub context: Option<BTreeMap<String, String>>,
+}
+
+/// The `{}` body of routes that take no input (documentation only; see `extract::Empty`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmptyObject {}
+
+/// `?limit=&cursor=` of the audit route.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// 1 to 500, default 50.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}

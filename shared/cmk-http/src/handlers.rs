@@ -1,0 +1,464 @@
+//! Route handlers: extract, call one use case of [`cmk_core::Cmk`], convert. No rules here.
+//!
+//! Every handler takes its auth extractor first, so a caller without a valid token gets 401
+//! before the path or the body is looked at.
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use cmk_core::model::{EncryptionContext, KeyId};
+use cmk_core::service::NewKeySpec;
+use zeroize::Zeroizing;
+
+use crate::auth::{Admin, ServiceCaller};
+use crate::dto::{
+    AddKeyRequest, AddKeyResponse, AuditQuery, AuditResponse, Context, DataKeyResponse,
+    DecryptRequest, DecryptResponse, DisableRequest, EmptyObject, EncryptRequest, EncryptResponse,
+    HealthzResponse, JobResponse, KeyResponse, KeysResponse, NewKeyType,
+    ReencryptionStatusResponse, SetupResponse,
+};
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiQuery, DataKeyPath, Empty, JsonOrEmpty, KeyPath};
+use crate::AppState;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Most entries of an encryption context.
+pub const MAX_CONTEXT_ENTRIES: usize = 32;
+/// Longest key or value of an encryption context, in characters.
+pub const MAX_CONTEXT_LEN: usize = 256;
+/// Default and largest page of the audit route.
+pub const AUDIT_DEFAULT_LIMIT: usize = 50;
+pub const AUDIT_MAX_LIMIT: usize = 500;
+
+/// `{org}` (documentation of the path parameter).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct OrgParams {
+    /// The organization; must be the token's.
+    org: String,
+}
+
+/// `{org}` and `{key_id}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct KeyParams {
+    /// The organization; must be the token's.
+    org: String,
+    /// A key id of the org (`service` is the service-managed key).
+    key_id: String,
+}
+
+/// `{org}` and `{id}` of a data key.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct DataKeyParams {
+    /// The organization; must be the token's.
+    org: String,
+    /// A data key id of the org.
+    id: String,
+}
+
+// ---- other ----
+
+/// Liveness: answers without touching any backend.
+#[utoipa::path(get, path = "/healthz", tag = "other",
+    responses((status = 200, description = "The process serves requests", body = HealthzResponse)))]
+pub async fn healthz() -> Json<HealthzResponse> {
+    Json(HealthzResponse {
+        status: "ok".into(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "other",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi_json() -> impl IntoResponse {
+    // Built once per process: the document is static.
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        crate::openapi().to_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not serialize the OpenAPI document");
+            "{}".to_owned()
+        })
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.as_str())
+}
+
+// ---- admin reads ----
+
+/// Every key of the org, the default key and the current re-encryption job.
+#[utoipa::path(get, path = "/v1/orgs/{org}/keys", tag = "keys", params(OrgParams),
+    responses((status = 200, description = "The org's keys", body = KeysResponse)))]
+pub async fn list_keys(admin: Admin, State(s): State<AppState>) -> ApiResult<Json<KeysResponse>> {
+    Ok(Json(s.cmk.list_keys(&admin.org).await?.into()))
+}
+
+/// What to put in the customer's role trust policy and key policy.
+#[utoipa::path(get, path = "/v1/orgs/{org}/keys/setup", tag = "keys", params(OrgParams),
+    responses((status = 200, description = "Setup values", body = SetupResponse)))]
+pub async fn setup(admin: Admin, State(s): State<AppState>) -> ApiResult<Json<SetupResponse>> {
+    Ok(Json(s.cmk.setup(&admin.org).await?.into()))
+}
+
+/// The unfinished re-encryption job, else the last one.
+#[utoipa::path(get, path = "/v1/orgs/{org}/reencryption", tag = "reencryption", params(OrgParams),
+    responses((status = 200, description = "The job, or null", body = ReencryptionStatusResponse)))]
+pub async fn reencryption(
+    admin: Admin,
+    State(s): State<AppState>,
+) -> ApiResult<Json<ReencryptionStatusResponse>> {
+    let job = s.cmk.reencryption(&admin.org).await?;
+    Ok(Json(ReencryptionStatusResponse {
+        reencryption: job.map(Into::into),
+    }))
+}
+
+/// The org's audit trail, newest first.
+#[utoipa::path(get, path = "/v1/orgs/{org}/audit", tag = "audit", params(OrgParams, AuditQuery),
+    responses(
+        (status = 200, description = "A page of events", body = AuditResponse),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn audit(
+    admin: Admin,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<AuditResponse>> {
+    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => AUDIT_DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=AUDIT_MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid_request(format!(
+                    "limit must be an integer from 1 to {AUDIT_MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
+    let (events, next_cursor) = s.cmk.audit(&admin.org, limit, cursor).await?;
+    Ok(Json(AuditResponse {
+        events: events.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+// ---- admin writes ----
+
+/// Adds a key after a real round trip through it; nothing is stored when the check fails.
+/// The org's first active customer managed key becomes the default and starts an `adopt` job.
+#[utoipa::path(post, path = "/v1/orgs/{org}/keys", tag = "keys", params(OrgParams),
+    request_body = AddKeyRequest,
+    responses(
+        (status = 201, description = "The key was added", body = AddKeyResponse),
+        (status = 400, description = "Bad name, type or ARN", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`name_taken`, `reencryption_in_progress`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`key_check_failed`: the round trip failed; `reason` says why", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_key(
+    admin: Admin,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<AddKeyRequest>,
+) -> ApiResult<(StatusCode, Json<AddKeyResponse>)> {
+    let spec = match (body.key_type, body.role_arn, body.key_arn) {
+        (NewKeyType::AwsKms, Some(role_arn), Some(key_arn)) => {
+            NewKeySpec::AwsKms { role_arn, key_arn }
+        }
+        (NewKeyType::AwsKms, _, _) => {
+            return Err(ApiError::invalid_request(
+                "type aws-kms needs role_arn and key_arn",
+            ))
+        }
+        (NewKeyType::Local, None, None) => NewKeySpec::Local,
+        (NewKeyType::Local, _, _) => {
+            return Err(ApiError::invalid_request(
+                "type local takes no role_arn or key_arn",
+            ))
+        }
+    };
+    let (key, job) = s
+        .cmk
+        .add_key(&admin.principal.subject, &admin.org, &body.name, spec)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AddKeyResponse {
+            key: key.into(),
+            reencryption: job.map(Into::into),
+        }),
+    ))
+}
+
+/// Makes an active, non-busy key the default: it wraps every new data key.
+#[utoipa::path(post, path = "/v1/orgs/{org}/keys/{key_id}/default", tag = "keys", params(KeyParams),
+    request_body(content = Option<EmptyObject>, description = "Empty, or `{}`"),
+    responses(
+        (status = 200, description = "The key is the default", body = KeyResponse),
+        (status = 404, description = "Unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`key_busy`, `key_not_active`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn set_default(
+    admin: Admin,
+    KeyPath(key): KeyPath,
+    State(s): State<AppState>,
+    JsonOrEmpty(Empty {}): JsonOrEmpty<Empty>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = s
+        .cmk
+        .set_default(&admin.principal.subject, &admin.org, &key)
+        .await?;
+    Ok(Json(KeyResponse { key: key.into() }))
+}
+
+/// Starts disabling a key: its data keys move to `reencrypt_to`, then it becomes `disabled`.
+#[utoipa::path(post, path = "/v1/orgs/{org}/keys/{key_id}/disable", tag = "keys", params(KeyParams),
+    request_body = DisableRequest,
+    responses(
+        (status = 202, description = "The re-encryption job started", body = JobResponse),
+        (status = 404, description = "Unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`key_is_default`, `key_busy`, `key_not_active`, `key_is_service_managed`, `reencryption_in_progress`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn disable(
+    admin: Admin,
+    KeyPath(key): KeyPath,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<DisableRequest>,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    let target = KeyId::parse(&body.reencrypt_to)?;
+    let job = s
+        .cmk
+        .disable(&admin.principal.subject, &admin.org, &key, &target)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobResponse {
+            reencryption: job.into(),
+        }),
+    ))
+}
+
+/// The service-managed key becomes the default; every active customer key is drained to it.
+#[utoipa::path(post, path = "/v1/orgs/{org}/keys/disable-all", tag = "keys", params(OrgParams),
+    request_body(content = Option<EmptyObject>, description = "Empty, or `{}`"),
+    responses(
+        (status = 202, description = "The re-encryption job started", body = JobResponse),
+        (status = 409, description = "`reencryption_in_progress`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn disable_all(
+    admin: Admin,
+    State(s): State<AppState>,
+    JsonOrEmpty(Empty {}): JsonOrEmpty<Empty>,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    let job = s
+        .cmk
+        .disable_all(&admin.principal.subject, &admin.org)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobResponse {
+            reencryption: job.into(),
+        }),
+    ))
+}
+
+/// Refreshes a key's health by a real round trip through it.
+#[utoipa::path(post, path = "/v1/orgs/{org}/keys/{key_id}/check", tag = "keys", params(KeyParams),
+    request_body(content = Option<EmptyObject>, description = "Empty, or `{}`"),
+    responses(
+        (status = 200, description = "The key with its fresh health", body = KeyResponse),
+        (status = 404, description = "Unknown key", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn check_key(
+    admin: Admin,
+    KeyPath(key): KeyPath,
+    State(s): State<AppState>,
+    JsonOrEmpty(Empty {}): JsonOrEmpty<Empty>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = s
+        .cmk
+        .check_key(&admin.principal.subject, &admin.org, &key)
+        .await?;
+    Ok(Json(KeyResponse { key: key.into() }))
+}
+
+/// Puts a `failed` job back to `running` for the data keys that failed or remain.
+#[utoipa::path(post, path = "/v1/orgs/{org}/reencryption/retry", tag = "reencryption", params(OrgParams),
+    request_body(content = Option<EmptyObject>, description = "Empty, or `{}`"),
+    responses(
+        (status = 202, description = "The job runs again", body = JobResponse),
+        (status = 409, description = "`no_reencryption`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn retry(
+    admin: Admin,
+    State(s): State<AppState>,
+    JsonOrEmpty(Empty {}): JsonOrEmpty<Empty>,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+    let job = s.cmk.retry(&admin.principal.subject, &admin.org).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobResponse {
+            reencryption: job.into(),
+        }),
+    ))
+}
+
+/// Ends the unfinished job as `cancelled`; every data key stays decryptable.
+#[utoipa::path(post, path = "/v1/orgs/{org}/reencryption/cancel", tag = "reencryption", params(OrgParams),
+    request_body(content = Option<EmptyObject>, description = "Empty, or `{}`"),
+    responses(
+        (status = 200, description = "The cancelled job", body = JobResponse),
+        (status = 409, description = "`no_reencryption`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel(
+    admin: Admin,
+    State(s): State<AppState>,
+    JsonOrEmpty(Empty {}): JsonOrEmpty<Empty>,
+) -> ApiResult<Json<JobResponse>> {
+    let job = s.cmk.cancel(&admin.principal.subject, &admin.org).await?;
+    Ok(Json(JobResponse {
+        reencryption: job.into(),
+    }))
+}
+
+// ---- data plane ----
+
+/// Checks the caller's encryption context; `None` is the empty context.
+fn context(ctx: Option<Context>) -> ApiResult<EncryptionContext> {
+    let ctx = ctx.unwrap_or_default();
+    if ctx.len() > MAX_CONTEXT_ENTRIES {
+        return Err(ApiError::invalid_request(format!(
+            "context may hold at most {MAX_CONTEXT_ENTRIES} entries"
+        )));
+    }
+    for (k, v) in &ctx {
+        if k.is_empty()
+            || k.chars().count() > MAX_CONTEXT_LEN
+            || v.chars().count() > MAX_CONTEXT_LEN
+        {
+            return Err(ApiError::invalid_request(format!(
+                "context keys must be 1 to {MAX_CONTEXT_LEN} characters and values at most {MAX_CONTEXT_LEN}"
+            )));
+        }
+    }
+    Ok(ctx)
+}
+
+/// Creates a data key wrapped by the org's default key.
+#[utoipa::path(post, path = "/v1/orgs/{org}/data-keys", tag = "data plane", params(OrgParams),
+    request_body(content = Option<EmptyObject>, description = "`{}` (or empty)"),
+    responses(
+        (status = 201, description = "The new data key", body = DataKeyResponse),
+        (status = 424, description = "`key_unavailable`: the default key cannot be used", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_data_key(
+    svc: ServiceCaller,
+    State(s): State<AppState>,
+    JsonOrEmpty(Empty {}): JsonOrEmpty<Empty>,
+) -> ApiResult<(StatusCode, Json<DataKeyResponse>)> {
+    let record = s.cmk.create_data_key(&svc.org).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DataKeyResponse {
+            data_key: record.into(),
+        }),
+    ))
+}
+
+/// Encrypts under a data key; the context is authenticated and must be given again to decrypt.
+#[utoipa::path(post, path = "/v1/orgs/{org}/data-keys/{id}/encrypt", tag = "data plane", params(DataKeyParams),
+    request_body = EncryptRequest,
+    responses(
+        (status = 200, description = "The ciphertext", body = EncryptResponse),
+        (status = 400, description = "Bad base64 or context", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown data key", body = Problem, content_type = "application/problem+json"),
+        (status = 424, description = "`key_unavailable`: the data key's wrapping key cannot be used", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn encrypt(
+    svc: ServiceCaller,
+    DataKeyPath(id): DataKeyPath,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<EncryptRequest>,
+) -> ApiResult<Json<EncryptResponse>> {
+    let plaintext = Zeroizing::new(
+        STANDARD
+            .decode(body.plaintext.as_bytes())
+            .map_err(|_| ApiError::invalid_request("plaintext must be standard base64"))?,
+    );
+    let ctx = context(body.context)?;
+    let ciphertext = s.cmk.encrypt(&svc.org, &id, &plaintext, &ctx).await?;
+    Ok(Json(EncryptResponse { ciphertext }))
+}
+
+/// Decrypts a ciphertext of this org with the context it was encrypted with.
+#[utoipa::path(post, path = "/v1/orgs/{org}/decrypt", tag = "data plane", params(OrgParams),
+    request_body = DecryptRequest,
+    responses(
+        (status = 200, description = "The plaintext", body = DecryptResponse),
+        (status = 400, description = "`invalid_request` (malformed ciphertext), `decrypt_failed` (wrong org, context or data)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown data key", body = Problem, content_type = "application/problem+json"),
+        (status = 424, description = "`key_unavailable`: the data key's wrapping key cannot be used", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn decrypt(
+    svc: ServiceCaller,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<DecryptRequest>,
+) -> ApiResult<Json<DecryptResponse>> {
+    let ctx = context(body.context)?;
+    let plaintext = s.cmk.decrypt(&svc.org, &body.ciphertext, &ctx).await?;
+    Ok(Json(DecryptResponse {
+        plaintext: STANDARD.encode(plaintext.as_slice()),
+    }))
+}
+
+// ---- fallbacks ----
+
+/// Unknown path.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no route matches this path")
+}
+
+/// Known path, wrong method (axum adds the `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_limits() {
+        assert!(context(None).expect("ok").is_empty());
+        let mut ok = Context::new();
+        ok.insert("k".repeat(256), "v".repeat(256));
+        assert!(context(Some(ok)).is_ok());
+
+        let mut long = Context::new();
+        long.insert("k".repeat(257), "v".into());
+        assert!(context(Some(long)).is_err());
+        let mut long = Context::new();
+        long.insert("k".into(), "v".repeat(257));
+        assert!(context(Some(long)).is_err());
+        let mut empty_key = Context::new();
+        empty_key.insert(String::new(), "v".into());
+        assert!(context(Some(empty_key)).is_err());
+
+        let many: Context = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert!(context(Some(many)).is_err());
+        let max: Context = (0..32).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert!(context(Some(max)).is_ok());
+    }
+}
