@@ -56,6 +56,9 @@ pub struct RewrapEngine {
     config: EngineConfig,
 }
 
+/// The rewrapped key, or the key whose use failed and why.
+type RewrapResult = Result<Wrapped, (KeyId, KeyError)>;
+
 /// How many planned batch messages are sent at once.
 const SEND_CHUNK: usize = 100;
 
@@ -193,7 +196,7 @@ impl RewrapEngine {
                 )
                 .await?;
             let Some(last) = records.last().map(|r| r.id.clone()) else {
-                return Ok(());
+                break;
             };
             let full = records.len() >= self.config.batch_size;
             self.rewrap_records(org, &job, &from, &to, records).await?;
@@ -202,6 +205,14 @@ impl RewrapEngine {
             }
             after = Some(last);
         }
+        // Nothing left in this range: a redelivery after a crash between the last batch's commit
+        // and the job's completion. Finish the job if that is what remained.
+        if let Some(job) = self.live_job(org, job_id, generation).await? {
+            if job.done + job.failed >= job.total {
+                self.finish(org, job_id).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn rewrap_records(
@@ -215,29 +226,27 @@ impl RewrapEngine {
         // Once a key fails for a reason that retrying cannot fix, the rest of the batch fails
         // fast with the same reason instead of calling the provider again.
         let broken: Mutex<Option<(KeyId, KeyError)>> = Mutex::new(None);
-        let results: Vec<(DataKeyRecord, Result<Wrapped, (KeyId, KeyError)>)> =
-            stream::iter(records)
-                .map(|record| {
-                    let broken = &broken;
-                    async move {
-                        let known = broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        let result = match known {
-                            Some(failure) => Err(failure),
-                            None => {
-                                let r = self.rewrap_one(org, from, to, &record).await;
-                                if let Err(f) = &r {
-                                    *broken.lock().unwrap_or_else(|e| e.into_inner()) =
-                                        Some(f.clone());
-                                }
-                                r
+        let results: Vec<(DataKeyRecord, RewrapResult)> = stream::iter(records)
+            .map(|record| {
+                let broken = &broken;
+                async move {
+                    let known = broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let result = match known {
+                        Some(failure) => Err(failure),
+                        None => {
+                            let r = self.rewrap_one(org, from, to, &record).await;
+                            if let Err(f) = &r {
+                                *broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
                             }
-                        };
-                        (record, result)
-                    }
-                })
-                .buffer_unordered(self.config.concurrency.max(1))
-                .collect()
-                .await;
+                            r
+                        }
+                    };
+                    (record, result)
+                }
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
 
         let mut batch = BatchCommit {
             job_id: job.id.clone(),
@@ -315,7 +324,7 @@ impl RewrapEngine {
         from: &Kek,
         to: &Kek,
         record: &DataKeyRecord,
-    ) -> Result<Wrapped, (KeyId, KeyError)> {
+    ) -> RewrapResult {
         let ctx = data_key_context(org, &record.id);
         let keys = self.cmk.key_provider();
         let mut attempt = 0;

@@ -5,11 +5,13 @@
 mod db;
 mod keys;
 mod queue;
+mod samples;
 mod store;
 
 pub use db::Database;
 pub use keys::LocalKeyProvider;
 pub use queue::{QueueConfig, SqliteQueue};
+pub use samples::{Sample, SampleStore};
 pub use store::SqliteStore;
 
 use std::path::Path;

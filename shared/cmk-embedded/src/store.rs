@@ -484,6 +484,9 @@ fn apply_batch(
                 .map_err(write_err)?;
             if n == 1 {
                 *applied.entry(m.to_key_id.as_str()).or_default() += 1;
+            }
+            // Only a job with failures can have one to clear (the common case skips the work).
+            if n == 1 && failed > 0 {
                 cleared += clear
                     .execute(params![org, b.job_id.as_str(), m.id.as_str()])
                     .map_err(write_err)? as i64;

@@ -1,0 +1,240 @@
+//! `cmk bench rewrap`: the re-encryption engine against the floor of the same work, in one run.
+//!
+//! (a) The floor: a plain loop over the data keys that unwraps and wraps each with AES-GCM and
+//!     rewrites it with a conditional SQLite update, batched in transactions.
+//! (b) A complete adopt job through the real engine, store and queue, with the local worker.
+//! It prints `floor_keys_per_s`, `job_keys_per_s`, the peak memory, and last `ratio=`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use cmk_core::cache::DataKeyCache;
+use cmk_core::crypto::DataKey;
+use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
+use cmk_core::model::{data_key_context, DataKeyId, DataKeyRecord, JobState, KeyId, OrgId};
+use cmk_core::ports::{Kek, KeyProvider, Store};
+use cmk_core::service::{NewKeySpec, ServiceConfig};
+use cmk_embedded::{LocalKeyProvider, QueueConfig};
+use rusqlite::params;
+use tokio::sync::watch;
+
+use crate::local::open_backends;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Re-encryption throughput: the engine beside the floor of the same work.
+    Rewrap(RewrapArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RewrapArgs {
+    /// How many data keys to re-encrypt.
+    #[arg(long, default_value_t = 100_000)]
+    data_keys: u64,
+    /// Data keys per batch (the same for the floor and the job).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Messages the worker handles at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Rewrap(args) => rewrap(args).await,
+    }
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn rewrap(args: RewrapArgs) -> Result<ExitCode> {
+    if args.data_keys == 0 {
+        bail!("--data-keys must be at least 1");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
+    let b = open_backends(
+        dir.path(),
+        QueueConfig::default(),
+        DataKeyCache::disabled(),
+        ServiceConfig::default(),
+    )?;
+    let org = OrgId::parse("bench").map_err(|e| anyhow!("{e}"))?;
+    let service = Kek {
+        org: org.clone(),
+        key_id: KeyId::service(),
+        spec: cmk_core::model::KeySpec::ServiceManaged,
+        external_id: None,
+    };
+
+    let t = Instant::now();
+    seed(&*b.store, &b.keys, &org, &service, args.data_keys).await?;
+    println!(
+        "seeded {} data keys in {:.1} s",
+        args.data_keys,
+        t.elapsed().as_secs_f64()
+    );
+
+    // (a) The floor, on the same rows (they stay under the service key).
+    let floor_secs = {
+        let db = Arc::clone(b.store.database());
+        let keys = Arc::clone(&b.keys);
+        let (org, kek, batch) = (org.clone(), service.clone(), args.batch_size);
+        tokio::task::spawn_blocking(move || floor(&db, &keys, &org, &kek, batch)).await??
+    };
+    let floor_rate = args.data_keys as f64 / floor_secs;
+    println!("floor_keys_per_s={floor_rate:.0}");
+
+    // (b) A complete adopt job through the engine, the store and the queue.
+    let engine = Arc::new(RewrapEngine::new(
+        b.cmk.clone(),
+        EngineConfig {
+            batch_size: args.batch_size,
+            ..EngineConfig::default()
+        },
+    ));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(run_worker(
+        engine,
+        WorkerConfig {
+            concurrency: args.concurrency.max(1),
+            poll_wait: Duration::from_millis(200),
+            ..WorkerConfig::default()
+        },
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    let started = Instant::now();
+    let (_, job) = b
+        .cmk
+        .add_key("bench", &org, "bench-key", NewKeySpec::Local)
+        .await?;
+    let job = job.ok_or_else(|| anyhow!("adding the first key started no job"))?;
+    let finished = loop {
+        let current = b
+            .store
+            .get_job(&org, &job.id)
+            .await?
+            .ok_or_else(|| anyhow!("the job disappeared"))?;
+        if current.state != JobState::Running {
+            break current;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let job_secs = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    if finished.state != JobState::Completed || finished.done != args.data_keys {
+        bail!(
+            "the job ended {} with {}/{} done",
+            finished.state.as_str(),
+            finished.done,
+            finished.total
+        );
+    }
+    let job_rate = args.data_keys as f64 / job_secs;
+    println!("job_keys_per_s={job_rate:.0}");
+    println!(
+        "data_keys={} batch_size={}",
+        args.data_keys, args.batch_size
+    );
+    if let Some(mb) = peak_rss_mb() {
+        println!("peak_rss_mb={mb:.0}");
+    }
+    println!("ratio={:.2}", job_rate / floor_rate);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn seed(
+    store: &dyn Store,
+    keys: &LocalKeyProvider,
+    org: &OrgId,
+    kek: &Kek,
+    n: u64,
+) -> Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let count = left.min(10_000) as usize;
+        let mut records = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = DataKeyId::generate();
+            let wrapped = keys
+                .wrap(kek, &data_key_context(org, &id), &DataKey::generate())
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            records.push(DataKeyRecord {
+                id,
+                key_id: kek.key_id.clone(),
+                wrapped: wrapped.blob,
+                version: 0,
+                created_at: cmk_core::model::now(),
+            });
+        }
+        store.insert_data_keys(org, &records).await?;
+        left -= count as u64;
+    }
+    Ok(())
+}
+
+/// The floor: read a page, unwrap + wrap each key, conditional updates in one transaction.
+fn floor(
+    db: &cmk_embedded::Database,
+    keys: &LocalKeyProvider,
+    org: &OrgId,
+    kek: &Kek,
+    batch: usize,
+) -> Result<f64> {
+    let started = Instant::now();
+    db.with_writer(|conn| -> Result<()> {
+        let mut after = String::new();
+        loop {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let page: Vec<(String, Vec<u8>, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, wrapped, version FROM data_keys
+                     WHERE org = ?1 AND key_id = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+                )?
+                .query_map(
+                    params![org.as_str(), kek.key_id.as_str(), after, batch as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<Result<_, _>>()?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.0.clone();
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE data_keys SET wrapped = ?3, version = version + 1
+                     WHERE org = ?1 AND id = ?2 AND key_id = ?4 AND version = ?5",
+                )?;
+                for (id, wrapped, version) in &page {
+                    let ctx = data_key_context(org, &DataKeyId::from_trusted(id.clone()));
+                    let plain = futures::executor::block_on(keys.unwrap(kek, &ctx, wrapped))
+                        .map_err(|e| anyhow!("{e}"))?;
+                    let again = futures::executor::block_on(keys.wrap(kek, &ctx, &plain))
+                        .map_err(|e| anyhow!("{e}"))?;
+                    update.execute(params![
+                        org.as_str(),
+                        id,
+                        again.blob,
+                        kek.key_id.as_str(),
+                        version
+                    ])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    })?;
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,151 @@
+//! The data directory, the token secret, and the small local commands.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use cmk_core::cache::DataKeyCache;
+use cmk_core::model::{KeyId, OrgId, Role};
+use cmk_core::service::ServiceConfig;
+use cmk_core::Cmk;
+use cmk_embedded::{LocalKeyProvider, QueueConfig, SqliteStore};
+use rand::RngCore;
+
+const SECRET_FILE: &str = "token.secret";
+
+/// The embedded backends of a data directory, wired into the use cases.
+pub struct Backends {
+    pub cmk: Cmk,
+    pub store: Arc<SqliteStore>,
+    pub keys: Arc<LocalKeyProvider>,
+}
+
+/// Opens (creating on first use) the data directory's database and keys.
+pub fn open_backends(
+    data_dir: &Path,
+    queue: QueueConfig,
+    cache: DataKeyCache,
+    config: ServiceConfig,
+) -> Result<Backends> {
+    let (store, queue, keys) = cmk_embedded::open(data_dir, queue)
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+    let (store, queue, keys) = (Arc::new(store), Arc::new(queue), Arc::new(keys));
+    let cmk = Cmk::new(store.clone(), queue.clone(), keys.clone(), cache, config);
+    Ok(Backends { cmk, store, keys })
+}
+
+/// The HS256 secret that signs local tokens, created (owner-only) on first use.
+pub fn token_secret(data_dir: &Path) -> Result<Vec<u8>> {
+    fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path: PathBuf = data_dir.join(SECRET_FILE);
+    if !path.exists() {
+        let mut secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut secret);
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        match opts.open(&path) {
+            Ok(mut f) => f.write_all(hex.as_bytes())?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).context("cannot create the token secret"),
+        }
+    }
+    let secret = fs::read_to_string(&path).context("cannot read the token secret")?;
+    Ok(secret.trim().as_bytes().to_vec())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Member,
+    Service,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Member => Role::Member,
+            RoleArg::Service => Role::Service,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    #[arg(long)]
+    org: String,
+    #[arg(long, value_enum, default_value = "admin")]
+    role: RoleArg,
+    /// The subject (who the token names in audit events).
+    #[arg(long, default_value = "local-admin")]
+    sub: String,
+    /// Lifetime in hours.
+    #[arg(long, default_value_t = 12)]
+    ttl_hours: u64,
+}
+
+pub fn token(data_dir: &Path, args: TokenArgs) -> Result<ExitCode> {
+    let org = OrgId::parse(&args.org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+    let secret = token_secret(data_dir)?;
+    println!(
+        "{}",
+        cmk_http::auth::issue_token(
+            &secret,
+            &args.sub,
+            org.as_str(),
+            args.role.into(),
+            Duration::from_secs(args.ttl_hours * 3600),
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LocalKeyCommand {
+    /// Make every use of the key fail with access denied, as if the customer revoked it.
+    Revoke(LocalKeyArgs),
+    /// Give access back.
+    Restore(LocalKeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LocalKeyArgs {
+    #[arg(long)]
+    org: String,
+    /// The key id (as listed by the API).
+    #[arg(long)]
+    key: String,
+}
+
+pub fn local_key(data_dir: &Path, cmd: LocalKeyCommand) -> Result<ExitCode> {
+    let (args, revoke) = match cmd {
+        LocalKeyCommand::Revoke(a) => (a, true),
+        LocalKeyCommand::Restore(a) => (a, false),
+    };
+    let org = OrgId::parse(&args.org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+    let key = KeyId::parse(&args.key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    if key.is_service() {
+        bail!("the service-managed key cannot be revoked");
+    }
+    let provider = LocalKeyProvider::open(&data_dir.join("keys"))?;
+    provider
+        .set_revoked(&org, &key, revoke)
+        .with_context(|| format!("cannot change access to key {key}"))?;
+    println!(
+        "access to local key {key} of org {org} {}",
+        if revoke { "revoked" } else { "restored" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,157 @@
+//! `cmk serve`: the API and the re-encryption worker in one process on the embedded backends.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use cmk_core::cache::DataKeyCache;
+use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
+use cmk_core::service::ServiceConfig;
+use cmk_embedded::QueueConfig;
+use cmk_http::auth::Hs256Authenticator;
+use cmk_http::AppState;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use crate::local::{open_backends, token_secret};
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CMK_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Seconds an unwrapped data key stays cached in memory (0 disables the cache).
+    #[arg(long, env = "CMK_DATA_KEY_CACHE_TTL", default_value_t = 300)]
+    pub data_key_cache_ttl: u64,
+    /// Most unwrapped data keys kept in memory.
+    #[arg(long, env = "CMK_DATA_KEY_CACHE_SIZE", default_value_t = 10_000)]
+    pub data_key_cache_size: usize,
+    /// Re-encryption messages handled at once.
+    #[arg(long, env = "CMK_WORKER_CONCURRENCY", default_value_t = 4)]
+    pub worker_concurrency: usize,
+    /// Data keys per re-encryption batch.
+    #[arg(long, env = "CMK_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Seconds a received batch stays invisible before it is delivered again.
+    #[arg(long, env = "CMK_VISIBILITY_TIMEOUT", default_value_t = 30)]
+    pub visibility_timeout: u64,
+    /// Seconds without progress after which a running job is planned again.
+    #[arg(long, env = "CMK_STALLED_AFTER", default_value_t = 60)]
+    pub stalled_after: u64,
+    /// The principal customers trust in their role's trust policy (shown by keys/setup).
+    #[arg(
+        long,
+        env = "CMK_SERVICE_PRINCIPAL",
+        default_value = "arn:aws:iam::000000000000:role/cmk-service"
+    )]
+    pub service_principal: String,
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
+    init_tracing();
+    let secret = token_secret(data_dir)?;
+    let backends = open_backends(
+        data_dir,
+        QueueConfig {
+            visibility_timeout: Duration::from_secs(args.visibility_timeout.max(1)),
+            ..QueueConfig::default()
+        },
+        DataKeyCache::new(
+            Duration::from_secs(args.data_key_cache_ttl),
+            args.data_key_cache_size,
+        ),
+        ServiceConfig {
+            service_principal: args.service_principal.clone(),
+            allow_local_keys: true,
+            allow_aws_keys: false,
+        },
+    )?;
+    let engine = Arc::new(RewrapEngine::new(
+        backends.cmk.clone(),
+        EngineConfig {
+            batch_size: args.batch_size.clamp(1, 10_000),
+            ..EngineConfig::default()
+        },
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let worker = tokio::spawn(run_worker(
+        engine,
+        WorkerConfig {
+            concurrency: args.worker_concurrency.max(1),
+            stalled_after: Duration::from_secs(args.stalled_after.max(1)),
+            ..WorkerConfig::default()
+        },
+        stopped(stop_rx.clone()),
+    ));
+
+    let app = cmk_http::router(AppState {
+        cmk: backends.cmk.clone(),
+        auth: Arc::new(Hs256Authenticator::new(&secret)),
+    });
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    let dir = data_dir.display();
+    println!("cmk listening on http://{addr} (data in {dir})");
+    println!("  an admin token:  cmk token --data-dir {dir} --org acme --role admin");
+    println!("  a service token: cmk token --data-dir {dir} --org acme --role service");
+    println!(
+        "  try: curl -H \"Authorization: Bearer $(cmk token --data-dir {dir} --org acme)\" http://{addr}/v1/orgs/acme/keys"
+    );
+    println!("  API description: http://{addr}/openapi.json");
+
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests and in-flight batches");
+        let _ = stop_tx.send(true);
+    });
+    server.await.context("the server failed")?;
+    // The worker finishes its in-flight batches; anything unacknowledged is redelivered later.
+    if tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the worker did not stop in 30 s; unfinished batches will be redelivered");
+    }
+    println!("cmk stopped");
+    Ok(ExitCode::SUCCESS)
+}

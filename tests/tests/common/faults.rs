@@ -1,0 +1,183 @@
+//! Fault injection at the ports: a store whose batch commits and job completions can be made to
+//! fail before or after they apply (a crash between two writes), and a key provider that can
+//! throttle.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cmk_core::crypto::DataKey;
+use cmk_core::error::{KeyError, KeyErrorKind, StoreError};
+use cmk_core::model::{
+    AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobId, KeyId, KeyRecord,
+    OrgId,
+};
+use cmk_core::ports::{
+    BatchCommit, JobProgress, Kek, KeyProvider, OrgCommit, OrgSnapshot, Store, Wrapped,
+};
+
+/// Counters of faults still to inject; each fault fires once per unit.
+#[derive(Debug, Default)]
+pub struct StoreFaults {
+    /// Fail the next N batch commits without applying them.
+    pub batch_before: AtomicU32,
+    /// Apply the next N batch commits, then report a failure (the caller crashed after the write).
+    pub batch_after: AtomicU32,
+    /// Apply the next N org commits that finish a job, then report a failure.
+    pub finish_after: AtomicU32,
+}
+
+fn take(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+fn crash() -> StoreError {
+    StoreError::Unavailable("injected crash".into())
+}
+
+pub struct FaultyStore {
+    pub inner: Arc<dyn Store>,
+    pub faults: Arc<StoreFaults>,
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn ensure_org(&self, org: &OrgId, e: &str) -> Result<String, StoreError> {
+        self.inner.ensure_org(org, e).await
+    }
+    async fn load_org(&self, org: &OrgId) -> Result<OrgSnapshot, StoreError> {
+        self.inner.load_org(org).await
+    }
+    async fn commit(&self, org: &OrgId, commit: OrgCommit) -> Result<Option<Job>, StoreError> {
+        let finishing = commit
+            .events
+            .iter()
+            .any(|e| e.action == "reencryption.completed" || e.action == "reencryption.failed");
+        let result = self.inner.commit(org, commit).await;
+        if finishing && result.is_ok() && take(&self.faults.finish_after) {
+            return Err(crash());
+        }
+        result
+    }
+    async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get_key(org, key).await
+    }
+    async fn set_key_health(&self, org: &OrgId, key: &KeyId, h: &Health) -> Result<(), StoreError> {
+        self.inner.set_key_health(org, key, h).await
+    }
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.get_job(org, job).await
+    }
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
+        self.inner.running_jobs().await
+    }
+    async fn insert_data_keys(
+        &self,
+        org: &OrgId,
+        keys: &[DataKeyRecord],
+    ) -> Result<(), StoreError> {
+        self.inner.insert_data_keys(org, keys).await
+    }
+    async fn get_data_key(
+        &self,
+        org: &OrgId,
+        id: &DataKeyId,
+    ) -> Result<Option<DataKeyRecord>, StoreError> {
+        self.inner.get_data_key(org, id).await
+    }
+    async fn list_data_keys(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        after: Option<&DataKeyId>,
+        until: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyRecord>, StoreError> {
+        self.inner
+            .list_data_keys(org, key, after, until, limit)
+            .await
+    }
+    async fn list_data_key_ids(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        after: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyId>, StoreError> {
+        self.inner.list_data_key_ids(org, key, after, limit).await
+    }
+    async fn commit_batch(
+        &self,
+        org: &OrgId,
+        batch: BatchCommit,
+    ) -> Result<JobProgress, StoreError> {
+        if take(&self.faults.batch_before) {
+            return Err(crash());
+        }
+        let result = self.inner.commit_batch(org, batch).await;
+        if result.is_ok() && take(&self.faults.batch_after) {
+            return Err(crash());
+        }
+        result
+    }
+    async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
+        self.inner.append_audit(org, events).await
+    }
+    async fn list_audit(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<AuditEvent>, Option<String>), StoreError> {
+        self.inner.list_audit(org, limit, cursor).await
+    }
+}
+
+/// A provider that throttles the next N calls of any kind.
+pub struct ThrottlingKeys {
+    pub inner: Arc<dyn KeyProvider>,
+    pub throttle_next: Arc<AtomicU32>,
+}
+
+impl ThrottlingKeys {
+    fn throttled(&self) -> Result<(), KeyError> {
+        if take(&self.throttle_next) {
+            Err(KeyError::new(
+                KeyErrorKind::Throttled,
+                "rate exceeded (injected)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl KeyProvider for ThrottlingKeys {
+    async fn prepare(&self, kek: &Kek) -> Result<(), KeyError> {
+        self.inner.prepare(kek).await
+    }
+    async fn wrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        pt: &DataKey,
+    ) -> Result<Wrapped, KeyError> {
+        self.throttled()?;
+        self.inner.wrap(kek, ctx, pt).await
+    }
+    async fn unwrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        w: &[u8],
+    ) -> Result<DataKey, KeyError> {
+        self.throttled()?;
+        self.inner.unwrap(kek, ctx, w).await
+    }
+    async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError> {
+        self.inner.check(kek).await
+    }
+}
