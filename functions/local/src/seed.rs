@@ -207,7 +207,7 @@ pub async fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
                 failed += 1;
                 if reported < 20 {
                     reported += 1;
-                    pb.println(format!("FAILED data key {}: {problem}", s.data_key_id));
+                    pb.suspend(|| println!("FAILED data key {}: {problem}", s.data_key_id));
                 }
             }
         }
