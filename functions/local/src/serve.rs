@@ -131,11 +131,15 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
     let dir = data_dir.display();
+    // Name this very binary, so the printed commands work without `cmk` on the PATH.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "cmk".to_owned());
     println!("cmk listening on http://{addr} (data in {dir})");
-    println!("  an admin token:  cmk token --data-dir {dir} --org acme --role admin");
-    println!("  a service token: cmk token --data-dir {dir} --org acme --role service");
+    println!("  an admin token:  {exe} token --data-dir {dir} --org acme --role admin");
+    println!("  a service token: {exe} token --data-dir {dir} --org acme --role service");
     println!(
-        "  try: curl -H \"Authorization: Bearer $(cmk token --data-dir {dir} --org acme)\" http://{addr}/v1/orgs/acme/keys"
+        "  try: curl -H \"Authorization: Bearer $({exe} token --data-dir {dir} --org acme)\" http://{addr}/v1/orgs/acme/keys"
     );
     println!("  API description: http://{addr}/openapi.json");
 

@@ -198,9 +198,10 @@ impl RewrapEngine {
             let Some(last) = records.last().map(|r| r.id.clone()) else {
                 break;
             };
-            let full = records.len() >= self.config.batch_size;
+            // The range is exhausted when the page was short or reached its upper bound.
+            let more = records.len() >= self.config.batch_size && last < *until;
             self.rewrap_records(org, &job, &from, &to, records).await?;
-            if !full {
+            if !more {
                 return Ok(());
             }
             after = Some(last);
@@ -276,7 +277,8 @@ impl RewrapEngine {
                 }
             }
         }
-        let progress = self.commit_batch(org, batch).await?;
+        // One atomic write; if it fails the message is redelivered and the batch redone.
+        let progress = self.cmk.store().commit_batch(org, batch).await?;
         if let Some((key_id, error)) = failed_key {
             self.record_health(org, &key_id, &error).await;
         }
@@ -284,23 +286,6 @@ impl RewrapEngine {
             self.finish(org, &job.id).await?;
         }
         Ok(())
-    }
-
-    async fn commit_batch(
-        &self,
-        org: &OrgId,
-        batch: BatchCommit,
-    ) -> Result<crate::ports::JobProgress, CoreError> {
-        let mut attempt = 0;
-        loop {
-            match self.cmk.store().commit_batch(org, batch.clone()).await {
-                Err(StoreError::Conflict(_)) if attempt < 8 => {
-                    backoff(attempt).await;
-                    attempt += 1;
-                }
-                other => return Ok(other?),
-            }
-        }
     }
 
     async fn record_health(&self, org: &OrgId, key: &KeyId, error: &KeyError) {

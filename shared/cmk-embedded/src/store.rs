@@ -750,18 +750,29 @@ impl Store for SqliteStore {
         let (org, key) = (org.to_string(), key.to_string());
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         let until = until.map(|u| u.to_string());
+        // Two statements, so that SQLite bounds the index range on both sides (an
+        // `?4 IS NULL OR id <= ?4` would scan to the end of the key's data keys).
         self.db
             .read(move |conn| {
-                conn.prepare_cached(
-                    "SELECT id, key_id, wrapped, version, created_at FROM data_keys
-                     WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND (?4 IS NULL OR id <= ?4)
-                     ORDER BY id LIMIT ?5",
-                )
-                .map_err(unavailable)?
-                .query_map(params![org, key, after, until, limit as i64], data_key_row)
-                .map_err(unavailable)?
-                .map(|row| to_record(row.map_err(unavailable)?))
-                .collect()
+                let mut stmt = match until {
+                    Some(_) => conn.prepare_cached(
+                        "SELECT id, key_id, wrapped, version, created_at FROM data_keys
+                         WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND id <= ?4
+                         ORDER BY id LIMIT ?5",
+                    ),
+                    None => conn.prepare_cached(
+                        "SELECT id, key_id, wrapped, version, created_at FROM data_keys
+                         WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND ?4 IS NULL
+                         ORDER BY id LIMIT ?5",
+                    ),
+                }
+                .map_err(unavailable)?;
+                let records = stmt
+                    .query_map(params![org, key, after, until, limit as i64], data_key_row)
+                    .map_err(unavailable)?
+                    .map(|row| to_record(row.map_err(unavailable)?))
+                    .collect();
+                records
             })
             .await
     }
