@@ -166,9 +166,11 @@ async fn a_first_key_in_an_empty_org_completes_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_leaves_every_data_key_readable_and_sources_usable() {
-    let mut opts = common::Options::default();
-    opts.worker = false;
-    let mut app = TestApp::with(opts).await;
+    let mut app = TestApp::with(common::Options {
+        worker: false,
+        ..common::Options::default()
+    })
+    .await;
     let org = "cancel";
     let a = app.add_local_key(org, "a").await;
     // No worker yet: run the adopt job by hand to completion.

@@ -56,6 +56,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
