@@ -119,9 +119,17 @@ fn has_active_cmk(s: &OrgSnapshot) -> bool {
     s.keys.iter().any(|k| k.state == KeyState::Active)
 }
 
+/// Key names are unique in an org regardless of case. Folded with Unicode lowercase, as the
+/// stores fold them for their uniqueness constraint (an ASCII-only fold let `CLÉ` past this rule
+/// into the store's constraint, which answered a retryable `conflict` instead of `name_taken`).
+fn same_name(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
+}
+
 /// Checks what can be checked before the (slow) key round trip of an add.
 pub fn precheck_add(s: &OrgSnapshot, name: &str) -> Result<(), CoreError> {
-    if s.keys.iter().any(|k| k.name.eq_ignore_ascii_case(name)) {
+    // The service-managed key is listed among the org's keys under its name: it is taken too.
+    if same_name(SERVICE_KEY_NAME, name) || s.keys.iter().any(|k| same_name(&k.name, name)) {
         return Err(CoreError::NameTaken(name.to_owned()));
     }
     if !has_active_cmk(s) {
@@ -497,6 +505,16 @@ mod tests {
             add_key(&s, "alice", record("k3", "PROD", KeyState::Active)),
             Err(CoreError::NameTaken(_))
         ));
+        s.keys.push(record("k4", "clé", KeyState::Disabled));
+        for taken in ["CLÉ", "service-managed KEY"] {
+            assert!(
+                matches!(
+                    add_key(&s, "alice", record("k5", taken, KeyState::Active)),
+                    Err(CoreError::NameTaken(_))
+                ),
+                "{taken}"
+            );
+        }
     }
 
     #[test]

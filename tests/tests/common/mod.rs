@@ -1,7 +1,12 @@
 //! A test harness: the real router on a loopback port, on real SQLite adapters in a temporary
 //! directory, with a worker, plus fault-injecting wrappers at the ports.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::type_complexity
+)]
 
 pub mod faults;
 
@@ -352,6 +357,103 @@ impl TestApp {
                 assert_eq!(job.done, job.total, "done equals total when complete");
             }
         }
+    }
+}
+
+/// An answer read without any assumption: status, headers, and the body as JSON (a JSON string
+/// holding the text when the body is not JSON; Null when empty).
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Raw {
+    /// The `content-type` header, or "".
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Asserts a problem+json answer with this status and code; `what` names the request.
+    pub fn assert_problem(&self, status: u16, code: &str, what: &str) {
+        assert!(
+            self.status < 500,
+            "{what}: never a 5xx, got {} {}",
+            self.status,
+            self.body
+        );
+        assert_eq!(
+            (self.status, self.body["code"].as_str()),
+            (status, Some(code)),
+            "{what}: expected {status} {code}, got {}",
+            self.body
+        );
+        assert!(
+            self.content_type().starts_with("application/problem+json"),
+            "{what}: the body is application/problem+json, got {:?}",
+            self.content_type()
+        );
+        assert_eq!(
+            self.body["status"],
+            u64::from(status),
+            "{what}: the problem's status is the HTTP status: {}",
+            self.body
+        );
+    }
+}
+
+impl TestApp {
+    /// Sends any request: `token` goes in `Authorization: Bearer` when given, `content_type` in
+    /// the header when given, `body` as raw bytes.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Raw {
+        let mut req = self
+            .http
+            .request(method.parse().expect("method"), self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Raw {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// What an admin can observe of an org: its keys listing (states, default, counts of data
+    /// keys, job) and its audit trail. A refused request must leave it identical.
+    pub async fn observe(&self, org: &str) -> Value {
+        let keys = self.keys(org).await;
+        let (status, audit) = self
+            .admin("GET", &format!("/v1/orgs/{org}/audit?limit=500"), org, None)
+            .await;
+        assert_eq!(status, 200, "{audit}");
+        json!({"keys": keys, "audit": audit})
     }
 }
 
