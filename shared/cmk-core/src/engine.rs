@@ -56,6 +56,15 @@ pub struct RewrapEngine {
     config: EngineConfig,
 }
 
+/// The data keys one batch message names.
+#[derive(Clone, Copy, Debug)]
+struct Range<'a> {
+    source: &'a KeyId,
+    partition: u32,
+    after: Option<&'a DataKeyId>,
+    until: &'a DataKeyId,
+}
+
 /// The rewrapped key, or the key whose use failed and why.
 type RewrapResult = Result<Wrapped, (KeyId, KeyError)>;
 
@@ -92,11 +101,17 @@ impl RewrapEngine {
                 job_id,
                 generation,
                 source,
+                partition,
                 after,
                 until,
             } => {
-                self.batch(&org, &job_id, generation, &source, after.as_ref(), &until)
-                    .await?
+                let range = Range {
+                    source: &source,
+                    partition,
+                    after: after.as_ref(),
+                    until: &until,
+                };
+                self.batch(&org, &job_id, generation, range).await?
             }
         }
         Ok(Outcome::Ack)
@@ -125,13 +140,24 @@ impl RewrapEngine {
         };
         let mut pending = Vec::new();
         let mut planned = 0usize;
-        for source in &job.source_key_ids {
+        let partitions = self.cmk.store().data_key_partitions();
+        let sources = job
+            .source_key_ids
+            .iter()
+            .flat_map(|s| (0..partitions).map(move |p| (s, p)));
+        for (source, partition) in sources {
             let mut after: Option<DataKeyId> = None;
             loop {
                 let ids = self
                     .cmk
                     .store()
-                    .list_data_key_ids(org, source, after.as_ref(), self.config.batch_size)
+                    .list_data_key_ids(
+                        org,
+                        source,
+                        partition,
+                        after.as_ref(),
+                        self.config.batch_size,
+                    )
                     .await?;
                 let Some(last) = ids.last().cloned() else {
                     break;
@@ -141,6 +167,7 @@ impl RewrapEngine {
                     job_id: job_id.clone(),
                     generation,
                     source: source.clone(),
+                    partition,
                     after: after.clone(),
                     until: last.clone(),
                 });
@@ -171,10 +198,14 @@ impl RewrapEngine {
         org: &OrgId,
         job_id: &JobId,
         generation: u32,
-        source: &KeyId,
-        after: Option<&DataKeyId>,
-        until: &DataKeyId,
+        range: Range<'_>,
     ) -> Result<(), CoreError> {
+        let Range {
+            source,
+            partition,
+            after,
+            until,
+        } = range;
         let Some(job) = self.live_job(org, job_id, generation).await? else {
             return Ok(());
         };
@@ -190,6 +221,7 @@ impl RewrapEngine {
                 .list_data_keys(
                     org,
                     source,
+                    partition,
                     after.as_ref(),
                     Some(until),
                     self.config.batch_size,

@@ -158,11 +158,19 @@ pub trait Store: Send + Sync + 'static {
         id: &DataKeyId,
     ) -> Result<Option<DataKeyRecord>, StoreError>;
 
-    /// Data keys wrapped by `key`, with ids in `(after, until]`, in id order, at most `limit`.
+    /// How many partitions the data keys of one wrapping key are spread over. Enumeration is
+    /// per partition, so re-encrypting a large org does not funnel through one partition.
+    fn data_key_partitions(&self) -> u32 {
+        1
+    }
+
+    /// Data keys wrapped by `key` in `partition`, with ids in `(after, until]`, in id order, at
+    /// most `limit`.
     async fn list_data_keys(
         &self,
         org: &OrgId,
         key: &KeyId,
+        partition: u32,
         after: Option<&DataKeyId>,
         until: Option<&DataKeyId>,
         limit: usize,
@@ -173,6 +181,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         org: &OrgId,
         key: &KeyId,
+        partition: u32,
         after: Option<&DataKeyId>,
         limit: usize,
     ) -> Result<Vec<DataKeyId>, StoreError>;
@@ -208,12 +217,14 @@ pub enum RewrapMessage {
         job_id: JobId,
         generation: u32,
     },
-    /// Move the data keys wrapped by `source` with ids in `(after, until]`.
+    /// Move the data keys wrapped by `source` in `partition` with ids in `(after, until]`.
     Batch {
         org: OrgId,
         job_id: JobId,
         generation: u32,
         source: KeyId,
+        #[serde(default)]
+        partition: u32,
         after: Option<DataKeyId>,
         until: DataKeyId,
     },

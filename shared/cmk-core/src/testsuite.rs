@@ -220,10 +220,13 @@ async fn job_total_and_exact_progress(store: &dyn Store) {
     );
     assert_eq!(started.state, JobState::Running);
 
-    let ids = store.list_data_key_ids(&org, &svc, None, 4).await.unwrap();
+    let ids = store
+        .list_data_key_ids(&org, &svc, 0, None, 4)
+        .await
+        .unwrap();
     assert_eq!(ids.len(), 4);
     let page = store
-        .list_data_keys(&org, &svc, Some(&ids[0]), Some(&ids[3]), 100)
+        .list_data_keys(&org, &svc, 0, Some(&ids[0]), Some(&ids[3]), 100)
         .await
         .unwrap();
     assert_eq!(
@@ -434,7 +437,7 @@ async fn orgs_are_isolated(store: &dyn Store) {
         .unwrap()
         .is_some());
     assert!(store
-        .list_data_keys(&b, &KeyId::service(), None, None, 10)
+        .list_data_keys(&b, &KeyId::service(), 0, None, None, 10)
         .await
         .unwrap()
         .is_empty());

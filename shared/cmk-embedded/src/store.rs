@@ -743,10 +743,14 @@ impl Store for SqliteStore {
         &self,
         org: &OrgId,
         key: &KeyId,
+        partition: u32,
         after: Option<&DataKeyId>,
         until: Option<&DataKeyId>,
         limit: usize,
     ) -> Result<Vec<DataKeyRecord>, StoreError> {
+        if partition != 0 {
+            return Ok(Vec::new()); // one partition: SQLite's index serves any range
+        }
         let (org, key) = (org.to_string(), key.to_string());
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         let until = until.map(|u| u.to_string());
@@ -781,9 +785,13 @@ impl Store for SqliteStore {
         &self,
         org: &OrgId,
         key: &KeyId,
+        partition: u32,
         after: Option<&DataKeyId>,
         limit: usize,
     ) -> Result<Vec<DataKeyId>, StoreError> {
+        if partition != 0 {
+            return Ok(Vec::new());
+        }
         let (org, key) = (org.to_string(), key.to_string());
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         self.db

@@ -82,6 +82,7 @@ impl Store for StubStore {
         &self,
         _: &OrgId,
         _: &KeyId,
+        _: u32,
         _: Option<&DataKeyId>,
         _: Option<&DataKeyId>,
         _: usize,
@@ -92,6 +93,7 @@ impl Store for StubStore {
         &self,
         _: &OrgId,
         _: &KeyId,
+        _: u32,
         _: Option<&DataKeyId>,
         _: usize,
     ) -> Result<Vec<DataKeyId>, StoreError> {

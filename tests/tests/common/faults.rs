@@ -91,22 +91,26 @@ impl Store for FaultyStore {
         &self,
         org: &OrgId,
         key: &KeyId,
+        partition: u32,
         after: Option<&DataKeyId>,
         until: Option<&DataKeyId>,
         limit: usize,
     ) -> Result<Vec<DataKeyRecord>, StoreError> {
         self.inner
-            .list_data_keys(org, key, after, until, limit)
+            .list_data_keys(org, key, partition, after, until, limit)
             .await
     }
     async fn list_data_key_ids(
         &self,
         org: &OrgId,
         key: &KeyId,
+        partition: u32,
         after: Option<&DataKeyId>,
         limit: usize,
     ) -> Result<Vec<DataKeyId>, StoreError> {
-        self.inner.list_data_key_ids(org, key, after, limit).await
+        self.inner
+            .list_data_key_ids(org, key, partition, after, limit)
+            .await
     }
     async fn commit_batch(
         &self,

@@ -327,11 +327,15 @@ impl TestApp {
         let org_id = cmk_core::model::OrgId::from_trusted(org);
         let snapshot = self.sqlite.load_org(&org_id).await.expect("snapshot");
         for (key, count) in &snapshot.data_key_counts {
-            let rows = self
-                .sqlite
-                .list_data_keys(&org_id, key, None, None, 1_000_000)
-                .await
-                .expect("rows");
+            let mut rows = Vec::new();
+            for partition in 0..self.store.data_key_partitions() {
+                rows.extend(
+                    self.store
+                        .list_data_keys(&org_id, key, partition, None, None, 1_000_000)
+                        .await
+                        .expect("rows"),
+                );
+            }
             assert_eq!(
                 rows.len() as u64,
                 *count,
