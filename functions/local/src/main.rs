@@ -1,7 +1,9 @@
-//! `cmk`: the customer-managed-keys service in one local process on embedded backends, and the
-//! tools around it (tokens, seeding, verification, revocation drills, benchmarks).
+//! `cmk`: the customer-managed-keys service in one local process on embedded backends, the
+//! tools around it (tokens, seeding, verification, revocation drills, benchmarks), and the admin
+//! CLI that drives a running service over HTTP (`keys`, `reencryption`, `audit`).
 
 mod bench;
+mod cli;
 mod local;
 mod seed;
 mod serve;
@@ -37,6 +39,12 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Admin: list, add, set as default, disable and check keys of a running service.
+    Keys(cli::KeysArgs),
+    /// Admin: the re-encryption job of a running service (status, watch, retry, cancel).
+    Reencryption(cli::ReencryptionArgs),
+    /// Admin: the audit trail of a running service, newest first.
+    Audit(cli::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,9 @@ fn main() -> ExitCode {
             Command::Verify(args) => seed::verify(&cli.data_dir, args).await,
             Command::LocalKey(cmd) => local::local_key(&cli.data_dir, cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Keys(args) => cli::keys(args).await,
+            Command::Reencryption(args) => cli::reencryption(args).await,
+            Command::Audit(args) => cli::audit(args).await,
         }
     });
     match result {

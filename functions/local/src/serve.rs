@@ -49,6 +49,9 @@ pub struct ServeArgs {
         default_value = "arn:aws:iam::000000000000:role/cmk-service"
     )]
     pub service_principal: String,
+    /// The org whose admin gets the ready login link printed at start.
+    #[arg(long, env = "CMK_ADMIN_ORG", default_value = "acme")]
+    pub admin_org: String,
 }
 
 fn init_tracing() {
@@ -86,6 +89,8 @@ async fn shutdown_signal() {
 pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     init_tracing();
     let secret = token_secret(data_dir)?;
+    let admin_org = cmk_core::model::OrgId::parse(&args.admin_org)
+        .map_err(|e| anyhow::anyhow!("--admin-org: {e}"))?;
     let backends = open_backends(
         data_dir,
         QueueConfig {
@@ -143,6 +148,16 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         "  try: curl -H \"Authorization: Bearer $({exe} token --data-dir {dir} --org acme)\" http://{addr}/v1/orgs/acme/keys"
     );
     println!("  API description: http://{addr}/openapi.json");
+    // A ready login link for the admin page: the token rides in the fragment, never sent.
+    let token = cmk_http::auth::issue_token(
+        &secret,
+        "local-admin",
+        admin_org.as_str(),
+        cmk_http::auth::Role::Admin,
+        Duration::from_secs(12 * 3600),
+    );
+    println!("  admin page for org {admin_org} (the link is valid for 12 h):");
+    println!("open http://{addr}/#org={admin_org}&token={token}");
 
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;

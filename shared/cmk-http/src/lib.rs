@@ -4,6 +4,8 @@
 //!
 //! Each Lambda mounts only the routes it owns: build its router with [`app`] and one of
 //! [`admin_read_routes`], [`admin_write_routes`] or [`data_plane_routes`]. [`router`] has them all.
+//! The admin page ([`page::page_routes`]: `GET /` and `GET /assets/{file}`) is part of
+//! [`admin_read_routes`], so the read function serves it on AWS as `cmk serve` does locally.
 
 use std::sync::Arc;
 
@@ -22,10 +24,12 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 mod openapi;
+pub mod page;
 
 pub use error::{ApiError, ProblemCode};
 pub use extract::BODY_LIMIT;
 pub use openapi::openapi;
+pub use page::page_routes;
 
 /// What every handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -45,9 +49,9 @@ impl std::fmt::Debug for AppState {
 /// Header that carries the request id, set when the caller sent none and echoed in the response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Admin routes that only read (the `keys-read` function).
+/// Admin routes that only read (the `keys-read` function), and the admin page that calls them.
 pub fn admin_read_routes() -> Router<AppState> {
-    Router::new()
+    page::page_routes()
         .route("/v1/orgs/{org}/keys", get(handlers::list_keys))
         .route("/v1/orgs/{org}/keys/setup", get(handlers::setup))
         .route("/v1/orgs/{org}/reencryption", get(handlers::reencryption))

@@ -1,0 +1,220 @@
+//! `cmk keys list | add | default | disable | disable-all | check`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use super::client::{n, print_json, s, Client};
+use super::reencryption::job_summary;
+use super::table::{self, count};
+use super::Remote;
+
+#[derive(Args, Debug)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    remote: Remote,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// List the org's keys, its default key and the current re-encryption.
+    List,
+    /// Add a key, checked first by a real round trip; the first one becomes the default.
+    Add(AddArgs),
+    /// Make a key (an id or a name) the default for new data keys.
+    Default {
+        /// Key id or name.
+        key: String,
+    },
+    /// Disable a key, re-encrypting its data keys with another active key.
+    Disable {
+        /// Key id or name.
+        key: String,
+        /// The active key (id or name) that takes over its data keys.
+        #[arg(long)]
+        reencrypt_to: String,
+    },
+    /// Disable every customer managed key: all data keys return to the service-managed key.
+    DisableAll,
+    /// Check a key's health by a real round trip (exits 1 when the key cannot be used).
+    Check {
+        /// Key id or name.
+        key: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KeyTypeArg {
+    #[value(name = "aws-kms")]
+    AwsKms,
+    Local,
+}
+
+#[derive(Args, Debug)]
+struct AddArgs {
+    /// A unique name in the org.
+    #[arg(long)]
+    name: String,
+    /// `aws-kms` (needs --role-arn and --key-arn) or `local` (local runs only). Default:
+    /// aws-kms when an ARN is given, else local.
+    #[arg(long = "type", value_enum)]
+    key_type: Option<KeyTypeArg>,
+    /// The IAM role the service assumes to use the key.
+    #[arg(long)]
+    role_arn: Option<String>,
+    /// The KMS key ARN or alias ARN.
+    #[arg(long)]
+    key_arn: Option<String>,
+}
+
+/// One line per key.
+fn key_rows(keys: &[Value]) -> Vec<Vec<String>> {
+    keys.iter()
+        .map(|k| {
+            let mut health = s(&k["health"], "status").to_owned();
+            if let Some(m) = k["health"]["message"].as_str().filter(|_| health != "ok") {
+                health = format!("{health}: {m}");
+            }
+            vec![
+                s(k, "id").to_owned(),
+                s(k, "name").to_owned(),
+                s(k, "type").to_owned(),
+                if k["default"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    "-".into()
+                },
+                s(k, "state").to_owned(),
+                health,
+                count(n(k, "data_keys")),
+            ]
+        })
+        .collect()
+}
+
+const KEY_HEADERS: [&str; 7] = [
+    "ID",
+    "NAME",
+    "TYPE",
+    "DEFAULT",
+    "STATE",
+    "HEALTH",
+    "DATA KEYS",
+];
+
+fn print_keys(keys: &[Value]) {
+    println!("{}", table::render(&KEY_HEADERS, &key_rows(keys)));
+}
+
+/// Prints a started or unfinished job in one line.
+fn print_job_line(job: &Value) {
+    if job.is_object() {
+        println!("re-encryption: {}", job_summary(job));
+        println!("  follow it with: cmk reencryption status --watch");
+    }
+}
+
+pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
+    let client = Client::new(&args.remote)?;
+    let json = args.remote.json;
+    match args.command {
+        KeysCommand::List => {
+            let listing = client.get("/keys").await?;
+            if json {
+                print_json(&listing);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let keys = listing["keys"].as_array().cloned().unwrap_or_default();
+            print_keys(&keys);
+            let job = &listing["reencryption"];
+            if matches!(s(job, "state"), "running" | "failed") {
+                println!();
+                print_job_line(job);
+            }
+        }
+        KeysCommand::Add(add) => {
+            let key_type =
+                add.key_type
+                    .unwrap_or(if add.role_arn.is_some() || add.key_arn.is_some() {
+                        KeyTypeArg::AwsKms
+                    } else {
+                        KeyTypeArg::Local
+                    });
+            let body = match key_type {
+                KeyTypeArg::AwsKms => {
+                    let (Some(role_arn), Some(key_arn)) = (add.role_arn, add.key_arn) else {
+                        bail!("--type aws-kms needs --role-arn and --key-arn");
+                    };
+                    json!({"name": add.name, "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn})
+                }
+                KeyTypeArg::Local => json!({"name": add.name, "type": "local"}),
+            };
+            let res = client.post("/keys", Some(body)).await?;
+            if json {
+                print_json(&res);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "added key {} ({})",
+                s(&res["key"], "name"),
+                s(&res["key"], "id")
+            );
+            print_keys(std::slice::from_ref(&res["key"]));
+            print_job_line(&res["reencryption"]);
+        }
+        KeysCommand::Default { key } => {
+            let id = client.resolve_key(&key).await?;
+            let res = client.post(&format!("/keys/{id}/default"), None).await?;
+            if json {
+                print_json(&res);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{} ({id}) is now the default key", s(&res["key"], "name"));
+        }
+        KeysCommand::Disable { key, reencrypt_to } => {
+            let id = client.resolve_key(&key).await?;
+            let target = client.resolve_key(&reencrypt_to).await?;
+            let res = client
+                .post(
+                    &format!("/keys/{id}/disable"),
+                    Some(json!({"reencrypt_to": target})),
+                )
+                .await?;
+            if json {
+                print_json(&res);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("disabling {id}: its data keys are re-encrypted with {target}");
+            print_job_line(&res["reencryption"]);
+        }
+        KeysCommand::DisableAll => {
+            let res = client.post("/keys/disable-all", None).await?;
+            if json {
+                print_json(&res);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "disabling all customer managed keys: data keys return to the service-managed key"
+            );
+            print_job_line(&res["reencryption"]);
+        }
+        KeysCommand::Check { key } => {
+            let id = client.resolve_key(&key).await?;
+            let res = client.post(&format!("/keys/{id}/check"), None).await?;
+            let healthy = s(&res["key"]["health"], "status") == "ok";
+            if json {
+                print_json(&res);
+            } else {
+                print_keys(std::slice::from_ref(&res["key"]));
+            }
+            if !healthy {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,81 @@
+// The HTTP API of API.md, as the page uses it: every call carries the admin's bearer token and
+// every failure becomes an ApiError holding the problem's code, detail and reason.
+
+/** A failed call: `status` 0 means the service did not answer. */
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = problem?.code || (status ? `http_${status}` : 'network');
+    this.title = problem?.title || '';
+    this.detail = problem?.detail || '';
+    this.reason = problem?.reason || null;
+    this.keyId = problem?.key_id || null;
+  }
+}
+
+/**
+ * A client for one org. `onAuthFailure(err)` is called on 401 and 403 before the error is
+ * thrown, so the page can ask for another token.
+ */
+export function createApi({ org, token, onAuthFailure }) {
+  const base = `/v1/orgs/${encodeURIComponent(org)}`;
+  const enc = encodeURIComponent;
+
+  async function call(method, path, body) {
+    const headers = { authorization: `Bearer ${token}`, accept: 'application/json' };
+    const init = { method, headers, cache: 'no-store', credentials: 'omit' };
+    if (body !== undefined) {
+      headers['content-type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(base + path, init);
+    } catch {
+      throw new ApiError(0, {
+        detail: 'The service did not answer. Check that it is running, then try again.',
+      });
+    }
+    const text = await response.text();
+    let json = null;
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch {
+      json = null;
+    }
+    if (!response.ok) {
+      const err = new ApiError(response.status, json ?? { detail: text.slice(0, 300) });
+      if (response.status === 401 || response.status === 403) onAuthFailure?.(err);
+      throw err;
+    }
+    return json;
+  }
+
+  return {
+    org,
+    keys: () => call('GET', '/keys'),
+    setup: () => call('GET', '/keys/setup'),
+    addKey: (body) => call('POST', '/keys', body),
+    setDefault: (id) => call('POST', `/keys/${enc(id)}/default`),
+    disable: (id, reencryptTo) => call('POST', `/keys/${enc(id)}/disable`, { reencrypt_to: reencryptTo }),
+    disableAll: () => call('POST', '/keys/disable-all'),
+    check: (id) => call('POST', `/keys/${enc(id)}/check`),
+    reencryption: () => call('GET', '/reencryption'),
+    retry: () => call('POST', '/reencryption/retry'),
+    cancel: () => call('POST', '/reencryption/cancel'),
+  };
+}
+
+/** The claims of a JWT, read without checking the signature (the API checks it), or null. */
+export function tokenClaims(token) {
+  try {
+    const part = token.split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const padded = b64 + '='.repeat((4 - (b64.length % 4)) % 4);
+    return JSON.parse(atob(padded));
+  } catch {
+    return null;
+  }
+}
