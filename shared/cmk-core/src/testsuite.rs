@@ -220,20 +220,56 @@ async fn job_total_and_exact_progress(store: &dyn Store) {
     );
     assert_eq!(started.state, JobState::Running);
 
-    let ids = store
-        .list_data_key_ids(&org, &svc, 0, None, 4)
-        .await
+    // Every data key is enumerated exactly once across the partitions, in id order within each.
+    let mut all = Vec::new();
+    let mut widest: Vec<DataKeyId> = Vec::new();
+    for partition in 0..store.data_key_partitions() {
+        let ids = store
+            .list_data_key_ids(&org, &svc, partition, None, 100)
+            .await
+            .unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids come in order");
+        if ids.len() > widest.len() {
+            widest = ids.clone();
+        }
+        all.extend(ids);
+    }
+    all.sort();
+    let mut expected: Vec<DataKeyId> = records.iter().map(|r| r.id.clone()).collect();
+    expected.sort();
+    assert_eq!(all, expected, "enumeration finds every data key once");
+
+    // Ranges are (after, until] within a partition, and paging resumes after the last id.
+    let partition = (0..store.data_key_partitions())
+        .find(|p| {
+            futures::executor::block_on(store.list_data_key_ids(&org, &svc, *p, None, 100))
+                .map(|ids| ids == widest)
+                .unwrap_or(false)
+        })
         .unwrap();
-    assert_eq!(ids.len(), 4);
-    let page = store
-        .list_data_keys(&org, &svc, 0, Some(&ids[0]), Some(&ids[3]), 100)
-        .await
-        .unwrap();
-    assert_eq!(
-        page.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
-        ids[1..4].to_vec(),
-        "ranges are (after, until] in id order"
-    );
+    if widest.len() >= 3 {
+        let page = store
+            .list_data_keys(
+                &org,
+                &svc,
+                partition,
+                Some(&widest[0]),
+                Some(&widest[2]),
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+            widest[1..3].to_vec(),
+            "ranges are (after, until] in id order"
+        );
+        let rest = store
+            .list_data_key_ids(&org, &svc, partition, Some(&widest[0]), 1)
+            .await
+            .unwrap();
+        assert_eq!(rest, widest[1..2].to_vec(), "a page starts after `after`");
+    }
 
     let batch = BatchCommit {
         job_id: started.id.clone(),
@@ -504,15 +540,10 @@ pub async fn queue_contract(queue: &dyn RewrapQueue, visibility: Duration) {
     );
     assert!(again[0].body.contains("job-2"));
     assert_eq!(again[0].receive_count, 2);
-    queue.ack(&unacked.receipt).await.unwrap();
-    tokio::time::sleep(visibility + Duration::from_millis(100)).await;
-    let third = queue.receive(10, Duration::from_secs(1)).await.unwrap();
-    assert_eq!(
-        third.len(),
-        1,
-        "the receipt of an earlier delivery does not acknowledge a redelivery"
-    );
-    queue.ack(&third[0].receipt).await.unwrap();
+    // (Acknowledging with the receipt of an earlier delivery is adapter-specific: SQS may or may
+    // not delete then. The engine does not rely on either: every batch is idempotent.)
+    let _ = unacked;
+    queue.ack(&again[0].receipt).await.unwrap();
     tokio::time::sleep(visibility + Duration::from_millis(100)).await;
     assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
 }

@@ -1,0 +1,1317 @@
+//! The DynamoDB [`Store`]: one table, every invariant enforced by conditional writes and
+//! `TransactWriteItems`.
+//!
+//! # Table design
+//!
+//! Keys `pk` (S) and `sk` (S); on-demand capacity.
+//!
+//! | item | pk | sk | attributes |
+//! | --- | --- | --- | --- |
+//! | org head | `ORG#{org}` | `#HEAD` | `version` (N), `external_id`, `default_key_id`, `current_job_id` |
+//! | key | `ORG#{org}` | `KEY#{key}` | `seq`, `name`, `spec` (JSON), `state`, `health` (JSON), `created_at`, `created_by` |
+//! | key name | `ORG#{org}` | `NAME#{lowercased name}` | `key_id` (uniqueness guard) |
+//! | data-key count | `ORG#{org}` | `COUNT#{key}#{shard}` | `n` (N) — sharded, summed on read |
+//! | job | `ORG#{org}` | `JOB#{job}` | `kind`, `state`, `sources`, `target`, `total`, `done`, `failed`, `generation`, times; `gsi2pk` = `RUNNING` while running |
+//! | job failure | `ORG#{org}` | `FAIL#{job}#{generation:08}#{data key}` | `key_id`, `reason`, `message` |
+//! | audit event | `AUDIT#{org}` | `{event id}` (UUIDv7, sorts by time) | the event |
+//! | data key | `DK#{org}#{id}` | `DK` | `key_id`, `wrapped` (B), `version`, `created_at`, `gsi1pk` = `{org}#{key}#{partition}`, `gsi1sk` = id |
+//!
+//! Indexes: `by_wrapping_key` (`gsi1pk`, `gsi1sk`) enumerates a key's data keys per partition;
+//! `running_jobs` (`gsi2pk`, `gsi2sk`) is sparse and lists running jobs for the sweep.
+//!
+//! # Capacity
+//!
+//! Every data key is its own partition key, so data-key reads and rewrites spread over the whole
+//! table. A data key's partition in `by_wrapping_key` is a hash of its id modulo
+//! [`PARTITIONS`], so the index writes of a large org's rewrap (each move changes `gsi1pk`)
+//! spread over `PARTITIONS` index partitions per key instead of one (each index partition takes
+//! about 1,000 writes/s), and workers enumerate the partitions in parallel. Counters are
+//! sharded ([`COUNT_SHARDS`]) for the same reason: data-key inserts and moves pick a random
+//! shard. The org head is written only by admin actions, never per data key.
+//!
+//! # Exactly-once progress
+//!
+//! A batch commit is one `TransactWriteItems` of up to [`MOVES_PER_TRANSACTION`] conditional
+//! moves (each: still wrapped by the source at the version read), the job's `done` increment
+//! (conditional on the job still running at the batch's generation) and the counter updates. A
+//! duplicate or stale move cancels the transaction; the adapter drops the moves whose condition
+//! failed (the cancellation reasons say which) and commits the rest, so each data key is counted
+//! once. About 1.03 item writes per moved data key.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, SecondsFormat, Utc};
+use cmk_core::error::StoreError;
+use cmk_core::model::{
+    AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job, JobError, JobId, JobKind,
+    JobState, KeyId, KeyRecord, KeyState, OrgId, SERVICE_KEY_ID,
+};
+use cmk_core::ports::{
+    BatchCommit, DataKeyMove, JobChange, JobProgress, OrgCommit, OrgSnapshot, Store,
+};
+use rand::Rng;
+
+use crate::describe;
+
+/// Index partitions of a wrapping key's data keys.
+pub const PARTITIONS: u32 = 16;
+/// Shards of each data-key counter.
+pub const COUNT_SHARDS: u32 = 4;
+/// Data-key moves per transaction (100 items at most, minus the job and two counters).
+pub const MOVES_PER_TRANSACTION: usize = 96;
+/// Index names.
+pub const BY_WRAPPING_KEY: &str = "by_wrapping_key";
+pub const RUNNING_JOBS: &str = "running_jobs";
+const HEAD: &str = "#HEAD";
+const ERRORS_SHOWN: i32 = 100;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The DynamoDB store over one table.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn org_pk(org: &OrgId) -> String {
+    format!("ORG#{org}")
+}
+
+fn dk_pk(org: &OrgId, id: &DataKeyId) -> String {
+    format!("DK#{org}#{id}")
+}
+
+/// A stable hash (FNV-1a) of a data key id, for its index partition.
+pub fn partition_of(id: &DataKeyId) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.as_str().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % PARTITIONS
+}
+
+fn gsi1pk(org: &OrgId, key: &KeyId, partition: u32) -> String {
+    format!("{org}#{key}#{partition}")
+}
+
+fn random_shard() -> u32 {
+    rand::thread_rng().gen_range(0..COUNT_SHARDS)
+}
+
+/// A counter item's key, for one shard.
+fn count_sk(key: &KeyId, shard: u32) -> String {
+    format!("COUNT#{key}#{shard}")
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn sdk_err<E>(e: SdkError<E>) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match crate::error_code(&e) {
+        Some("ConditionalCheckFailedException" | "TransactionCanceledException") => {
+            StoreError::Conflict(describe(&e))
+        }
+        _ => StoreError::Unavailable(describe(&e)),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: &str) -> Result<T, StoreError> {
+    serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        _ => Err(corrupt(name)),
+    }
+}
+
+fn opt_s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn get_n(item: &Item, name: &str) -> Result<i64, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().map_err(|_| corrupt(name)),
+        _ => Err(corrupt(name)),
+    }
+}
+
+fn parse_ts(v: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| corrupt("timestamp"))
+}
+
+fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
+    r.map_err(|e| StoreError::Corrupt(format!("request: {e}")))
+}
+
+fn key_item(org: &OrgId, k: &KeyRecord, seq: i64) -> Result<Item, StoreError> {
+    Ok(HashMap::from([
+        ("pk".into(), s(org_pk(org))),
+        ("sk".into(), s(format!("KEY#{}", k.id))),
+        ("seq".into(), n(seq)),
+        ("name".into(), s(&k.name)),
+        ("spec".into(), s(json(&k.spec)?)),
+        ("state".into(), s(k.state.as_str())),
+        ("health".into(), s(json(&k.health)?)),
+        ("created_at".into(), s(ts(&k.created_at))),
+        ("created_by".into(), s(&k.created_by)),
+    ]))
+}
+
+fn key_from(item: &Item) -> Result<(i64, KeyRecord), StoreError> {
+    let sk = get_s(item, "sk")?;
+    let id = sk.strip_prefix("KEY#").ok_or_else(|| corrupt("key sk"))?;
+    Ok((
+        get_n(item, "seq")?,
+        KeyRecord {
+            id: KeyId::from_trusted(id),
+            name: get_s(item, "name")?.to_owned(),
+            spec: from_json(get_s(item, "spec")?)?,
+            state: KeyState::parse(get_s(item, "state")?).ok_or_else(|| corrupt("state"))?,
+            health: from_json(get_s(item, "health")?)?,
+            created_at: parse_ts(get_s(item, "created_at")?)?,
+            created_by: get_s(item, "created_by")?.to_owned(),
+        },
+    ))
+}
+
+fn job_from(item: &Item, errors: Vec<JobError>) -> Result<Job, StoreError> {
+    let sk = get_s(item, "sk")?;
+    Ok(Job {
+        id: JobId::from_trusted(sk.strip_prefix("JOB#").ok_or_else(|| corrupt("job sk"))?),
+        kind: JobKind::parse(get_s(item, "kind")?).ok_or_else(|| corrupt("kind"))?,
+        state: JobState::parse(get_s(item, "state")?).ok_or_else(|| corrupt("job state"))?,
+        source_key_ids: from_json(get_s(item, "sources")?)?,
+        target_key_id: KeyId::from_trusted(get_s(item, "target")?),
+        total: get_n(item, "total")? as u64,
+        done: get_n(item, "done")? as u64,
+        failed: get_n(item, "failed")? as u64,
+        errors,
+        generation: get_n(item, "generation")? as u32,
+        started_at: parse_ts(get_s(item, "started_at")?)?,
+        updated_at: parse_ts(get_s(item, "updated_at")?)?,
+        finished_at: opt_s(item, "finished_at")
+            .as_deref()
+            .map(parse_ts)
+            .transpose()?,
+        started_by: get_s(item, "started_by")?.to_owned(),
+    })
+}
+
+fn data_key_from(item: &Item) -> Result<DataKeyRecord, StoreError> {
+    let wrapped = match item.get("wrapped") {
+        Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
+        _ => return Err(corrupt("wrapped")),
+    };
+    Ok(DataKeyRecord {
+        id: DataKeyId::from_trusted(get_s(item, "id")?),
+        key_id: KeyId::from_trusted(get_s(item, "key_id")?),
+        wrapped,
+        version: get_n(item, "version")? as u64,
+        created_at: parse_ts(get_s(item, "created_at")?)?,
+    })
+}
+
+fn event_item(org: &OrgId, e: &AuditEvent) -> Item {
+    let mut item = HashMap::from([
+        ("pk".into(), s(format!("AUDIT#{org}"))),
+        ("sk".into(), s(&e.id)),
+        ("at".into(), s(ts(&e.at))),
+        ("actor".into(), s(&e.actor)),
+        ("action".into(), s(&e.action)),
+        ("outcome".into(), s(&e.outcome)),
+    ]);
+    if let Some(k) = &e.key_id {
+        item.insert("key_id".into(), s(k.as_str()));
+    }
+    if let Some(j) = &e.job_id {
+        item.insert("job_id".into(), s(j.as_str()));
+    }
+    if let Some(d) = &e.detail {
+        item.insert("detail".into(), s(d));
+    }
+    item
+}
+
+fn event_from(item: &Item) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        id: get_s(item, "sk")?.to_owned(),
+        at: parse_ts(get_s(item, "at")?)?,
+        actor: get_s(item, "actor")?.to_owned(),
+        action: get_s(item, "action")?.to_owned(),
+        key_id: opt_s(item, "key_id").map(KeyId::from_trusted),
+        job_id: opt_s(item, "job_id").map(JobId::from_trusted),
+        outcome: get_s(item, "outcome")?.to_owned(),
+        detail: opt_s(item, "detail"),
+    })
+}
+
+/// Which items of a cancelled transaction failed their condition.
+fn failed_conditions(e: &SdkError<TransactWriteItemsError>) -> Option<Vec<bool>> {
+    let SdkError::ServiceError(se) = e else {
+        return None;
+    };
+    let TransactWriteItemsError::TransactionCanceledException(tc) = se.err() else {
+        return None;
+    };
+    let reasons = tc.cancellation_reasons();
+    if reasons.is_empty() {
+        return None;
+    }
+    Some(
+        reasons
+            .iter()
+            .map(|r| r.code() == Some("ConditionalCheckFailed"))
+            .collect(),
+    )
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        Ok(out.item)
+    }
+
+    /// Every item of `pk` whose sort key starts with `prefix` (consistent, all pages).
+    async fn query_prefix(&self, pk: String, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":p", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    async fn counts(&self, org: &OrgId) -> Result<HashMap<KeyId, u64>, StoreError> {
+        // Shards may go negative one by one (a move decrements a random shard); their sum is
+        // the count.
+        let mut sums: HashMap<KeyId, i64> = HashMap::new();
+        for item in self.query_prefix(org_pk(org), "COUNT#").await? {
+            let sk = get_s(&item, "sk")?;
+            let key = sk
+                .strip_prefix("COUNT#")
+                .and_then(|r| r.rsplit_once('#'))
+                .map(|(k, _)| k)
+                .ok_or_else(|| corrupt("count sk"))?;
+            *sums.entry(KeyId::from_trusted(key)).or_default() += get_n(&item, "n")?;
+        }
+        Ok(sums
+            .into_iter()
+            .map(|(k, v)| (k, v.max(0) as u64))
+            .collect())
+    }
+
+    async fn job_errors(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+    ) -> Result<Vec<JobError>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(org_pk(org)))
+            .expression_attribute_values(":p", s(format!("FAIL#{job}#{generation:08}#")))
+            .consistent_read(true)
+            .limit(ERRORS_SHOWN)
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        out.items
+            .unwrap_or_default()
+            .iter()
+            .map(|item| {
+                Ok(JobError {
+                    data_key_id: DataKeyId::from_trusted(get_s(item, "data_key_id")?),
+                    key_id: KeyId::from_trusted(get_s(item, "key_id")?),
+                    reason: from_json::<HealthStatus>(&format!("\"{}\"", get_s(item, "reason")?))?,
+                    message: get_s(item, "message")?.to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    async fn read_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
+        let Some(item) = self.get(org_pk(org), &format!("JOB#{job}")).await? else {
+            return Ok(None);
+        };
+        let generation = get_n(&item, "generation")? as u32;
+        let errors = self.job_errors(org, job, generation).await?;
+        job_from(&item, errors).map(Some)
+    }
+
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<(), SdkError<TransactWriteItemsError>> {
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map(|_| ())
+    }
+
+    fn counter_update(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        delta: i64,
+    ) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .update(build(
+                Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(org_pk(org)))
+                    .key("sk", s(count_sk(key, random_shard())))
+                    .update_expression("ADD #n :d")
+                    .expression_attribute_names("#n", "n")
+                    .expression_attribute_values(":d", n(delta))
+                    .build(),
+            )?)
+            .build())
+    }
+
+    fn job_put(&self, org: &OrgId, job: &Job, total: u64) -> Result<Item, StoreError> {
+        let now = ts(&cmk_core::model::now());
+        let mut item = HashMap::from([
+            ("pk".into(), s(org_pk(org))),
+            ("sk".into(), s(format!("JOB#{}", job.id))),
+            ("kind".into(), s(job.kind.as_str())),
+            ("state".into(), s(job.state.as_str())),
+            ("sources".into(), s(json(&job.source_key_ids)?)),
+            ("target".into(), s(job.target_key_id.as_str())),
+            ("total".into(), n(total)),
+            ("done".into(), n(0)),
+            ("failed".into(), n(0)),
+            ("generation".into(), n(job.generation)),
+            ("started_at".into(), s(now.clone())),
+            ("updated_at".into(), s(now)),
+            ("started_by".into(), s(&job.started_by)),
+        ]);
+        if job.state == JobState::Running {
+            item.insert("gsi2pk".into(), s("RUNNING"));
+            item.insert("gsi2sk".into(), s(format!("{org}#{}", job.id)));
+        }
+        Ok(item)
+    }
+
+    /// Moves one chunk; returns how many moved. Drops moves whose condition failed and retries.
+    async fn commit_moves(
+        &self,
+        org: &OrgId,
+        batch: &BatchCommit,
+        mut moves: Vec<&DataKeyMove>,
+    ) -> Result<Option<u64>, StoreError> {
+        let pk = org_pk(org);
+        let job_sk = format!("JOB#{}", batch.job_id);
+        loop {
+            if moves.is_empty() {
+                return Ok(Some(0));
+            }
+            let count = moves.len() as i64;
+            let mut items = Vec::with_capacity(moves.len() + 3);
+            items.push(
+                TransactWriteItem::builder()
+                    .update(build(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(pk.clone()))
+                            .key("sk", s(job_sk.clone()))
+                            .condition_expression("#st = :running AND #gen = :g")
+                            .update_expression("ADD #done :n SET #upd = :now")
+                            .expression_attribute_names("#st", "state")
+                            .expression_attribute_names("#gen", "generation")
+                            .expression_attribute_names("#done", "done")
+                            .expression_attribute_names("#upd", "updated_at")
+                            .expression_attribute_values(":running", s("running"))
+                            .expression_attribute_values(":g", n(batch.generation))
+                            .expression_attribute_values(":n", n(count))
+                            .expression_attribute_values(":now", s(ts(&cmk_core::model::now())))
+                            .build(),
+                    )?)
+                    .build(),
+            );
+            // All moves of a batch go from one source to one target.
+            let to = moves[0].to_key_id.clone();
+            items.push(self.counter_update(org, &batch.source, -count)?);
+            items.push(self.counter_update(org, &to, count)?);
+            for m in &moves {
+                items.push(
+                    TransactWriteItem::builder()
+                        .update(build(
+                            Update::builder()
+                                .table_name(&self.table)
+                                .key("pk", s(dk_pk(org, &m.id)))
+                                .key("sk", s("DK"))
+                                .condition_expression("#kid = :from AND #ver = :v")
+                                .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1")
+                                .expression_attribute_names("#kid", "key_id")
+                                .expression_attribute_names("#ver", "version")
+                                .expression_attribute_names("#w", "wrapped")
+                                .expression_attribute_names("#g1", "gsi1pk")
+                                .expression_attribute_values(":from", s(m.from_key_id.as_str()))
+                                .expression_attribute_values(":v", n(m.from_version))
+                                .expression_attribute_values(":to", s(m.to_key_id.as_str()))
+                                .expression_attribute_values(
+                                    ":w",
+                                    AttributeValue::B(Blob::new(m.wrapped.clone())),
+                                )
+                                .expression_attribute_values(":v1", n(m.from_version + 1))
+                                .expression_attribute_values(
+                                    ":g1",
+                                    s(gsi1pk(org, &m.to_key_id, partition_of(&m.id))),
+                                )
+                                .build(),
+                        )?)
+                        .build(),
+                );
+            }
+            match self.transact(items).await {
+                Ok(()) => return Ok(Some(count as u64)),
+                Err(e) => {
+                    let Some(failed) = failed_conditions(&e) else {
+                        return Err(sdk_err(e));
+                    };
+                    if failed.first().copied().unwrap_or(false) {
+                        return Ok(None); // the job moved on: a stale message
+                    }
+                    // Index 0 is the job, 1-2 the counters, then the moves.
+                    let before = moves.len();
+                    moves = moves
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| !failed.get(i + 3).copied().unwrap_or(false))
+                        .map(|(_, m)| m)
+                        .collect();
+                    if moves.len() == before {
+                        // Cancelled for another reason (a conflicting concurrent transaction).
+                        return Err(sdk_err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records failures of data keys still wrapped by the source, counted once each.
+    async fn record_failures(&self, org: &OrgId, batch: &BatchCommit) -> Result<(), StoreError> {
+        let pk = org_pk(org);
+        for f in &batch.failures {
+            let items = vec![
+                TransactWriteItem::builder()
+                    .condition_check(build(
+                        ConditionCheck::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(dk_pk(org, &f.data_key_id)))
+                            .key("sk", s("DK"))
+                            .condition_expression("#kid = :src")
+                            .expression_attribute_names("#kid", "key_id")
+                            .expression_attribute_values(":src", s(batch.source.as_str()))
+                            .build(),
+                    )?)
+                    .build(),
+                TransactWriteItem::builder()
+                    .put(build(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(HashMap::from([
+                                ("pk".into(), s(pk.clone())),
+                                (
+                                    "sk".into(),
+                                    s(format!(
+                                        "FAIL#{}#{:08}#{}",
+                                        batch.job_id, batch.generation, f.data_key_id
+                                    )),
+                                ),
+                                ("data_key_id".into(), s(f.data_key_id.as_str())),
+                                ("key_id".into(), s(f.key_id.as_str())),
+                                ("reason".into(), s(f.reason.as_str())),
+                                ("message".into(), s(&f.message)),
+                            ])))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build(),
+                    )?)
+                    .build(),
+                TransactWriteItem::builder()
+                    .update(build(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(pk.clone()))
+                            .key("sk", s(format!("JOB#{}", batch.job_id)))
+                            .condition_expression("#st = :running AND #gen = :g")
+                            .update_expression("ADD #failed :one")
+                            .expression_attribute_names("#st", "state")
+                            .expression_attribute_names("#gen", "generation")
+                            .expression_attribute_names("#failed", "failed")
+                            .expression_attribute_values(":running", s("running"))
+                            .expression_attribute_values(":g", n(batch.generation))
+                            .expression_attribute_values(":one", n(1))
+                            .build(),
+                    )?)
+                    .build(),
+            ];
+            match self.transact(items).await {
+                Ok(()) => {}
+                // Already recorded, moved meanwhile, or the job moved on: nothing to count.
+                Err(e) if failed_conditions(&e).is_some() => {}
+                Err(e) => return Err(sdk_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears earlier failures of data keys that have now moved.
+    async fn clear_failures(&self, org: &OrgId, batch: &BatchCommit) -> Result<(), StoreError> {
+        let pk = org_pk(org);
+        for m in &batch.moves {
+            let sk = format!("FAIL#{}#{:08}#{}", batch.job_id, batch.generation, m.id);
+            let items = vec![
+                TransactWriteItem::builder()
+                    .delete(build(
+                        aws_sdk_dynamodb::types::Delete::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(pk.clone()))
+                            .key("sk", s(sk))
+                            .condition_expression("attribute_exists(pk)")
+                            .build(),
+                    )?)
+                    .build(),
+                TransactWriteItem::builder()
+                    .update(build(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(pk.clone()))
+                            .key("sk", s(format!("JOB#{}", batch.job_id)))
+                            .update_expression("ADD #failed :minus")
+                            .expression_attribute_names("#failed", "failed")
+                            .expression_attribute_values(":minus", n(-1))
+                            .build(),
+                    )?)
+                    .build(),
+            ];
+            match self.transact(items).await {
+                Ok(()) => {}
+                Err(e) if failed_conditions(&e).is_some() => {}
+                Err(e) => return Err(sdk_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn progress(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        applied: u64,
+    ) -> Result<JobProgress, StoreError> {
+        let item = self
+            .get(org_pk(org), &format!("JOB#{job}"))
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("job {job} not found")))?;
+        Ok(JobProgress {
+            state: JobState::parse(get_s(&item, "state")?).ok_or_else(|| corrupt("job state"))?,
+            generation: get_n(&item, "generation")? as u32,
+            total: get_n(&item, "total")? as u64,
+            done: get_n(&item, "done")? as u64,
+            failed: get_n(&item, "failed")?.max(0) as u64,
+            applied,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn ensure_org(&self, org: &OrgId, new_external_id: &str) -> Result<String, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(org_pk(org)))
+            .item("sk", s(HEAD))
+            .item("version", n(0))
+            .item("external_id", s(new_external_id))
+            .item("default_key_id", s(SERVICE_KEY_ID))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(new_external_id.to_owned()),
+            Err(e) if crate::error_code(&e) == Some("ConditionalCheckFailedException") => {}
+            Err(e) => return Err(sdk_err(e)),
+        }
+        let head = self
+            .get(org_pk(org), HEAD)
+            .await?
+            .ok_or_else(|| corrupt("org head vanished"))?;
+        match opt_s(&head, "external_id") {
+            Some(ext) => Ok(ext),
+            None => {
+                // A head written by a commit before any setup: give it its external id once.
+                let out = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", s(org_pk(org)))
+                    .key("sk", s(HEAD))
+                    .update_expression("SET #ext = if_not_exists(#ext, :e)")
+                    .expression_attribute_names("#ext", "external_id")
+                    .expression_attribute_values(":e", s(new_external_id))
+                    .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+                    .send()
+                    .await
+                    .map_err(sdk_err)?;
+                out.attributes
+                    .as_ref()
+                    .and_then(|a| opt_s(a, "external_id"))
+                    .ok_or_else(|| corrupt("external id"))
+            }
+        }
+    }
+
+    async fn load_org(&self, org: &OrgId) -> Result<OrgSnapshot, StoreError> {
+        // The head first: whatever is read after it is at least as new, and every commit is
+        // conditional on the head's version, so a stale mix can never be committed.
+        let head = self.get(org_pk(org), HEAD).await?;
+        let mut keys: Vec<(i64, KeyRecord)> = self
+            .query_prefix(org_pk(org), "KEY#")
+            .await?
+            .iter()
+            .map(key_from)
+            .collect::<Result<_, _>>()?;
+        keys.sort_by_key(|(seq, _)| *seq);
+        let data_key_counts = self.counts(org).await?;
+        let job = match head.as_ref().and_then(|h| opt_s(h, "current_job_id")) {
+            Some(id) => self.read_job(org, &JobId::from_trusted(id)).await?,
+            None => None,
+        };
+        Ok(OrgSnapshot {
+            org: org.clone(),
+            version: head
+                .as_ref()
+                .map(|h| get_n(h, "version"))
+                .transpose()?
+                .unwrap_or(0) as u64,
+            external_id: head.as_ref().and_then(|h| opt_s(h, "external_id")),
+            default_key_id: KeyId::from_trusted(
+                head.as_ref()
+                    .and_then(|h| opt_s(h, "default_key_id"))
+                    .unwrap_or_else(|| SERVICE_KEY_ID.to_owned()),
+            ),
+            keys: keys.into_iter().map(|(_, k)| k).collect(),
+            data_key_counts,
+            job,
+        })
+    }
+
+    async fn commit(&self, org: &OrgId, c: OrgCommit) -> Result<Option<Job>, StoreError> {
+        let pk = org_pk(org);
+        let mut items = Vec::new();
+        let mut head_update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk.clone()))
+            .key("sk", s(HEAD))
+            .condition_expression("attribute_not_exists(pk) OR #ver = :v")
+            .expression_attribute_names("#ver", "version")
+            .expression_attribute_names("#def", "default_key_id")
+            .expression_attribute_values(":v", n(c.expected_version))
+            .expression_attribute_values(":v1", n(c.expected_version + 1))
+            .expression_attribute_values(":d", s(c.default_key_id.as_str()));
+        let mut head_expr = "SET #ver = :v1, #def = :d".to_owned();
+
+        // Keys keep their creation order: new keys get the next sequence number.
+        let existing: HashMap<String, i64> = self
+            .query_prefix(pk.clone(), "KEY#")
+            .await?
+            .iter()
+            .map(key_from)
+            .map(|r| r.map(|(seq, k)| (k.id.to_string(), seq)))
+            .collect::<Result<_, _>>()?;
+        let mut next_seq = existing.values().copied().max().unwrap_or(0) + 1;
+        for k in &c.upsert_keys {
+            let seq = match existing.get(k.id.as_str()) {
+                Some(seq) => *seq,
+                None => {
+                    next_seq += 1;
+                    next_seq - 1
+                }
+            };
+            items.push(
+                TransactWriteItem::builder()
+                    .put(build(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(key_item(org, k, seq)?))
+                            .build(),
+                    )?)
+                    .build(),
+            );
+            items.push(
+                TransactWriteItem::builder()
+                    .put(build(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .item("pk", s(pk.clone()))
+                            .item("sk", s(format!("NAME#{}", k.name.to_lowercase())))
+                            .item("key_id", s(k.id.as_str()))
+                            .condition_expression("attribute_not_exists(pk) OR #kid = :id")
+                            .expression_attribute_names("#kid", "key_id")
+                            .expression_attribute_values(":id", s(k.id.as_str()))
+                            .build(),
+                    )?)
+                    .build(),
+            );
+        }
+
+        let mut job_id = None;
+        match &c.job {
+            None => {}
+            Some(JobChange::Start(job)) => {
+                // Count the sources now, and make the commit conditional on every counter shard
+                // of every source still holding what was read (or still being absent): a data
+                // key inserted meanwhile cancels the commit, so `total` is exact.
+                let mut shards: HashMap<String, i64> = HashMap::new();
+                for item in self.query_prefix(pk.clone(), "COUNT#").await? {
+                    shards.insert(get_s(&item, "sk")?.to_owned(), get_n(&item, "n")?);
+                }
+                let mut total = 0i64;
+                for source in &job.source_key_ids {
+                    for shard in 0..COUNT_SHARDS {
+                        let sk = count_sk(source, shard);
+                        let check = ConditionCheck::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(pk.clone()))
+                            .key("sk", s(sk.clone()));
+                        let check = match shards.get(&sk) {
+                            Some(v) => {
+                                total += *v;
+                                check
+                                    .condition_expression("#n = :n")
+                                    .expression_attribute_names("#n", "n")
+                                    .expression_attribute_values(":n", n(*v))
+                            }
+                            None => check.condition_expression("attribute_not_exists(pk)"),
+                        };
+                        items.push(
+                            TransactWriteItem::builder()
+                                .condition_check(build(check.build())?)
+                                .build(),
+                        );
+                    }
+                }
+                items.push(
+                    TransactWriteItem::builder()
+                        .put(build(
+                            Put::builder()
+                                .table_name(&self.table)
+                                .set_item(Some(self.job_put(org, job, total.max(0) as u64)?))
+                                .condition_expression("attribute_not_exists(pk)")
+                                .build(),
+                        )?)
+                        .build(),
+                );
+                head_expr.push_str(", #job = :job");
+                head_update = head_update
+                    .expression_attribute_names("#job", "current_job_id")
+                    .expression_attribute_values(":job", s(job.id.as_str()));
+                job_id = Some(job.id.clone());
+            }
+            Some(JobChange::Update(u)) => {
+                let now = ts(&cmk_core::model::now());
+                let mut expr = "SET #st = :st, #gen = :g, #upd = :now".to_owned();
+                let mut update = Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(pk.clone()))
+                    .key("sk", s(format!("JOB#{}", u.job_id)))
+                    .condition_expression("#st = :est AND #gen = :eg")
+                    .expression_attribute_names("#st", "state")
+                    .expression_attribute_names("#gen", "generation")
+                    .expression_attribute_names("#upd", "updated_at")
+                    .expression_attribute_values(":est", s(u.expected_state.as_str()))
+                    .expression_attribute_values(":eg", n(u.expected_generation))
+                    .expression_attribute_values(":st", s(u.state.as_str()))
+                    .expression_attribute_values(":g", n(u.generation))
+                    .expression_attribute_values(":now", s(now));
+                if u.finished {
+                    expr.push_str(", #fin = :now");
+                    update = update.expression_attribute_names("#fin", "finished_at");
+                }
+                if let Some(total) = u.total {
+                    expr.push_str(", #total = :total");
+                    update = update
+                        .expression_attribute_names("#total", "total")
+                        .expression_attribute_values(":total", n(total));
+                }
+                if u.reset_failures {
+                    expr.push_str(", #failed = :zero");
+                    update = update
+                        .expression_attribute_names("#failed", "failed")
+                        .expression_attribute_values(":zero", n(0));
+                }
+                if u.state == JobState::Running {
+                    expr.push_str(", gsi2pk = :running, gsi2sk = :g2");
+                    update = update
+                        .expression_attribute_values(":running", s("RUNNING"))
+                        .expression_attribute_values(":g2", s(format!("{org}#{}", u.job_id)));
+                } else {
+                    expr.push_str(" REMOVE gsi2pk, gsi2sk");
+                }
+                items.push(
+                    TransactWriteItem::builder()
+                        .update(build(update.update_expression(expr).build())?)
+                        .build(),
+                );
+                job_id = Some(u.job_id.clone());
+            }
+        }
+        items.insert(
+            0,
+            TransactWriteItem::builder()
+                .update(build(head_update.update_expression(head_expr).build())?)
+                .build(),
+        );
+        for e in &c.events {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(build(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(event_item(org, e)))
+                            .build(),
+                    )?)
+                    .build(),
+            );
+        }
+        if items.len() > 100 {
+            return Err(StoreError::Unavailable(format!(
+                "a commit of {} items exceeds one transaction",
+                items.len()
+            )));
+        }
+        self.transact(items)
+            .await
+            .map_err(|e| match failed_conditions(&e) {
+                Some(_) => StoreError::Conflict(describe(&e)),
+                None => sdk_err(e),
+            })?;
+        match job_id {
+            Some(id) => self.read_job(org, &id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.get(org_pk(org), &format!("KEY#{key}"))
+            .await?
+            .map(|i| key_from(&i).map(|(_, k)| k))
+            .transpose()
+    }
+
+    async fn set_key_health(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        health: &Health,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("KEY#{key}")))
+            .update_expression("SET #h = :h")
+            .expression_attribute_names("#h", "health")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":h", s(json(health)?))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if crate::error_code(&e) == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(sdk_err(e)),
+        }
+    }
+
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
+        self.read_job(org, job).await
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
+        let mut jobs = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(RUNNING_JOBS)
+                .key_condition_expression("gsi2pk = :r")
+                .expression_attribute_values(":r", s("RUNNING"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            for item in out.items.unwrap_or_default() {
+                let sk = get_s(&item, "gsi2sk")?;
+                let (org, job) = sk.split_once('#').ok_or_else(|| corrupt("gsi2sk"))?;
+                let org = OrgId::from_trusted(org);
+                if let Some(job) = self.read_job(&org, &JobId::from_trusted(job)).await? {
+                    if job.state == JobState::Running {
+                        jobs.push((org, job));
+                    }
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(jobs),
+            }
+        }
+    }
+
+    async fn insert_data_keys(
+        &self,
+        org: &OrgId,
+        keys: &[DataKeyRecord],
+    ) -> Result<(), StoreError> {
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
+        if keys.iter().any(|k| k.key_id != first.key_id) {
+            return Err(StoreError::Conflict(
+                "data keys of one insert must share their wrapping key".into(),
+            ));
+        }
+        for chunk in keys.chunks(MOVES_PER_TRANSACTION) {
+            // The wrapping key must still be the default (an org without a head defaults to the
+            // service key).
+            let mut check = ConditionCheck::builder()
+                .table_name(&self.table)
+                .key("pk", s(org_pk(org)))
+                .key("sk", s(HEAD))
+                .expression_attribute_values(":k", s(first.key_id.as_str()));
+            check = if first.key_id.is_service() {
+                check.condition_expression("attribute_not_exists(pk) OR #def = :k")
+            } else {
+                check.condition_expression("#def = :k")
+            };
+            check = check.expression_attribute_names("#def", "default_key_id");
+            let mut items = vec![
+                TransactWriteItem::builder()
+                    .condition_check(build(check.build())?)
+                    .build(),
+                self.counter_update(org, &first.key_id, chunk.len() as i64)?,
+            ];
+            for k in chunk {
+                items.push(
+                    TransactWriteItem::builder()
+                        .put(build(
+                            Put::builder()
+                                .table_name(&self.table)
+                                .item("pk", s(dk_pk(org, &k.id)))
+                                .item("sk", s("DK"))
+                                .item("org", s(org.as_str()))
+                                .item("id", s(k.id.as_str()))
+                                .item("key_id", s(k.key_id.as_str()))
+                                .item("wrapped", AttributeValue::B(Blob::new(k.wrapped.clone())))
+                                .item("version", n(k.version))
+                                .item("created_at", s(ts(&k.created_at)))
+                                .item("gsi1pk", s(gsi1pk(org, &k.key_id, partition_of(&k.id))))
+                                .item("gsi1sk", s(k.id.as_str()))
+                                .condition_expression("attribute_not_exists(pk)")
+                                .build(),
+                        )?)
+                        .build(),
+                );
+            }
+            self.transact(items)
+                .await
+                .map_err(|e| match failed_conditions(&e) {
+                    Some(_) => StoreError::Conflict(format!(
+                        "key {} is no longer the default",
+                        first.key_id
+                    )),
+                    None => sdk_err(e),
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn get_data_key(
+        &self,
+        org: &OrgId,
+        id: &DataKeyId,
+    ) -> Result<Option<DataKeyRecord>, StoreError> {
+        self.get(dk_pk(org, id), "DK")
+            .await?
+            .map(|i| data_key_from(&i))
+            .transpose()
+    }
+
+    async fn list_data_keys(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        partition: u32,
+        after: Option<&DataKeyId>,
+        until: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyRecord>, StoreError> {
+        // The index names candidates (eventually consistent); the table says what is true now.
+        let ids = self
+            .index_ids(org, key, partition, after, until, limit)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let mut request = KeysAndAttributes::builder().consistent_read(true);
+            for id in chunk {
+                request = request.keys(HashMap::from([
+                    ("pk".to_owned(), s(dk_pk(org, id))),
+                    ("sk".to_owned(), s("DK")),
+                ]));
+            }
+            let mut pending = Some(HashMap::from([(
+                self.table.clone(),
+                build(request.build())?,
+            )]));
+            while let Some(req) = pending.take().filter(|r| !r.is_empty()) {
+                let resp = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(req))
+                    .send()
+                    .await
+                    .map_err(sdk_err)?;
+                for item in resp
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default()
+                {
+                    let record = data_key_from(&item)?;
+                    if &record.key_id == key {
+                        out.push(record);
+                    }
+                }
+                pending = resp.unprocessed_keys;
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn list_data_key_ids(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        partition: u32,
+        after: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyId>, StoreError> {
+        self.index_ids(org, key, partition, after, None, limit)
+            .await
+    }
+
+    fn data_key_partitions(&self) -> u32 {
+        PARTITIONS
+    }
+
+    async fn commit_batch(
+        &self,
+        org: &OrgId,
+        batch: BatchCommit,
+    ) -> Result<JobProgress, StoreError> {
+        let job = self.progress(org, &batch.job_id, 0).await?;
+        if job.state != JobState::Running || job.generation != batch.generation {
+            return Ok(job);
+        }
+        let mut applied = 0;
+        for chunk in batch.moves.chunks(MOVES_PER_TRANSACTION) {
+            match self
+                .commit_moves(org, &batch, chunk.iter().collect())
+                .await?
+            {
+                Some(moved) => applied += moved,
+                None => return self.progress(org, &batch.job_id, applied).await,
+            }
+        }
+        if job.failed > 0 && !batch.moves.is_empty() {
+            self.clear_failures(org, &batch).await?;
+        }
+        if !batch.failures.is_empty() {
+            self.record_failures(org, &batch).await?;
+        }
+        self.progress(org, &batch.job_id, applied).await
+    }
+
+    async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
+        for e in events {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(event_item(org, e)))
+                .send()
+                .await
+                .map_err(sdk_err)?;
+        }
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        org: &OrgId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<AuditEvent>, Option<String>), StoreError> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(format!("AUDIT#{org}")))
+            .scan_index_forward(false)
+            .limit(limit as i32 + 1);
+        query = match cursor {
+            Some(c) => query
+                .key_condition_expression("pk = :pk AND sk < :c")
+                .expression_attribute_values(":c", s(c)),
+            None => query.key_condition_expression("pk = :pk"),
+        };
+        let out = query.send().await.map_err(sdk_err)?;
+        let mut events: Vec<AuditEvent> = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(event_from)
+            .collect::<Result<_, _>>()?;
+        let next = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|e| e.id.clone())
+        } else {
+            None
+        };
+        Ok((events, next))
+    }
+}
+
+impl DynamoStore {
+    /// Data key ids of one index partition in `(after, until]`, in id order.
+    async fn index_ids(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        partition: u32,
+        after: Option<&DataKeyId>,
+        until: Option<&DataKeyId>,
+        limit: usize,
+    ) -> Result<Vec<DataKeyId>, StoreError> {
+        let mut ids = Vec::new();
+        let mut start = None;
+        let after_s = after.map(|a| a.to_string());
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_WRAPPING_KEY)
+                .expression_attribute_values(":pk", s(gsi1pk(org, key, partition)))
+                .limit((limit - ids.len()).min(1000) as i32 + 1)
+                .set_exclusive_start_key(start);
+            // Key values cannot be empty strings, so each bound is added only when present.
+            q = match (&after_s, until) {
+                (Some(a), Some(u)) => q
+                    .key_condition_expression("gsi1pk = :pk AND gsi1sk BETWEEN :a AND :u")
+                    .expression_attribute_values(":a", s(a.clone()))
+                    .expression_attribute_values(":u", s(u.as_str())),
+                (Some(a), None) => q
+                    .key_condition_expression("gsi1pk = :pk AND gsi1sk > :a")
+                    .expression_attribute_values(":a", s(a.clone())),
+                (None, Some(u)) => q
+                    .key_condition_expression("gsi1pk = :pk AND gsi1sk <= :u")
+                    .expression_attribute_values(":u", s(u.as_str())),
+                (None, None) => q.key_condition_expression("gsi1pk = :pk"),
+            };
+            let out = q.send().await.map_err(sdk_err)?;
+            for item in out.items.unwrap_or_default() {
+                let id = get_s(&item, "gsi1sk")?;
+                if Some(id) != after_s.as_deref() && ids.len() < limit {
+                    ids.push(DataKeyId::from_trusted(id));
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() && ids.len() < limit => start = Some(k),
+                _ => return Ok(ids),
+            }
+        }
+    }
+}

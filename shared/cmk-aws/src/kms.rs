@@ -1,0 +1,422 @@
+//! The AWS KMS [`KeyProvider`].
+//!
+//! - The service-managed key is a KMS key of the operator's account, used with the function's
+//!   own credentials.
+//! - A customer key is used through `AssumeRole` into the customer's role with the org's
+//!   external id and a session name naming the service and the org. Credentials are cached per
+//!   (role, external id) and refreshed before they expire: STS is never called per data key.
+//! - Every call carries the encryption context (`org`, `data_key_id`).
+//! - `ReEncrypt` is used when one principal reaches both keys, so the plaintext never leaves
+//!   KMS; otherwise Decrypt then Encrypt.
+//! - KMS and STS errors map to the typed failures of the port, in the customer's terms.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::Client as KmsClient;
+use aws_sdk_sts::Client as StsClient;
+use cmk_core::crypto::DataKey;
+use cmk_core::error::{KeyError, KeyErrorKind};
+use cmk_core::model::{EncryptionContext, KeySpec};
+use cmk_core::ports::{Kek, KeyProvider, Wrapped};
+use tokio::sync::Mutex;
+
+use crate::describe;
+
+/// Settings of the KMS provider.
+#[derive(Clone, Debug)]
+pub struct KmsSettings {
+    /// The service-managed key (key id, key ARN or alias).
+    pub service_key_id: String,
+    /// How long an assumed session lasts (role chaining from Lambda allows at most one hour).
+    pub session_duration: Duration,
+    /// Credentials are refreshed this long before they expire.
+    pub refresh_margin: Duration,
+}
+
+impl KmsSettings {
+    pub fn new(service_key_id: impl Into<String>) -> Self {
+        Self {
+            service_key_id: service_key_id.into(),
+            session_duration: Duration::from_secs(3600),
+            refresh_margin: Duration::from_secs(300),
+        }
+    }
+}
+
+struct Session {
+    client: KmsClient,
+    expires: SystemTime,
+}
+
+/// Calls made, for the efficiency figures of the benchmark.
+#[derive(Debug, Default)]
+pub struct KmsCounters {
+    pub kms_calls: AtomicU64,
+    pub sts_calls: AtomicU64,
+}
+
+pub struct KmsKeyProvider {
+    config: SdkConfig,
+    kms: KmsClient,
+    sts: StsClient,
+    settings: KmsSettings,
+    sessions: Mutex<HashMap<(String, String), Session>>,
+    counters: KmsCounters,
+}
+
+impl std::fmt::Debug for KmsKeyProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsKeyProvider")
+            .field("service_key_id", &self.settings.service_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps an AWS error code (and HTTP status) to the port's failure kinds.
+pub fn kind_of(code: Option<&str>, status: Option<u16>) -> KeyErrorKind {
+    match code {
+        Some("AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation") => {
+            KeyErrorKind::AccessDenied
+        }
+        Some("DisabledException") => KeyErrorKind::KeyDisabled,
+        Some("NotFoundException") => KeyErrorKind::KeyNotFound,
+        Some("KMSInvalidStateException" | "InvalidKeyUsageException") => {
+            KeyErrorKind::InvalidKeyState
+        }
+        Some(
+            "ThrottlingException"
+            | "Throttling"
+            | "LimitExceededException"
+            | "RequestLimitExceeded"
+            | "TooManyRequestsException",
+        ) => KeyErrorKind::Throttled,
+        Some("InvalidCiphertextException" | "IncorrectKeyException") => {
+            KeyErrorKind::InvalidCiphertext
+        }
+        Some("KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException") => {
+            KeyErrorKind::Transient
+        }
+        // Some emulators answer a denied call with a 403 whose body names no KMS error code.
+        _ if status == Some(403) => KeyErrorKind::AccessDenied,
+        _ if status == Some(429) => KeyErrorKind::Throttled,
+        Some(_) => KeyErrorKind::Transient,
+        None => KeyErrorKind::Transient,
+    }
+}
+
+fn key_error<E>(e: SdkError<E>, what: &str) -> KeyError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let kind = kind_of(e.code(), status);
+    let why = match kind {
+        KeyErrorKind::AccessDenied => "access denied",
+        KeyErrorKind::KeyDisabled => "the key is disabled",
+        KeyErrorKind::KeyNotFound => "the key does not exist",
+        KeyErrorKind::InvalidKeyState => {
+            "the key is not in a usable state (pending deletion or import?)"
+        }
+        KeyErrorKind::Throttled => "AWS throttled the request",
+        KeyErrorKind::InvalidCiphertext => "the ciphertext does not belong to this key and context",
+        _ => "AWS could not serve the request",
+    };
+    KeyError::new(kind, format!("{what}: {why} ({})", describe(&e)))
+}
+
+/// A session name naming the service and the org (at most 64 characters).
+fn session_name(org: &str) -> String {
+    let mut name = format!("cmk-service-{org}");
+    name.truncate(64);
+    name
+}
+
+impl KmsKeyProvider {
+    /// Builds clients from a loaded SDK configuration; makes no AWS call.
+    pub fn new(config: &SdkConfig, settings: KmsSettings) -> Self {
+        Self {
+            kms: KmsClient::new(config),
+            sts: StsClient::new(config),
+            config: config.clone(),
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+            counters: KmsCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &KmsCounters {
+        &self.counters
+    }
+
+    /// The client and key id to use for `kek`.
+    async fn client_for(&self, kek: &Kek) -> Result<(KmsClient, String, Option<String>), KeyError> {
+        match &kek.spec {
+            KeySpec::ServiceManaged => {
+                Ok((self.kms.clone(), self.settings.service_key_id.clone(), None))
+            }
+            KeySpec::AwsKms {
+                role_arn,
+                key_arn,
+                resolved_key_arn,
+            } => {
+                let external_id = kek.external_id.clone().unwrap_or_default();
+                let client = self
+                    .session(role_arn, &external_id, kek.org.as_str())
+                    .await?;
+                Ok((client, key_arn.clone(), resolved_key_arn.clone()))
+            }
+            KeySpec::Local => Err(KeyError::new(
+                KeyErrorKind::Unsupported,
+                "local keys exist only when the service runs locally",
+            )),
+        }
+    }
+
+    /// A KMS client acting as the customer's role, from cache or a fresh `AssumeRole`.
+    async fn session(
+        &self,
+        role_arn: &str,
+        external_id: &str,
+        org: &str,
+    ) -> Result<KmsClient, KeyError> {
+        let cache_key = (role_arn.to_owned(), external_id.to_owned());
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&cache_key) {
+            if s.expires > SystemTime::now() + self.settings.refresh_margin {
+                return Ok(s.client.clone());
+            }
+        }
+        self.counters.sts_calls.fetch_add(1, Ordering::Relaxed);
+        let out = self
+            .sts
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name(session_name(org))
+            .external_id(external_id)
+            .duration_seconds(self.settings.session_duration.as_secs() as i32)
+            .send()
+            .await
+            .map_err(|e| {
+                let mut err = key_error(e, &format!("assuming role {role_arn}"));
+                if err.kind == KeyErrorKind::AccessDenied {
+                    err.message = format!(
+                        "the service cannot assume role {role_arn}: check its trust policy allows the service principal with this organization's external id ({})",
+                        err.message
+                    );
+                }
+                err
+            })?;
+        let creds = out
+            .credentials()
+            .ok_or_else(|| KeyError::new(KeyErrorKind::Transient, "STS returned no credentials"))?;
+        let expires = SystemTime::try_from(*creds.expiration())
+            .unwrap_or_else(|_| SystemTime::now() + self.settings.session_duration);
+        let credentials = Credentials::new(
+            creds.access_key_id(),
+            creds.secret_access_key(),
+            Some(creds.session_token().to_owned()),
+            Some(expires),
+            "cmk-assumed-role",
+        );
+        let conf = aws_sdk_kms::config::Builder::from(&self.config)
+            .credentials_provider(credentials)
+            .build();
+        let client = KmsClient::from_conf(conf);
+        sessions.insert(
+            cache_key,
+            Session {
+                client: client.clone(),
+                expires,
+            },
+        );
+        Ok(client)
+    }
+
+    fn count(&self) {
+        self.counters.kms_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn encrypt(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<Wrapped, KeyError> {
+        let (client, key_id, _) = self.client_for(kek).await?;
+        self.count();
+        let out = client
+            .encrypt()
+            .key_id(&key_id)
+            .plaintext(Blob::new(plaintext.to_vec()))
+            .set_encryption_context(Some(ctx.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| key_error(e, &format!("encrypting with KMS key {key_id}")))?;
+        Ok(Wrapped {
+            blob: out
+                .ciphertext_blob()
+                .map(|b| b.as_ref().to_vec())
+                .ok_or_else(|| {
+                    KeyError::new(KeyErrorKind::Transient, "KMS returned no ciphertext")
+                })?,
+            resolved_key: out.key_id().map(str::to_owned),
+        })
+    }
+
+    fn same_principal(a: &Kek, b: &Kek) -> bool {
+        match (&a.spec, &b.spec) {
+            (KeySpec::ServiceManaged, KeySpec::ServiceManaged) => true,
+            (KeySpec::AwsKms { role_arn: ra, .. }, KeySpec::AwsKms { role_arn: rb, .. }) => {
+                ra == rb && a.external_id == b.external_id
+            }
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl KeyProvider for KmsKeyProvider {
+    async fn wrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        plaintext: &DataKey,
+    ) -> Result<Wrapped, KeyError> {
+        self.encrypt(kek, ctx, plaintext.expose()).await
+    }
+
+    async fn unwrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        wrapped: &[u8],
+    ) -> Result<DataKey, KeyError> {
+        let (client, key_id, resolved) = self.client_for(kek).await?;
+        let key_id = resolved.unwrap_or(key_id);
+        self.count();
+        let out = client
+            .decrypt()
+            .key_id(&key_id)
+            .ciphertext_blob(Blob::new(wrapped.to_vec()))
+            .set_encryption_context(Some(ctx.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| key_error(e, &format!("decrypting with KMS key {key_id}")))?;
+        out.plaintext()
+            .and_then(|p| DataKey::from_slice(p.as_ref()))
+            .ok_or_else(|| {
+                KeyError::new(
+                    KeyErrorKind::InvalidCiphertext,
+                    "KMS returned no 32-byte key",
+                )
+            })
+    }
+
+    async fn rewrap(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        ctx: &EncryptionContext,
+        wrapped: &[u8],
+    ) -> Result<Option<Wrapped>, KeyError> {
+        if !Self::same_principal(from, to) {
+            return Ok(None);
+        }
+        let (client, source_key, source_resolved) = self.client_for(from).await?;
+        let (_, destination_key, _) = self.client_for(to).await?;
+        let source_key = source_resolved.unwrap_or(source_key);
+        self.count();
+        let context: HashMap<String, String> = ctx.clone().into_iter().collect();
+        let out = client
+            .re_encrypt()
+            .ciphertext_blob(Blob::new(wrapped.to_vec()))
+            .source_key_id(&source_key)
+            .set_source_encryption_context(Some(context.clone()))
+            .destination_key_id(&destination_key)
+            .set_destination_encryption_context(Some(context))
+            .send()
+            .await
+            .map_err(|e| {
+                key_error(
+                    e,
+                    &format!("re-encrypting from KMS key {source_key} to {destination_key}"),
+                )
+            })?;
+        Ok(Some(Wrapped {
+            blob: out
+                .ciphertext_blob()
+                .map(|b| b.as_ref().to_vec())
+                .ok_or_else(|| {
+                    KeyError::new(KeyErrorKind::Transient, "KMS returned no ciphertext")
+                })?,
+            resolved_key: out.key_id().map(str::to_owned),
+        }))
+    }
+
+    async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError> {
+        let mut ctx = EncryptionContext::new();
+        ctx.insert("org".into(), kek.org.to_string());
+        ctx.insert("purpose".into(), "key-check".into());
+        let probe = DataKey::generate();
+        let wrapped = self.encrypt(kek, &ctx, probe.expose()).await?;
+        let mut resolved_kek = kek.clone();
+        if let KeySpec::AwsKms {
+            resolved_key_arn, ..
+        } = &mut resolved_kek.spec
+        {
+            *resolved_key_arn = wrapped.resolved_key.clone();
+        }
+        let back = self.unwrap(&resolved_kek, &ctx, &wrapped.blob).await?;
+        if back.expose() != probe.expose() {
+            return Err(KeyError::new(
+                KeyErrorKind::InvalidCiphertext,
+                "the round trip returned other bytes",
+            ));
+        }
+        Ok(wrapped.resolved_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_map_to_kinds() {
+        assert_eq!(
+            kind_of(Some("AccessDeniedException"), Some(400)),
+            KeyErrorKind::AccessDenied
+        );
+        assert_eq!(kind_of(None, Some(403)), KeyErrorKind::AccessDenied);
+        assert_eq!(
+            kind_of(Some("DisabledException"), None),
+            KeyErrorKind::KeyDisabled
+        );
+        assert_eq!(
+            kind_of(Some("KMSInvalidStateException"), None),
+            KeyErrorKind::InvalidKeyState
+        );
+        assert_eq!(
+            kind_of(Some("ThrottlingException"), None),
+            KeyErrorKind::Throttled
+        );
+        assert_eq!(
+            kind_of(Some("NotFoundException"), None),
+            KeyErrorKind::KeyNotFound
+        );
+        assert_eq!(kind_of(None, None), KeyErrorKind::Transient);
+    }
+
+    #[test]
+    fn session_names_are_bounded() {
+        assert_eq!(session_name("acme"), "cmk-service-acme");
+        assert_eq!(session_name(&"x".repeat(100)).len(), 64);
+    }
+}

@@ -1,0 +1,35 @@
+//! AWS adapters of the CMK ports: a DynamoDB [`Store`](cmk_core::ports::Store) (see
+//! [`dynamo`] for the table design), an SQS [`RewrapQueue`](cmk_core::ports::RewrapQueue) and an
+//! AWS KMS [`KeyProvider`](cmk_core::ports::KeyProvider) that reaches customer keys through STS.
+
+pub mod dynamo;
+pub mod kms;
+pub mod resources;
+pub mod sqs;
+
+pub use dynamo::DynamoStore;
+pub use kms::{KmsKeyProvider, KmsSettings};
+pub use sqs::SqsQueue;
+
+/// The AWS error code of an SDK error, if the service sent one.
+pub(crate) fn error_code<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> Option<&str>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    e.code()
+}
+
+/// A display of an SDK error that keeps the AWS code and message (the SDK's own `Display` says
+/// only "service error").
+pub(crate) fn describe<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+    match (e.code(), e.message()) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code.to_owned(),
+        _ => format!("{}", DisplayErrorContext(e)),
+    }
+}
