@@ -2,11 +2,13 @@
 //! [`dynamo`] for the table design), an SQS [`RewrapQueue`](cmk_core::ports::RewrapQueue) and an
 //! AWS KMS [`KeyProvider`](cmk_core::ports::KeyProvider) that reaches customer keys through STS.
 
+pub mod backend;
 pub mod dynamo;
 pub mod kms;
 pub mod resources;
 pub mod sqs;
 
+pub use backend::{AwsBackend, AwsSettings};
 pub use dynamo::DynamoStore;
 pub use kms::{KmsKeyProvider, KmsSettings};
 pub use sqs::SqsQueue;

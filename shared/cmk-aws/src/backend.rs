@@ -1,0 +1,118 @@
+//! Wires the AWS adapters into the use cases, from typed settings: the one place where the
+//! Lambda functions and `cmk serve --backend aws` build their service. No AWS call is made here
+//! (clients are built once per cold start; the first request does the first call).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use cmk_core::cache::DataKeyCache;
+use cmk_core::service::ServiceConfig;
+use cmk_core::Cmk;
+
+use crate::{DynamoStore, KmsKeyProvider, KmsSettings, SqsQueue};
+
+/// Everything the AWS backend needs, parsed before serving.
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    /// DynamoDB table (`CMK_TABLE`).
+    pub table: String,
+    /// SQS queue URL of the rewrap work (`CMK_QUEUE_URL`).
+    pub queue_url: String,
+    /// The service-managed KMS key: id, ARN or alias (`CMK_SERVICE_KEY_ID`).
+    pub service_key_id: String,
+    /// The principal customers trust in their roles (`CMK_SERVICE_PRINCIPAL`).
+    pub service_principal: String,
+    /// An endpoint for every AWS service (an emulator), else the SDK's defaults
+    /// (`AWS_ENDPOINT_URL`, read by the SDK itself).
+    pub endpoint_url: Option<String>,
+    /// Seconds an unwrapped data key stays cached (`CMK_DATA_KEY_CACHE_TTL`, default 300).
+    pub data_key_cache_ttl: Duration,
+    pub data_key_cache_size: usize,
+}
+
+/// Reads a required environment variable, naming it when missing.
+fn required(name: &str) -> Result<String, String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| format!("the environment variable {name} is required"))
+}
+
+fn parsed<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a valid value")),
+        _ => Ok(default),
+    }
+}
+
+impl AwsSettings {
+    /// From the environment (`CMK_*` variables), for the Lambda functions.
+    pub fn from_env() -> Result<Self, String> {
+        Ok(Self {
+            table: required("CMK_TABLE")?,
+            queue_url: required("CMK_QUEUE_URL")?,
+            service_key_id: required("CMK_SERVICE_KEY_ID")?,
+            service_principal: required("CMK_SERVICE_PRINCIPAL")?,
+            endpoint_url: std::env::var("AWS_ENDPOINT_URL")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            data_key_cache_ttl: Duration::from_secs(parsed("CMK_DATA_KEY_CACHE_TTL", 300u64)?),
+            data_key_cache_size: parsed("CMK_DATA_KEY_CACHE_SIZE", 10_000usize)?,
+        })
+    }
+}
+
+/// Loads the SDK configuration (region and credentials from the environment).
+pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(ep) = endpoint_url {
+        loader = loader.endpoint_url(ep);
+    }
+    loader.load().await
+}
+
+/// The service's adapters on AWS.
+#[derive(Clone, Debug)]
+pub struct AwsBackend {
+    pub cmk: Cmk,
+    pub store: Arc<DynamoStore>,
+    pub queue: Arc<SqsQueue>,
+    pub keys: Arc<KmsKeyProvider>,
+}
+
+/// Builds the use cases over DynamoDB, SQS and KMS.
+pub fn build(config: &SdkConfig, settings: &AwsSettings) -> AwsBackend {
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(config),
+        settings.table.clone(),
+    ));
+    let queue = Arc::new(SqsQueue::new(
+        aws_sdk_sqs::Client::new(config),
+        settings.queue_url.clone(),
+    ));
+    let keys = Arc::new(KmsKeyProvider::new(
+        config,
+        KmsSettings::new(settings.service_key_id.clone()),
+    ));
+    let cmk = Cmk::new(
+        store.clone(),
+        queue.clone(),
+        keys.clone(),
+        DataKeyCache::new(settings.data_key_cache_ttl, settings.data_key_cache_size),
+        ServiceConfig {
+            service_principal: settings.service_principal.clone(),
+            allow_local_keys: false,
+            allow_aws_keys: true,
+        },
+    );
+    AwsBackend {
+        cmk,
+        store,
+        queue,
+        keys,
+    }
+}
