@@ -5,9 +5,9 @@ import { createApi, tokenClaims } from './api.js';
 import {
   HEALTH_LABELS,
   JOB_KIND_LABELS,
-  REASON_ADVICE,
   STATE_LABELS,
   TYPE_LABELS,
+  adviceFor,
   describeError,
   formatCount,
   formatTime,
@@ -283,9 +283,6 @@ function rowFor(k) {
     k.health.message && k.health.status !== 'ok'
       ? el('span', { class: 'sub' }, k.health.message)
       : null,
-    healthTone === 'bad' && REASON_ADVICE[k.health.status]
-      ? el('span', { class: 'sub' }, REASON_ADVICE[k.health.status])
-      : null,
     k.health.checked_at ? el('span', { class: 'sub' }, `Checked ${formatTime(k.health.checked_at)}`) : null,
   );
 
@@ -510,7 +507,7 @@ async function onCheck(k) {
     else {
       notice('');
       alertMessage(
-        `“${k.name}” cannot be used: ${label}. ${REASON_ADVICE[key.health.status] || ''}`.trim(),
+        `“${k.name}” cannot be used: ${label}. ${adviceFor(key.health.status, key.type)}`.trim(),
       );
     }
   } catch (err) {
@@ -881,7 +878,7 @@ function renderBanner() {
           {},
           el('strong', {}, `${keyName(g.key_id)}: ${HEALTH_LABELS[g.reason] || g.reason}`),
           ` (${plural(g.count, 'data key', 'data keys')} in the first errors). `,
-          REASON_ADVICE[g.reason] || '',
+          adviceFor(g.reason, keyById(g.key_id)?.type),
           g.message ? el('span', { class: 'sub' }, g.message) : null,
         ),
       ),

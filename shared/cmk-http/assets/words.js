@@ -41,6 +41,14 @@ export const REASON_ADVICE = {
   unknown: 'The key could not be used. Check the role and the key, then try again.',
 };
 
+/** Advice for a key of `type` that cannot be used for `reason`. */
+export function adviceFor(reason, type) {
+  if (type === 'local' && reason === 'access_denied') {
+    return 'Access to this local key was revoked. Restore it (cmk local-key restore), then check it again or retry.';
+  }
+  return REASON_ADVICE[reason] || REASON_ADVICE.unknown;
+}
+
 export function formatCount(n) {
   return Number(n || 0).toLocaleString('en-US');
 }
