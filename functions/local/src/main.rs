@@ -2,6 +2,7 @@
 //! tools around it (tokens, seeding, verification, revocation drills, benchmarks), and the admin
 //! CLI that drives a running service over HTTP (`keys`, `reencryption`, `audit`).
 
+mod aws;
 mod bench;
 mod cli;
 mod local;

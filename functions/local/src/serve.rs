@@ -1,4 +1,5 @@
-//! `cmk serve`: the API and the re-encryption worker in one process on the embedded backends.
+//! `cmk serve`: the API and the re-encryption worker in one process, on the embedded backends
+//! (default) or on AWS (DynamoDB, SQS, KMS; the worker polls SQS with the worker Lambda's code).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
 use cmk_core::service::ServiceConfig;
@@ -19,8 +20,21 @@ use tracing_subscriber::EnvFilter;
 
 use crate::local::{open_backends, token_secret};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// SQLite and local key files in the data directory.
+    Embedded,
+    /// DynamoDB, SQS and AWS KMS (customer keys through STS).
+    Aws,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// Where state lives.
+    #[arg(long, env = "CMK_BACKEND", value_enum, default_value = "embedded")]
+    pub backend: Backend,
+    #[command(flatten)]
+    pub aws: crate::aws::AwsArgs,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "CMK_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -91,24 +105,35 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     let secret = token_secret(data_dir)?;
     let admin_org = cmk_core::model::OrgId::parse(&args.admin_org)
         .map_err(|e| anyhow::anyhow!("--admin-org: {e}"))?;
-    let backends = open_backends(
-        data_dir,
-        QueueConfig {
-            visibility_timeout: Duration::from_secs(args.visibility_timeout.max(1)),
-            ..QueueConfig::default()
-        },
-        DataKeyCache::new(
-            Duration::from_secs(args.data_key_cache_ttl),
-            args.data_key_cache_size,
-        ),
-        ServiceConfig {
-            service_principal: args.service_principal.clone(),
-            allow_local_keys: true,
-            allow_aws_keys: false,
-        },
-    )?;
+    let cache = DataKeyCache::new(
+        Duration::from_secs(args.data_key_cache_ttl),
+        args.data_key_cache_size,
+    );
+    let (cmk, state_at) = match args.backend {
+        Backend::Embedded => {
+            let backends = open_backends(
+                data_dir,
+                QueueConfig {
+                    visibility_timeout: Duration::from_secs(args.visibility_timeout.max(1)),
+                    ..QueueConfig::default()
+                },
+                cache,
+                ServiceConfig {
+                    service_principal: args.service_principal.clone(),
+                    allow_local_keys: true,
+                    allow_aws_keys: false,
+                },
+            )?;
+            (backends.cmk, format!("data in {}", data_dir.display()))
+        }
+        Backend::Aws => {
+            let backend = crate::aws::open(&args).await?;
+            let at = format!("table {}, queue {}", args.aws.table, backend.queue.url());
+            (backend.cmk, at)
+        }
+    };
     let engine = Arc::new(RewrapEngine::new(
-        backends.cmk.clone(),
+        cmk.clone(),
         EngineConfig {
             batch_size: args.batch_size.clamp(1, 10_000),
             ..EngineConfig::default()
@@ -129,7 +154,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     ));
 
     let app = cmk_http::router(AppState {
-        cmk: backends.cmk.clone(),
+        cmk: cmk.clone(),
         auth: Arc::new(Hs256Authenticator::new(&secret)),
     });
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -141,7 +166,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "cmk".to_owned());
-    println!("cmk listening on http://{addr} (data in {dir})");
+    println!("cmk listening on http://{addr} ({state_at})");
     println!("  an admin token:  {exe} token --data-dir {dir} --org acme --role admin");
     println!("  a service token: {exe} token --data-dir {dir} --org acme --role service");
     println!(
