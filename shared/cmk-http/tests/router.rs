@@ -510,3 +510,58 @@ async fn principal_from_the_gateway_is_used_without_a_token() {
     let r = app().oneshot(req).await.expect("infallible");
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// GET on the page's paths: status, headers and body text.
+async fn get_page(uri: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    let response = app()
+        .oneshot(
+            Request::builder()
+                .uri(uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = to_bytes(body, usize::MAX).await.expect("body");
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_admin_page_is_served_without_a_token_under_a_strict_policy() {
+    let (status, headers, html) = get_page("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
+    // The key types this service accepts (the default config: local only).
+    assert!(html.contains(r#"data-key-types="local""#), "{html}");
+    assert!(html.contains(r#"<script type="module" src="/assets/app.js">"#));
+
+    for (asset, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("api.js", "text/javascript; charset=utf-8"),
+        ("words.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+        ("icon.svg", "image/svg+xml"),
+    ] {
+        let (status, headers, body) = get_page(&format!("/assets/{asset}")).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert_eq!(headers[header::CONTENT_TYPE], content_type, "{asset}");
+        assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
+        assert!(!body.is_empty());
+    }
+    let (_, r, json) = send(Method::GET, "/assets/nope.js", None, None).await;
+    assert_problem(&r, &json, 404, "not_found");
+    let (_, r, json) = send(Method::GET, "/assets/../Cargo.toml", None, None).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "{json}");
+    let (_, r, json) = send(Method::POST, "/", None, None).await;
+    assert_problem(&r, &json, 405, "method_not_allowed");
+}
