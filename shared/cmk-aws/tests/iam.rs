@@ -1,0 +1,487 @@
+//! Customer roles with IAM enforced, on an emulator of this suite's own (IAM enforcement is
+//! global to an emulator): a wrong external id is refused; a key in a second account is reached
+//! through `AssumeRole` by key ARN and by alias ARN; removing the role's KMS permission makes the
+//! key `access_denied` for health checks, decrypts and jobs, until the permission is restored and
+//! the job is retried. Needs `CMK_MOTO_SERVER` (the emulator's executable; the test command sets
+//! it); skips without it unless `CMK_REQUIRE_AWS_TESTS` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
+use cmk_aws::backend::{build, AwsSettings};
+use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
+use cmk_core::model::{EncryptionContext, HealthStatus, JobState, OrgId};
+use cmk_core::service::NewKeySpec;
+use cmk_core::{Cmk, CoreError};
+use serde_json::json;
+
+struct Emulator {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn emulator() -> Option<Emulator> {
+    let Some(server) = std::env::var_os("CMK_MOTO_SERVER") else {
+        assert!(
+            std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
+            "CMK_MOTO_SERVER is not set but AWS tests are required"
+        );
+        eprintln!("skipped: set CMK_MOTO_SERVER to the emulator's executable");
+        return None;
+    };
+    let port = free_port();
+    // Owned by the guard at once, so it is killed and waited for on every path.
+    let emulator = Emulator {
+        child: Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the emulator"),
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest_lite::Client::new();
+    for _ in 0..100 {
+        if http.get(&format!("{}/moto-api/", emulator.endpoint)).await {
+            return Some(emulator);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the emulator did not start");
+}
+
+/// A tiny HTTP client over tokio for the emulator's control API (no extra dependency).
+mod reqwest_lite {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Client;
+
+    impl Client {
+        pub fn new() -> Self {
+            Self
+        }
+
+        async fn send(&self, url: &str, method: &str, body: &str) -> Option<String> {
+            let rest = url.strip_prefix("http://")?;
+            let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
+            let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.ok()?;
+            Some(response)
+        }
+
+        pub async fn get(&self, url: &str) -> bool {
+            self.send(url, "GET", "")
+                .await
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        }
+
+        pub async fn post(&self, url: &str, body: &str) -> bool {
+            self.send(url, "POST", body)
+                .await
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        }
+    }
+}
+
+/// Switches IAM enforcement on (`true`) or off.
+async fn enforce(endpoint: &str, on: bool) {
+    let body = if on { "0" } else { "1000000000" };
+    assert!(
+        reqwest_lite::Client::new()
+            .post(&format!("{endpoint}/moto-api/reset-auth"), body)
+            .await,
+        "reset-auth"
+    );
+}
+
+async fn config_with(endpoint: &str, creds: Credentials) -> SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .load()
+        .await
+}
+
+const ALLOW_KMS: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
+
+async fn role(iam: &aws_sdk_iam::Client, name: &str, external_id: &str) -> String {
+    let trust = json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
+                       "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]
+    });
+    let arn = iam
+        .create_role()
+        .role_name(name)
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await
+        .expect("role")
+        .role
+        .expect("role")
+        .arn;
+    iam.put_role_policy()
+        .role_name(name)
+        .policy_name("kms")
+        .policy_document(ALLOW_KMS)
+        .send()
+        .await
+        .expect("policy");
+    arn
+}
+
+async fn wait_job(cmk: &Cmk, org: &OrgId) -> cmk_core::model::Job {
+    for _ in 0..600 {
+        let job = cmk.reencryption(org).await.unwrap().expect("a job");
+        if job.state != JobState::Running {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the job did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_roles_external_ids_second_accounts_and_revocation() {
+    let Some(emu) = emulator().await else { return };
+    let ep = emu.endpoint.clone();
+    let root = config_with(
+        &ep,
+        Credentials::new("testing", "testing", None, None, "static"),
+    )
+    .await;
+    let iam = aws_sdk_iam::Client::new(&root);
+
+    // The service's own identity: an IAM user allowed everything in the operator's account.
+    iam.create_user()
+        .user_name("cmk-service")
+        .send()
+        .await
+        .expect("user");
+    iam.put_user_policy()
+        .user_name("cmk-service")
+        .policy_name("all")
+        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#)
+        .send()
+        .await
+        .expect("user policy");
+    let key = iam
+        .create_access_key()
+        .user_name("cmk-service")
+        .send()
+        .await
+        .expect("key")
+        .access_key
+        .expect("key");
+    let service_config = config_with(
+        &ep,
+        Credentials::new(
+            key.access_key_id(),
+            key.secret_access_key(),
+            None,
+            None,
+            "static",
+        ),
+    )
+    .await;
+
+    let table = common::unique("cmk");
+    cmk_aws::resources::ensure_table(&aws_sdk_dynamodb::Client::new(&root), &table)
+        .await
+        .unwrap();
+    let queue_url = cmk_aws::resources::ensure_queues(
+        &aws_sdk_sqs::Client::new(&root),
+        &common::unique("rewrap"),
+    )
+    .await
+    .unwrap();
+    let service_key = aws_sdk_kms::Client::new(&root)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    let backend = build(
+        &service_config,
+        &AwsSettings {
+            table,
+            queue_url,
+            service_key_id: service_key,
+            service_principal: "arn:aws:iam::123456789012:user/cmk-service".into(),
+            endpoint_url: Some(ep.clone()),
+            data_key_cache_ttl: Duration::ZERO,
+            data_key_cache_size: 0,
+        },
+    );
+    let cmk = backend.cmk.clone();
+    let org = OrgId::from_trusted("acme");
+    let external_id = cmk.setup(&org).await.unwrap().external_id;
+
+    // Customer roles in the operator's account (trust policies are checked there), and a key in a
+    // second account, reached by assuming a role there.
+    let good = role(&iam, "customer", &external_id).await;
+    let wrong = role(&iam, "someone-else", "not-this-orgs-external-id").await;
+    let kms_root = aws_sdk_kms::Client::new(&root);
+    let local_key = kms_root
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+
+    let second_role = "arn:aws:iam::111111111111:role/customer-second";
+    let sts = aws_sdk_sts::Client::new(&root);
+    let assumed = sts
+        .assume_role()
+        .role_arn(second_role)
+        .role_session_name("setup")
+        .send()
+        .await
+        .expect("assume into the second account")
+        .credentials
+        .expect("creds");
+    let second = config_with(
+        &ep,
+        Credentials::new(
+            assumed.access_key_id(),
+            assumed.secret_access_key(),
+            Some(assumed.session_token().to_owned()),
+            None,
+            "static",
+        ),
+    )
+    .await;
+    // The customer's role in the second account (trusting the service with the org's external
+    // id; the emulator does not check trust policies across accounts).
+    let iam_second = aws_sdk_iam::Client::new(&second);
+    let created = role(&iam_second, "customer-second", &external_id).await;
+    assert_eq!(created, second_role);
+    let kms_second = aws_sdk_kms::Client::new(&second);
+    let far_meta = kms_second
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap();
+    let far_key = far_meta.arn.clone().unwrap();
+    assert!(
+        far_key.contains(":111111111111:key/"),
+        "a key of the second account: {far_key}"
+    );
+    kms_second
+        .create_alias()
+        .alias_name("alias/far")
+        .target_key_id(far_meta.key_id())
+        .send()
+        .await
+        .unwrap();
+    let far_alias = "arn:aws:kms:us-east-1:111111111111:alias/far".to_owned();
+
+    // Data under the service key before any CMK.
+    let mut ciphertexts = Vec::new();
+    for i in 0..12u8 {
+        let dk = cmk.create_data_key(&org).await.unwrap();
+        ciphertexts.push((
+            cmk.encrypt(&org, &dk.id, &[i; 16], &EncryptionContext::new())
+                .await
+                .unwrap(),
+            vec![i; 16],
+        ));
+    }
+
+    enforce(&ep, true).await;
+    let engine = Arc::new(RewrapEngine::new(cmk.clone(), EngineConfig::default()));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(run_worker(
+        engine,
+        WorkerConfig {
+            poll_wait: Duration::from_secs(1),
+            ..WorkerConfig::default()
+        },
+        async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
+
+    // A role that demands another external id is refused, and nothing is stored.
+    let refused = cmk
+        .add_key(
+            "alice",
+            &org,
+            "wrong",
+            NewKeySpec::AwsKms {
+                role_arn: wrong,
+                key_arn: local_key.clone(),
+            },
+        )
+        .await;
+    match refused {
+        Err(CoreError::KeyCheckFailed { reason, message }) => {
+            assert_eq!(reason, HealthStatus::AccessDenied, "{message}");
+            assert!(
+                message.contains("external id"),
+                "the reason says what to fix: {message}"
+            );
+        }
+        other => panic!("expected key_check_failed, got {other:?}"),
+    }
+    assert_eq!(cmk.list_keys(&org).await.unwrap().keys.len(), 1);
+
+    // The first key: in the operator's account through the customer role; adopted.
+    let (first, job) = cmk
+        .add_key(
+            "alice",
+            &org,
+            "prod",
+            NewKeySpec::AwsKms {
+                role_arn: good.clone(),
+                key_arn: local_key.clone(),
+            },
+        )
+        .await
+        .expect("the customer role works");
+    assert!(job.is_some());
+    assert_eq!(wait_job(&cmk, &org).await.state, JobState::Completed);
+
+    // A key of the second account through a role there, by alias ARN: the key ARN is recorded.
+    let (far, _) = cmk
+        .add_key(
+            "alice",
+            &org,
+            "far",
+            NewKeySpec::AwsKms {
+                role_arn: second_role.into(),
+                key_arn: far_alias.clone(),
+            },
+        )
+        .await
+        .expect("a key in a second account");
+    match &far.record.spec {
+        cmk_core::model::KeySpec::AwsKms {
+            resolved_key_arn, ..
+        } => {
+            assert_eq!(resolved_key_arn.as_deref(), Some(far_key.as_str()))
+        }
+        other => panic!("{other:?}"),
+    }
+    cmk.set_default("alice", &org, &far.record.id)
+        .await
+        .unwrap();
+    cmk.disable("alice", &org, &first.record.id, &far.record.id)
+        .await
+        .unwrap();
+    assert_eq!(wait_job(&cmk, &org).await.state, JobState::Completed);
+    for (ct, pt) in &ciphertexts {
+        assert_eq!(
+            cmk.decrypt(&org, ct, &EncryptionContext::new())
+                .await
+                .unwrap()
+                .as_slice(),
+            pt.as_slice()
+        );
+    }
+
+    // The customer removes the role's KMS permission: health checks, decrypts and jobs say so.
+    enforce(&ep, false).await;
+    iam_second
+        .delete_role_policy()
+        .role_name("customer-second")
+        .policy_name("kms")
+        .send()
+        .await
+        .expect("remove the role's KMS permission");
+    enforce(&ep, true).await;
+    let checked = cmk.check_key("alice", &org, &far.record.id).await.unwrap();
+    assert_eq!(
+        checked.record.health.status,
+        HealthStatus::AccessDenied,
+        "{:?}",
+        checked.record.health
+    );
+    match cmk
+        .decrypt(&org, &ciphertexts[0].0, &EncryptionContext::new())
+        .await
+    {
+        Err(CoreError::KeyUnavailable { key_id, reason, .. }) => {
+            assert_eq!(key_id, far.record.id);
+            assert_eq!(reason, HealthStatus::AccessDenied);
+        }
+        other => panic!("expected key_unavailable, got {other:?}"),
+    }
+    cmk.disable_all("alice", &org).await.unwrap();
+    let failed = wait_job(&cmk, &org).await;
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
+    assert_eq!(failed.failed, 12);
+    assert!(failed
+        .errors
+        .iter()
+        .all(|e| e.reason == HealthStatus::AccessDenied && e.key_id == far.record.id));
+
+    // Access returns; the admin retries; everything moves and still decrypts.
+    enforce(&ep, false).await;
+    iam_second
+        .put_role_policy()
+        .role_name("customer-second")
+        .policy_name("kms")
+        .policy_document(ALLOW_KMS)
+        .send()
+        .await
+        .expect("restore the permission");
+    enforce(&ep, true).await;
+    cmk.retry("alice", &org).await.unwrap();
+    let done = wait_job(&cmk, &org).await;
+    assert_eq!(
+        (done.state, done.done, done.failed),
+        (JobState::Completed, 12, 0),
+        "{done:?}"
+    );
+    for (ct, pt) in &ciphertexts {
+        assert_eq!(
+            cmk.decrypt(&org, ct, &EncryptionContext::new())
+                .await
+                .unwrap()
+                .as_slice(),
+            pt.as_slice()
+        );
+    }
+    let _ = stop.send(true);
+    let _ = worker.await;
+}
