@@ -1,0 +1,228 @@
+//! The functions' configuration: every environment variable is read and parsed into typed values
+//! before the Lambda runtime starts, so a bad deployment fails at init with a message that names
+//! the variable, never on a request.
+//!
+//! | variable | used by | default | what |
+//! | --- | --- | --- | --- |
+//! | `CMK_TABLE`, `CMK_QUEUE_URL`, `CMK_SERVICE_KEY_ID`, `CMK_SERVICE_PRINCIPAL`, `CMK_DATA_KEY_CACHE_TTL`, `CMK_DATA_KEY_CACHE_SIZE`, `AWS_ENDPOINT_URL` | all | see [`AwsSettings::from_env`] | the AWS backend |
+//! | `CMK_ORG_CLAIM` | HTTP functions | `org` | the JWT claim that names the caller's org |
+//! | `CMK_ROLE_CLAIM` | HTTP functions | `role` | the JWT claim that carries `admin`, `member` or `service` |
+//! | `CMK_BATCH_SIZE` | worker | `500` | data keys per planned batch message |
+//! | `CMK_WORKER_CONCURRENCY` | worker | `10` | SQS messages of one invocation handled at once |
+//! | `CMK_STALLED_AFTER` | worker | `900` | seconds without progress before the scheduled sweep re-plans a running job |
+
+use std::time::Duration;
+
+use cmk_aws::AwsSettings;
+
+/// A configuration that cannot start the function.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable of the AWS backend (its message names the variable).
+    #[error("{0}")]
+    Aws(String),
+    #[error("{name}={value:?} is not valid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Where variables come from: the process environment, or a map in tests.
+type Vars<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// A set, non-blank environment variable.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A number within `range`, or `default` when the variable is unset.
+fn number(
+    var: Vars<'_>,
+    name: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = var(name) else {
+        return Ok(default);
+    };
+    match raw.parse::<u64>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value: raw,
+            reason: format!(
+                "expected a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        }),
+    }
+}
+
+/// The names of the JWT claims the API Gateway JWT authorizer passes on (`CMK_ORG_CLAIM`,
+/// `CMK_ROLE_CLAIM`); `sub` is always the subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimNames {
+    pub org: String,
+    pub role: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            org: "org".into(),
+            role: "role".into(),
+        }
+    }
+}
+
+impl ClaimNames {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&env_var)
+    }
+
+    fn from_vars(var: Vars<'_>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let claim = |name: &'static str, default: String| match var(name) {
+            None => Ok(default),
+            Some(v) if v.chars().any(char::is_whitespace) => Err(ConfigError::Invalid {
+                name,
+                value: v,
+                reason: "a claim name has no spaces".into(),
+            }),
+            Some(v) => Ok(v),
+        };
+        Ok(Self {
+            org: claim("CMK_ORG_CLAIM", defaults.org)?,
+            role: claim("CMK_ROLE_CLAIM", defaults.role)?,
+        })
+    }
+}
+
+/// What an HTTP function (`keys-read`, `keys-write`, `data-keys`) needs.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub aws: AwsSettings,
+    pub claims: ClaimNames,
+}
+
+impl HttpSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            aws: AwsSettings::from_env().map_err(ConfigError::Aws)?,
+            claims: ClaimNames::from_vars(&env_var)?,
+        })
+    }
+}
+
+/// What the `rewrap-worker` function needs.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub aws: AwsSettings,
+    /// Data keys per planned batch message.
+    pub batch_size: usize,
+    /// Messages of one SQS batch handled at once.
+    pub concurrency: usize,
+    /// A running job without progress for this long is re-planned by the scheduled sweep. Longer
+    /// than the queue's visibility timeout, so a batch still in flight is not planned twice.
+    pub stalled_after: Duration,
+}
+
+impl WorkerSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(AwsSettings::from_env().map_err(ConfigError::Aws)?, &env_var)
+    }
+
+    fn from_vars(aws: AwsSettings, var: Vars<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            aws,
+            batch_size: number(var, "CMK_BATCH_SIZE", 500, 1..=10_000)? as usize,
+            concurrency: number(var, "CMK_WORKER_CONCURRENCY", 10, 1..=100)? as usize,
+            stalled_after: Duration::from_secs(number(var, "CMK_STALLED_AFTER", 900, 1..=86_400)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn aws() -> AwsSettings {
+        AwsSettings {
+            table: "t".into(),
+            queue_url: "q".into(),
+            service_key_id: "k".into(),
+            service_principal: "p".into(),
+            endpoint_url: None,
+            data_key_cache_ttl: Duration::from_secs(300),
+            data_key_cache_size: 10,
+        }
+    }
+
+    #[test]
+    fn claim_names_default_and_override() {
+        assert_eq!(
+            ClaimNames::from_vars(&vars(&[])).expect("defaults"),
+            ClaimNames::default()
+        );
+        let names = ClaimNames::from_vars(&vars(&[
+            ("CMK_ORG_CLAIM", "custom:org"),
+            ("CMK_ROLE_CLAIM", "https://cmk.example/role"),
+        ]))
+        .expect("custom");
+        assert_eq!(names.org, "custom:org");
+        assert_eq!(names.role, "https://cmk.example/role");
+        let bad = ClaimNames::from_vars(&vars(&[("CMK_ROLE_CLAIM", "my role")]));
+        assert!(
+            matches!(
+                bad,
+                Err(ConfigError::Invalid {
+                    name: "CMK_ROLE_CLAIM",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn worker_numbers_are_checked() {
+        let s = WorkerSettings::from_vars(aws(), &vars(&[])).expect("defaults");
+        assert_eq!(
+            (s.batch_size, s.concurrency, s.stalled_after),
+            (500, 10, Duration::from_secs(900))
+        );
+        let s = WorkerSettings::from_vars(
+            aws(),
+            &vars(&[("CMK_BATCH_SIZE", "100"), ("CMK_WORKER_CONCURRENCY", "4")]),
+        )
+        .expect("set");
+        assert_eq!((s.batch_size, s.concurrency), (100, 4));
+        for (name, value) in [
+            ("CMK_BATCH_SIZE", "0"),
+            ("CMK_BATCH_SIZE", "many"),
+            ("CMK_WORKER_CONCURRENCY", "1000"),
+            ("CMK_STALLED_AFTER", "-1"),
+        ] {
+            let e = WorkerSettings::from_vars(aws(), &vars(&[(name, value)]))
+                .expect_err(value)
+                .to_string();
+            assert!(e.contains(name), "{e}");
+        }
+    }
+}

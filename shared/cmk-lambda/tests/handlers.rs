@@ -1,0 +1,782 @@
+//! The functions' real handlers fed with the `events/` fixtures (the files `sam local invoke -e`
+//! takes): HTTP events through `lambda_http::request::from_str` into each function's router, SQS
+//! and scheduled events through `LambdaEvent` into the worker.
+//!
+//! Routing and authorization need no AWS: those tests run the AWS backend against an endpoint
+//! where nothing listens. The flows that need DynamoDB, SQS, KMS and STS run on the AWS emulator
+//! when `CMK_TEST_AWS_ENDPOINT` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::Router;
+use base64::Engine as _;
+use cmk_lambda::http::{RouteSpec, COMMON_ROUTES, PUBLIC_ROUTES};
+use cmk_lambda::{app, ClaimNames, HttpFunction, Worker};
+use common::{call, fixture, fixtures_of, set_body, set_route, Answer};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{json, Value};
+
+async fn offline(function: HttpFunction) -> Router {
+    app(
+        function,
+        common::offline_backend().await.cmk,
+        &ClaimNames::default(),
+    )
+}
+
+fn owned(function: HttpFunction) -> Vec<RouteSpec> {
+    let mut routes = function.routes().to_vec();
+    if function == HttpFunction::KeysRead {
+        routes.extend_from_slice(COMMON_ROUTES);
+    }
+    routes
+}
+
+fn claims(ev: &mut Value) -> &mut Value {
+    &mut ev["requestContext"]["authorizer"]["jwt"]["claims"]
+}
+
+fn assert_problem(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.code(), code);
+}
+
+// ------------------------------------------------------------------ fixtures and routing
+
+#[tokio::test]
+async fn every_route_has_a_fixture_that_reaches_it_through_its_function() {
+    for function in HttpFunction::ALL {
+        let app = offline(function).await;
+        let routes = owned(function);
+        let mut covered = HashSet::new();
+        for (name, ev) in fixtures_of(function.name()) {
+            let route_key = ev["routeKey"].as_str().expect("routeKey").to_owned();
+            let (method, template) = route_key.split_once(' ').expect("METHOD /path");
+            assert!(
+                routes.contains(&(method, template)),
+                "{name}: {route_key} is not a route of {}",
+                function.name()
+            );
+            assert_eq!(ev["requestContext"]["routeKey"], ev["routeKey"], "{name}");
+            assert_eq!(
+                ev["requestContext"]["http"]["path"], ev["rawPath"],
+                "{name}"
+            );
+            assert_eq!(ev["requestContext"]["http"]["method"], method, "{name}");
+            // Paths without the stage, as API Gateway sends them on the $default stage.
+            assert_eq!(ev["requestContext"]["stage"], "$default", "{name}");
+            let authorizer = &ev["requestContext"]["authorizer"];
+            if PUBLIC_ROUTES.contains(&(method, template)) {
+                assert!(
+                    authorizer.is_null(),
+                    "{name}: a public route has no authorizer"
+                );
+            } else if function == HttpFunction::DataKeys {
+                assert!(
+                    authorizer["iam"]["userArn"].is_string(),
+                    "{name}: IAM context"
+                );
+                assert!(authorizer["jwt"].is_null(), "{name}");
+            } else {
+                assert!(claims(&mut ev.clone()).is_object(), "{name}: JWT claims");
+            }
+            covered.insert(route_key.clone());
+
+            let a = call(&app, &ev).await;
+            assert!(
+                ![
+                    StatusCode::UNAUTHORIZED,
+                    StatusCode::FORBIDDEN,
+                    StatusCode::NOT_FOUND,
+                    StatusCode::METHOD_NOT_ALLOWED
+                ]
+                .contains(&a.status),
+                "{name} through {}: {} {}",
+                function.name(),
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+        for (method, path) in routes {
+            assert!(
+                covered.contains(&format!("{method} {path}")),
+                "no fixture in events/{}/ for {method} {path}",
+                function.name()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_page_and_health_need_no_aws() {
+    let app = offline(HttpFunction::KeysRead).await;
+    let page = call(&app, &fixture("keys-read/page.json")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.content_type.starts_with("text/html"));
+    let html = String::from_utf8_lossy(&page.body);
+    assert!(
+        html.contains("aws-kms"),
+        "the page offers aws-kms keys on AWS"
+    );
+    let asset = call(&app, &fixture("keys-read/asset.json")).await;
+    assert_eq!(asset.status, StatusCode::OK);
+    assert!(asset.content_type.starts_with("text/javascript"));
+    let health = call(&app, &fixture("keys-read/healthz.json")).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let openapi = call(&app, &fixture("keys-read/openapi.json")).await;
+    assert_eq!(openapi.status, StatusCode::OK);
+    assert!(openapi.json()["paths"].is_object());
+}
+
+#[tokio::test]
+async fn a_route_of_another_function_is_not_found() {
+    let read = offline(HttpFunction::KeysRead).await;
+    let write = offline(HttpFunction::KeysWrite).await;
+    let data = offline(HttpFunction::DataKeys).await;
+    for (app, name, event) in [
+        (&read, "keys-read", "data-keys/decrypt.json"),
+        (&read, "keys-read", "keys-write/set-default.json"),
+        (&read, "keys-read", "keys-write/setup.json"),
+        (&write, "keys-write", "keys-read/page.json"),
+        (&write, "keys-write", "data-keys/create-data-key.json"),
+        (&data, "data-keys", "keys-read/list-keys.json"),
+        (&data, "data-keys", "keys-write/disable-all.json"),
+        (&data, "data-keys", "keys-read/asset.json"),
+    ] {
+        let a = call(app, &fixture(event)).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{event} through {name}");
+        assert_eq!(a.code(), "not_found");
+    }
+    // `/v1/orgs/{org}/keys` exists in both admin functions with another method: 405, and
+    // still nothing is served.
+    let a = call(&read, &fixture("keys-write/add-key.json")).await;
+    assert_problem(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let a = call(&write, &fixture("keys-read/list-keys.json")).await;
+    assert_problem(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+// ------------------------------------------------------------------ identities
+
+#[tokio::test]
+async fn admin_claims_of_another_org_are_forbidden() {
+    let read = offline(HttpFunction::KeysRead).await;
+    let write = offline(HttpFunction::KeysWrite).await;
+    for (app, event) in [
+        (&read, "keys-read/list-keys.json"),
+        (&read, "keys-read/audit.json"),
+        (&write, "keys-write/setup.json"),
+        (&write, "keys-write/add-key.json"),
+        (&write, "keys-write/disable-all.json"),
+    ] {
+        let mut ev = fixture(event);
+        claims(&mut ev)["org"] = "globex".into();
+        let a = call(app, &ev).await;
+        assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+        assert!(a.json()["detail"].as_str().unwrap_or("").contains("globex"));
+    }
+}
+
+#[tokio::test]
+async fn members_and_services_are_forbidden_on_admin_routes() {
+    let read = offline(HttpFunction::KeysRead).await;
+    let write = offline(HttpFunction::KeysWrite).await;
+    for role in ["member", "service"] {
+        for (app, event) in [
+            (&read, "keys-read/list-keys.json"),
+            (&read, "keys-read/reencryption.json"),
+            (&write, "keys-write/add-key.json"),
+            (&write, "keys-write/cancel.json"),
+        ] {
+            let mut ev = fixture(event);
+            claims(&mut ev)["role"] = role.into();
+            let a = call(app, &ev).await;
+            assert_problem(&a, StatusCode::FORBIDDEN, "forbidden");
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_a_usable_authorizer_identity_callers_are_unauthenticated() {
+    let read = offline(HttpFunction::KeysRead).await;
+    // No authorizer context: the bearer token is not checked by the function.
+    let mut ev = fixture("keys-read/list-keys.json");
+    ev["requestContext"]
+        .as_object_mut()
+        .expect("context")
+        .remove("authorizer");
+    assert_problem(
+        &call(&read, &ev).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    // Claims without the org claim, or with an unknown role.
+    for (claim, value) in [("org", Value::Null), ("role", "root".into())] {
+        let mut ev = fixture("keys-read/list-keys.json");
+        let c = claims(&mut ev).as_object_mut().expect("claims");
+        if value.is_null() {
+            c.remove(claim);
+        } else {
+            c.insert(claim.into(), value);
+        }
+        assert_problem(
+            &call(&read, &ev).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        );
+    }
+    // The data plane trusts AWS IAM only: JWT claims, even of a service, are not enough.
+    let data = offline(HttpFunction::DataKeys).await;
+    let mut ev = fixture("data-keys/create-data-key.json");
+    ev["requestContext"]["authorizer"] =
+        json!({"jwt": {"claims": {"sub": "svc", "org": "acme", "role": "service"}}});
+    assert_problem(
+        &call(&data, &ev).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+}
+
+#[tokio::test]
+async fn claim_names_come_from_the_configuration() {
+    let names = ClaimNames {
+        org: "custom:org".into(),
+        role: "custom:role".into(),
+    };
+    let read = app(
+        HttpFunction::KeysRead,
+        common::offline_backend().await.cmk,
+        &names,
+    );
+    let mut ev = fixture("keys-read/list-keys.json");
+    *claims(&mut ev) = json!({"sub": "alice", "custom:org": "acme", "custom:role": "member", "org": "acme", "role": "admin"});
+    // The configured role claim says member: the default "role" claim is not looked at.
+    assert_problem(&call(&read, &ev).await, StatusCode::FORBIDDEN, "forbidden");
+    claims(&mut ev)["custom:role"] = "admin".into();
+    let a = call(&read, &ev).await;
+    // Authorized; the offline store then fails.
+    assert!(
+        !matches!(a.status.as_u16(), 401 | 403 | 404),
+        "{}",
+        a.status
+    );
+}
+
+// ------------------------------------------------------------------ bodies and paths
+
+#[tokio::test]
+async fn a_body_without_content_type_is_a_bad_request() {
+    let write = offline(HttpFunction::KeysWrite).await;
+    let data = offline(HttpFunction::DataKeys).await;
+    for (app, event) in [
+        (&write, "keys-write/add-key.json"),
+        (&write, "keys-write/disable-key.json"),
+        (&data, "data-keys/encrypt.json"),
+        (&data, "data-keys/decrypt.json"),
+    ] {
+        let mut ev = fixture(event);
+        ev["headers"]
+            .as_object_mut()
+            .expect("headers")
+            .remove("content-type");
+        let a = call(app, &ev).await;
+        assert_problem(&a, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(
+            a.json()["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("content-type"),
+            "{event}"
+        );
+    }
+    // A base64-encoded body (API Gateway sends binary payloads so) is read the same.
+    let mut ev = fixture("keys-write/add-key.json");
+    ev["headers"]["content-type"] = "text/plain".into();
+    let body = ev["body"].as_str().expect("body").to_owned();
+    ev["body"] = base64::engine::general_purpose::STANDARD
+        .encode(body)
+        .into();
+    ev["isBase64Encoded"] = true.into();
+    assert_problem(
+        &call(&write, &ev).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+}
+
+#[tokio::test]
+async fn a_stage_outside_the_path_still_routes() {
+    // A custom domain mapped to a named stage: rawPath has no stage, requestContext.stage is
+    // "prod". With AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH (set by the template), the path is used
+    // as is.
+    let read = offline(HttpFunction::KeysRead).await;
+    let mut ev = fixture("keys-read/healthz.json");
+    ev["requestContext"]["stage"] = "prod".into();
+    assert_eq!(call(&read, &ev).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_runtime_answer_is_an_http_api_response() {
+    use tower::ServiceExt;
+    let read = offline(HttpFunction::KeysRead).await;
+    let respond = |ev: Value| {
+        let adapter = lambda_http::Adapter::from(read.clone());
+        async move {
+            let request: lambda_http::request::LambdaRequest =
+                serde_json::from_value(ev).expect("event");
+            let response = adapter
+                .oneshot(LambdaEvent::new(request, Context::default()))
+                .await
+                .expect("answer");
+            serde_json::to_value(response).expect("json")
+        }
+    };
+    let page = respond(fixture("keys-read/page.json")).await;
+    assert_eq!(page["statusCode"], 200);
+    assert_eq!(page["isBase64Encoded"], false);
+    assert!(page["headers"]["content-type"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("text/html"));
+    assert!(page["body"].as_str().unwrap_or("").contains("<html"));
+
+    let missing = respond(fixture("data-keys/decrypt.json")).await;
+    assert_eq!(missing["statusCode"], 404);
+    let body: Value =
+        serde_json::from_str(missing["body"].as_str().expect("text body")).expect("problem");
+    assert_eq!(body["code"], "not_found");
+}
+
+// ------------------------------------------------------------------ worker, offline
+
+fn sqs_record(id: Option<&str>, body: Option<&str>) -> Value {
+    let mut r = fixture("rewrap-worker/sqs-rewrap.json")["Records"][0].clone();
+    let o = r.as_object_mut().expect("record");
+    match id {
+        Some(id) => o.insert("messageId".into(), id.into()),
+        None => o.remove("messageId"),
+    };
+    match body {
+        Some(b) => o.insert("body".into(), b.into()),
+        None => o.remove("body"),
+    };
+    r
+}
+
+async fn offline_worker() -> Worker {
+    let backend = common::offline_backend().await;
+    Worker::new(
+        cmk_core::engine::RewrapEngine::new(backend.cmk, Default::default()),
+        4,
+        Duration::from_secs(900),
+    )
+}
+
+fn failures(r: &aws_lambda_events::event::sqs::SqsBatchResponse) -> HashSet<String> {
+    r.batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_worker_reports_only_the_messages_that_failed() {
+    let worker = offline_worker().await;
+    let mut event = fixture("rewrap-worker/sqs-rewrap.json");
+    let fixture_ids: HashSet<String> = event["Records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["messageId"].as_str().expect("id").to_owned())
+        .collect();
+    let records = event["Records"].as_array_mut().expect("records");
+    // A poison message (never readable) and one without a body are acknowledged: no
+    // redelivery could ever make them succeed.
+    records.push(sqs_record(Some("poison-1"), Some("not json")));
+    records.push(sqs_record(Some("empty-1"), None));
+    // The fixture's plan and batch messages need the store, which is unreachable: they fail,
+    // and only they are reported, for SQS to redeliver.
+    let response = worker
+        .handle(LambdaEvent::new(event, Context::default()))
+        .await
+        .expect("a batch answer");
+    assert_eq!(failures(&response), fixture_ids);
+    let json = serde_json::to_value(&response).expect("json");
+    assert_eq!(
+        json["batchItemFailures"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_without_a_message_id_fails_the_whole_batch() {
+    let worker = offline_worker().await;
+    // Succeeds without an id: fine.
+    let ok = json!({"Records": [sqs_record(None, Some("not json"))]});
+    let r = worker
+        .handle(LambdaEvent::new(ok, Context::default()))
+        .await
+        .expect("acknowledged");
+    assert!(r.batch_item_failures.is_empty());
+    // Fails without an id: cannot be reported alone, so the invocation fails.
+    let body = fixture("rewrap-worker/sqs-rewrap.json")["Records"][0]["body"].clone();
+    let bad = json!({"Records": [sqs_record(None, body.as_str())]});
+    assert!(worker
+        .handle(LambdaEvent::new(bad, Context::default()))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn the_worker_sweeps_on_schedule_and_refuses_other_events() {
+    let worker = offline_worker().await;
+    // The sweep needs the store: unreachable here, so the invocation fails (and is retried).
+    let schedule = fixture("rewrap-worker/schedule.json");
+    assert!(worker
+        .handle(LambdaEvent::new(schedule, Context::default()))
+        .await
+        .is_err());
+    let other = fixture("keys-read/healthz.json");
+    assert!(worker
+        .handle(LambdaEvent::new(other, Context::default()))
+        .await
+        .is_err());
+}
+
+// ------------------------------------------------------------------ on the AWS emulator
+
+/// The functions over their own backends (as on AWS: one process each), all on `env`.
+struct Functions {
+    read: Router,
+    write: Router,
+    data: Router,
+    worker: Worker,
+}
+
+fn functions(env: &common::Emulated) -> Functions {
+    let cmk = || cmk_aws::backend::build(&env.config, &env.settings).cmk;
+    let names = ClaimNames::default();
+    Functions {
+        read: app(HttpFunction::KeysRead, cmk(), &names),
+        write: app(HttpFunction::KeysWrite, cmk(), &names),
+        data: app(HttpFunction::DataKeys, cmk(), &names),
+        worker: Worker::new(
+            cmk_core::engine::RewrapEngine::new(
+                cmk(),
+                cmk_core::engine::EngineConfig {
+                    batch_size: 2,
+                    ..Default::default()
+                },
+            ),
+            4,
+            Duration::from_secs(900),
+        ),
+    }
+}
+
+/// An event of `fixture` for `org`, with `path` segments substituted.
+fn org_event(name: &str, org: &str) -> Value {
+    let mut ev = fixture(name);
+    let path =
+        ev["rawPath"]
+            .as_str()
+            .expect("path")
+            .replacen("/orgs/acme", &format!("/orgs/{org}"), 1);
+    let method = ev["requestContext"]["http"]["method"]
+        .as_str()
+        .expect("method")
+        .to_owned();
+    set_route(&mut ev, &method, &path);
+    ev["pathParameters"]["org"] = org.into();
+    if !ev["requestContext"]["authorizer"]["jwt"].is_null() {
+        claims(&mut ev)["org"] = org.into();
+    }
+    ev
+}
+
+async fn create_data_key(f: &Functions, org: &str) -> String {
+    let a = call(&f.data, &org_event("data-keys/create-data-key.json", org)).await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    a.json()["data_key"]["id"].as_str().expect("id").to_owned()
+}
+
+async fn encrypt(f: &Functions, org: &str, dk: &str, plaintext: &[u8]) -> String {
+    let mut ev = org_event("data-keys/encrypt.json", org);
+    let path = format!("/v1/orgs/{org}/data-keys/{dk}/encrypt");
+    set_route(&mut ev, "POST", &path);
+    ev["pathParameters"]["id"] = dk.into();
+    set_body(
+        &mut ev,
+        &json!({"plaintext": base64::engine::general_purpose::STANDARD.encode(plaintext),
+                "context": {"env": "prod"}}),
+    );
+    let a = call(&f.data, &ev).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    a.json()["ciphertext"]
+        .as_str()
+        .expect("ciphertext")
+        .to_owned()
+}
+
+async fn decrypt(data: &Router, org: &str, ciphertext: &str) -> Vec<u8> {
+    let mut ev = org_event("data-keys/decrypt.json", org);
+    set_body(
+        &mut ev,
+        &json!({"ciphertext": ciphertext, "context": {"env": "prod"}}),
+    );
+    let a = call(data, &ev).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    base64::engine::general_purpose::STANDARD
+        .decode(a.json()["plaintext"].as_str().expect("plaintext"))
+        .expect("base64")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_data_plane_events_work_on_the_emulator() {
+    let Some(endpoint) = common::emulator_endpoint() else {
+        return;
+    };
+    let env = common::emulated(&endpoint).await;
+    let f = functions(&env);
+    let org = common::unique("org");
+
+    // An admin (JWT claims) lists the keys: only the service-managed key, the default.
+    let keys = call(&f.read, &org_event("keys-read/list-keys.json", &org)).await;
+    assert_eq!(
+        keys.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&keys.body)
+    );
+    assert_eq!(keys.json()["default_key_id"], "service");
+
+    // keys/setup (keys-write: the first call creates the org's external id) is stable.
+    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
+    assert_eq!(setup.status, StatusCode::OK);
+    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
+    let again = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
+    assert_eq!(again.json()["external_id"], external_id.as_str());
+    assert_eq!(
+        setup.json()["trust_policy"]["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
+        external_id.as_str()
+    );
+
+    // A service (IAM context) creates a data key, encrypts and decrypts.
+    let dk = create_data_key(&f, &org).await;
+    let ct = encrypt(&f, &org, &dk, b"hello world").await;
+    assert_eq!(decrypt(&f.data, &org, &ct).await, b"hello world");
+
+    // The audit trail and the (absent) job, as the admin reads them.
+    let audit = call(&f.read, &org_event("keys-read/audit.json", &org)).await;
+    assert_eq!(audit.status, StatusCode::OK);
+    assert!(audit.json()["events"].is_array());
+    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
+    assert_eq!(job.status, StatusCode::OK);
+    assert!(job.json()["reencryption"].is_null());
+
+    // An admin of another org sees nothing of it.
+    let mut ev = org_event("keys-read/list-keys.json", &org);
+    claims(&mut ev)["org"] = "globex".into();
+    assert_problem(
+        &call(&f.read, &ev).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
+    let Some(endpoint) = common::emulator_endpoint() else {
+        return;
+    };
+    let env = common::emulated(&endpoint).await;
+    let f = functions(&env);
+    let org = common::unique("org");
+
+    // Data keys under the service-managed key, each with a ciphertext.
+    let mut samples = Vec::new();
+    for i in 0..5u8 {
+        let dk = create_data_key(&f, &org).await;
+        let plaintext = vec![i; 16];
+        samples.push((encrypt(&f, &org, &dk, &plaintext).await, plaintext));
+    }
+
+    // The customer's role (trusting anyone with the org's external id) and KMS key.
+    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
+    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
+    let iam = aws_sdk_iam::Client::new(&env.config);
+    let trust = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]});
+    let role_arn = iam
+        .create_role()
+        .role_name(common::unique("customer"))
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await
+        .expect("role")
+        .role
+        .expect("role")
+        .arn;
+    let key_arn = aws_sdk_kms::Client::new(&env.config)
+        .create_key()
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+
+    // The admin adds it (keys-write): it becomes the default and an adopt job starts.
+    let mut add = org_event("keys-write/add-key.json", &org);
+    set_body(
+        &mut add,
+        &json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
+    );
+    let added = call(&f.write, &add).await;
+    assert_eq!(
+        added.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    let new_key = added.json()["key"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(added.json()["reencryption"]["kind"], "adopt");
+
+    // A job whose stored record is unreadable: its plan message fails on every delivery.
+    let broken_org = common::unique("broken");
+    let broken_job = uuid::Uuid::now_v7().to_string();
+    aws_sdk_dynamodb::Client::new(&env.config)
+        .put_item()
+        .table_name(&env.table)
+        .item(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("ORG#{broken_org}")),
+        )
+        .item(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("JOB#{broken_job}")),
+        )
+        .item(
+            "state",
+            aws_sdk_dynamodb::types::AttributeValue::S("running".into()),
+        )
+        .send()
+        .await
+        .expect("put");
+    let failing = sqs_record(
+        Some("failing-1"),
+        Some(
+            &json!({"type": "plan", "org": broken_org, "job_id": broken_job, "generation": 1})
+                .to_string(),
+        ),
+    );
+    let poison = sqs_record(Some("poison-1"), Some("{\"type\":\"nonsense\"}"));
+
+    // The event source mapping's part: receive, invoke, delete what the answer did not name.
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let template = fixture("rewrap-worker/sqs-rewrap.json")["Records"][0].clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut first = true;
+    let mut invocations = 0;
+    loop {
+        assert!(Instant::now() < deadline, "the job did not complete");
+        let received = sqs
+            .receive_message()
+            .queue_url(&env.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive")
+            .messages
+            .unwrap_or_default();
+        if received.is_empty() {
+            let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
+            let state = job.json()["reencryption"]["state"].clone();
+            if state == "completed" {
+                break;
+            }
+            assert_eq!(state, "running", "{}", job.json());
+            continue;
+        }
+        let mut records: Vec<Value> = received
+            .iter()
+            .map(|m| {
+                let mut r = template.clone();
+                r["messageId"] = m.message_id().expect("id").into();
+                r["receiptHandle"] = m.receipt_handle().expect("receipt").into();
+                r["body"] = m.body().expect("body").into();
+                r["md5OfBody"] = m.md5_of_body().unwrap_or_default().into();
+                r
+            })
+            .collect();
+        if first {
+            records.push(failing.clone());
+            records.push(poison.clone());
+        }
+        let response = f
+            .worker
+            .handle(LambdaEvent::new(
+                json!({"Records": records}),
+                Context::default(),
+            ))
+            .await
+            .expect("a batch answer");
+        invocations += 1;
+        let failed = failures(&response);
+        if first {
+            assert_eq!(failed, HashSet::from(["failing-1".to_owned()]));
+            first = false;
+        } else {
+            assert!(failed.is_empty(), "{failed:?}");
+        }
+        for m in &received {
+            if !failed.contains(m.message_id().unwrap_or_default()) {
+                sqs.delete_message()
+                    .queue_url(&env.queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+    }
+    assert!(invocations >= 2, "a plan, then its batches");
+
+    // Every data key moved to the customer's key, and every ciphertext decrypts unchanged,
+    // through a fresh data-keys function (no cached data key).
+    let keys = call(&f.read, &org_event("keys-read/list-keys.json", &org))
+        .await
+        .json();
+    assert_eq!(keys["default_key_id"], new_key.as_str());
+    for key in keys["keys"].as_array().expect("keys") {
+        let expected = if key["id"] == new_key.as_str() { 5 } else { 0 };
+        assert_eq!(key["data_keys"], expected, "{key}");
+    }
+    let fresh = functions(&env);
+    for (ct, plaintext) in &samples {
+        assert_eq!(&decrypt(&fresh.data, &org, ct).await, plaintext);
+    }
+}
