@@ -151,6 +151,23 @@ impl KmsKeyProvider {
         }
     }
 
+    /// Uses the given clients (e.g. with interceptors); customer sessions are built from `config`.
+    pub fn from_clients(
+        config: &SdkConfig,
+        kms: KmsClient,
+        sts: StsClient,
+        settings: KmsSettings,
+    ) -> Self {
+        Self {
+            kms,
+            sts,
+            config: config.clone(),
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+            counters: KmsCounters::default(),
+        }
+    }
+
     pub fn counters(&self) -> &KmsCounters {
         &self.counters
     }
