@@ -272,7 +272,7 @@ function rowFor(k) {
   const typeCell = el(
     'td',
     { role: 'cell', 'data-label': 'Type' },
-    el('span', {}, TYPE_LABELS[k.type] || k.type),
+    el('span', { class: 'type-label' }, TYPE_LABELS[k.type] || k.type),
     k.aws ? el('span', { class: 'sub wrap' }, k.aws.key_arn) : null,
   );
   const healthTone = HEALTH_TONES[k.health.status] || 'bad';
@@ -283,7 +283,7 @@ function rowFor(k) {
     k.health.message && k.health.status !== 'ok'
       ? el('span', { class: 'sub' }, k.health.message)
       : null,
-    k.health.checked_at ? el('span', { class: 'sub' }, `Checked ${formatTime(k.health.checked_at)}`) : null,
+    k.health.checked_at ? el('span', { class: 'sub checked' }, `Checked ${formatTime(k.health.checked_at)}`) : null,
   );
 
   const noDefault = whyNoDefault(k);
