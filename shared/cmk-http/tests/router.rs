@@ -536,7 +536,9 @@ async fn the_admin_page_is_served_without_a_token_under_a_strict_policy() {
     let (status, headers, html) = get_page("/").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
-    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+    let csp = headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("ascii");
     assert!(csp.starts_with("default-src 'self'"), "{csp}");
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
