@@ -11,14 +11,17 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::Router;
 use base64::Engine as _;
 use cmk_lambda::http::{RouteSpec, COMMON_ROUTES, PUBLIC_ROUTES};
 use cmk_lambda::{app, ClaimNames, HttpFunction, Worker};
-use common::{call, fixture, fixtures_of, set_body, set_route, Answer};
+use common::{
+    assert_problem, call, claims, create_data_key, decrypt, encrypt, failures, fixture,
+    fixtures_of, org_event, set_body, sqs_record, Functions,
+};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Value};
 
@@ -36,15 +39,6 @@ fn owned(function: HttpFunction) -> Vec<RouteSpec> {
         routes.extend_from_slice(COMMON_ROUTES);
     }
     routes
-}
-
-fn claims(ev: &mut Value) -> &mut Value {
-    &mut ev["requestContext"]["authorizer"]["jwt"]["claims"]
-}
-
-fn assert_problem(a: &Answer, status: StatusCode, code: &str) {
-    assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
-    assert_eq!(a.code(), code);
 }
 
 // ------------------------------------------------------------------ fixtures and routing
@@ -354,20 +348,6 @@ async fn the_runtime_answer_is_an_http_api_response() {
 
 // ------------------------------------------------------------------ worker, offline
 
-fn sqs_record(id: Option<&str>, body: Option<&str>) -> Value {
-    let mut r = fixture("rewrap-worker/sqs-rewrap.json")["Records"][0].clone();
-    let o = r.as_object_mut().expect("record");
-    match id {
-        Some(id) => o.insert("messageId".into(), id.into()),
-        None => o.remove("messageId"),
-    };
-    match body {
-        Some(b) => o.insert("body".into(), b.into()),
-        None => o.remove("body"),
-    };
-    r
-}
-
 async fn offline_worker() -> Worker {
     let backend = common::offline_backend().await;
     Worker::new(
@@ -375,13 +355,6 @@ async fn offline_worker() -> Worker {
         4,
         Duration::from_secs(900),
     )
-}
-
-fn failures(r: &aws_lambda_events::event::sqs::SqsBatchResponse) -> HashSet<String> {
-    r.batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect()
 }
 
 #[tokio::test]
@@ -451,114 +424,13 @@ async fn the_worker_sweeps_on_schedule_and_refuses_other_events() {
 
 // ------------------------------------------------------------------ on the AWS emulator
 
-/// The functions over their own backends (as on AWS: one process each), all on `env`.
-struct Functions {
-    read: Router,
-    write: Router,
-    data: Router,
-    worker: Worker,
-}
-
-fn functions(env: &common::Emulated) -> Functions {
-    let cmk = || cmk_aws::backend::build(&env.config, &env.settings).cmk;
-    let names = ClaimNames::default();
-    Functions {
-        read: app(HttpFunction::KeysRead, cmk(), &names),
-        write: app(HttpFunction::KeysWrite, cmk(), &names),
-        data: app(HttpFunction::DataKeys, cmk(), &names),
-        worker: Worker::new(
-            cmk_core::engine::RewrapEngine::new(
-                cmk(),
-                cmk_core::engine::EngineConfig {
-                    batch_size: 2,
-                    ..Default::default()
-                },
-            ),
-            4,
-            Duration::from_secs(900),
-        ),
-    }
-}
-
-/// An event of `fixture` for `org`, with `path` segments substituted.
-fn org_event(name: &str, org: &str) -> Value {
-    let mut ev = fixture(name);
-    let path =
-        ev["rawPath"]
-            .as_str()
-            .expect("path")
-            .replacen("/orgs/acme", &format!("/orgs/{org}"), 1);
-    let method = ev["requestContext"]["http"]["method"]
-        .as_str()
-        .expect("method")
-        .to_owned();
-    set_route(&mut ev, &method, &path);
-    ev["pathParameters"]["org"] = org.into();
-    if !ev["requestContext"]["authorizer"]["jwt"].is_null() {
-        claims(&mut ev)["org"] = org.into();
-    }
-    ev
-}
-
-async fn create_data_key(f: &Functions, org: &str) -> String {
-    let a = call(&f.data, &org_event("data-keys/create-data-key.json", org)).await;
-    assert_eq!(
-        a.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&a.body)
-    );
-    a.json()["data_key"]["id"].as_str().expect("id").to_owned()
-}
-
-async fn encrypt(f: &Functions, org: &str, dk: &str, plaintext: &[u8]) -> String {
-    let mut ev = org_event("data-keys/encrypt.json", org);
-    let path = format!("/v1/orgs/{org}/data-keys/{dk}/encrypt");
-    set_route(&mut ev, "POST", &path);
-    ev["pathParameters"]["id"] = dk.into();
-    set_body(
-        &mut ev,
-        &json!({"plaintext": base64::engine::general_purpose::STANDARD.encode(plaintext),
-                "context": {"env": "prod"}}),
-    );
-    let a = call(&f.data, &ev).await;
-    assert_eq!(
-        a.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&a.body)
-    );
-    a.json()["ciphertext"]
-        .as_str()
-        .expect("ciphertext")
-        .to_owned()
-}
-
-async fn decrypt(data: &Router, org: &str, ciphertext: &str) -> Vec<u8> {
-    let mut ev = org_event("data-keys/decrypt.json", org);
-    set_body(
-        &mut ev,
-        &json!({"ciphertext": ciphertext, "context": {"env": "prod"}}),
-    );
-    let a = call(data, &ev).await;
-    assert_eq!(
-        a.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&a.body)
-    );
-    base64::engine::general_purpose::STANDARD
-        .decode(a.json()["plaintext"].as_str().expect("plaintext"))
-        .expect("base64")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_and_data_plane_events_work_on_the_emulator() {
     let Some(endpoint) = common::emulator_endpoint() else {
         return;
     };
     let env = common::emulated(&endpoint).await;
-    let f = functions(&env);
+    let f = Functions::new(&env.config, &env.settings);
     let org = common::unique("org");
 
     // An admin (JWT claims) lists the keys: only the service-managed key, the default.
@@ -611,7 +483,7 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
         return;
     };
     let env = common::emulated(&endpoint).await;
-    let f = functions(&env);
+    let f = Functions::new(&env.config, &env.settings);
     let org = common::unique("org");
 
     // Data keys under the service-managed key, each with a ciphertext.
@@ -694,76 +566,23 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
     );
     let poison = sqs_record(Some("poison-1"), Some("{\"type\":\"nonsense\"}"));
 
-    // The event source mapping's part: receive, invoke, delete what the answer did not name.
+    // The event source mapping's part, with the failing and the poison messages added to the
+    // first invocation: only the failing one is reported.
     let sqs = aws_sdk_sqs::Client::new(&env.config);
-    let template = fixture("rewrap-worker/sqs-rewrap.json")["Records"][0].clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut first = true;
-    let mut invocations = 0;
-    loop {
-        assert!(Instant::now() < deadline, "the job did not complete");
-        let received = sqs
-            .receive_message()
-            .queue_url(&env.queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive")
-            .messages
-            .unwrap_or_default();
-        if received.is_empty() {
-            let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
-            let state = job.json()["reencryption"]["state"].clone();
-            if state == "completed" {
-                break;
-            }
-            assert_eq!(state, "running", "{}", job.json());
-            continue;
-        }
-        let mut records: Vec<Value> = received
-            .iter()
-            .map(|m| {
-                let mut r = template.clone();
-                r["messageId"] = m.message_id().expect("id").into();
-                r["receiptHandle"] = m.receipt_handle().expect("receipt").into();
-                r["body"] = m.body().expect("body").into();
-                r["md5OfBody"] = m.md5_of_body().unwrap_or_default().into();
-                r
-            })
-            .collect();
-        if first {
-            records.push(failing.clone());
-            records.push(poison.clone());
-        }
-        let response = f
-            .worker
-            .handle(LambdaEvent::new(
-                json!({"Records": records}),
-                Context::default(),
-            ))
-            .await
-            .expect("a batch answer");
-        invocations += 1;
-        let failed = failures(&response);
-        if first {
-            assert_eq!(failed, HashSet::from(["failing-1".to_owned()]));
-            first = false;
-        } else {
-            assert!(failed.is_empty(), "{failed:?}");
-        }
-        for m in &received {
-            if !failed.contains(m.message_id().unwrap_or_default()) {
-                sqs.delete_message()
-                    .queue_url(&env.queue_url)
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .send()
-                    .await
-                    .expect("delete");
-            }
-        }
-    }
-    assert!(invocations >= 2, "a plan, then its batches");
+    let answers = common::run_queue(
+        &f.worker,
+        &sqs,
+        &env.queue_url,
+        &f.read,
+        &org,
+        vec![failing, poison],
+    )
+    .await;
+    assert_eq!(answers[0], HashSet::from(["failing-1".to_owned()]));
+    assert!(answers[1..].iter().all(HashSet::is_empty), "{answers:?}");
+    assert!(answers.len() >= 2, "a plan, then its batches");
+    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
+    assert_eq!(job.json()["reencryption"]["state"], "completed");
 
     // Every data key moved to the customer's key, and every ciphertext decrypts unchanged,
     // through a fresh data-keys function (no cached data key).
@@ -775,7 +594,7 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
         let expected = if key["id"] == new_key.as_str() { 5 } else { 0 };
         assert_eq!(key["data_keys"], expected, "{key}");
     }
-    let fresh = functions(&env);
+    let fresh = Functions::new(&env.config, &env.settings);
     for (ct, plaintext) in &samples {
         assert_eq!(&decrypt(&fresh.data, &org, ct).await, plaintext);
     }

@@ -7,18 +7,23 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
+use aws_lambda_events::event::sqs::SqsBatchResponse;
 use axum::http::StatusCode;
 use axum::Router;
+use base64::Engine as _;
 use cmk_aws::{AwsBackend, AwsSettings};
-use serde_json::Value;
+use cmk_lambda::{app, ClaimNames, HttpFunction, Worker};
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{json, Value};
 use tower::ServiceExt;
 
 /// Never reach for real credentials or the instance-metadata address; route like the template.
@@ -262,5 +267,223 @@ pub async fn emulated(endpoint: &str) -> Emulated {
         table,
         queue_url,
         service_key_arn,
+    }
+}
+
+// ------------------------------------------------------------------ flows through the functions
+
+/// The JWT claims of an admin event.
+pub fn claims(ev: &mut Value) -> &mut Value {
+    &mut ev["requestContext"]["authorizer"]["jwt"]["claims"]
+}
+
+pub fn assert_problem(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.code(), code);
+}
+
+/// A fixture of `events/` for `org` instead of `acme` (path, path parameters and claims).
+pub fn org_event(name: &str, org: &str) -> Value {
+    let mut ev = fixture(name);
+    let path =
+        ev["rawPath"]
+            .as_str()
+            .expect("path")
+            .replacen("/orgs/acme", &format!("/orgs/{org}"), 1);
+    let method = ev["requestContext"]["http"]["method"]
+        .as_str()
+        .expect("method")
+        .to_owned();
+    set_route(&mut ev, &method, &path);
+    ev["pathParameters"]["org"] = org.into();
+    if !ev["requestContext"]["authorizer"]["jwt"].is_null() {
+        claims(&mut ev)["org"] = org.into();
+    }
+    ev
+}
+
+/// An SQS record shaped like the fixture's, with another id and body (either may be absent).
+pub fn sqs_record(id: Option<&str>, body: Option<&str>) -> Value {
+    let mut r = fixture("rewrap-worker/sqs-rewrap.json")["Records"][0].clone();
+    let o = r.as_object_mut().expect("record");
+    match id {
+        Some(id) => o.insert("messageId".into(), id.into()),
+        None => o.remove("messageId"),
+    };
+    match body {
+        Some(b) => o.insert("body".into(), b.into()),
+        None => o.remove("body"),
+    };
+    r
+}
+
+pub fn failures(r: &SqsBatchResponse) -> HashSet<String> {
+    r.batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+/// The four functions, each over its own backend (as on AWS: one process each).
+#[derive(Debug)]
+pub struct Functions {
+    pub read: Router,
+    pub write: Router,
+    pub data: Router,
+    pub worker: Worker,
+}
+
+impl Functions {
+    pub fn new(config: &SdkConfig, settings: &AwsSettings) -> Self {
+        Self::with_configs([config, config, config, config], settings)
+    }
+
+    /// Each function with its own SDK configuration (its own credentials): keys-read,
+    /// keys-write, data-keys, rewrap-worker.
+    pub fn with_configs(configs: [&SdkConfig; 4], settings: &AwsSettings) -> Self {
+        let cmk = |config: &SdkConfig| cmk_aws::backend::build(config, settings).cmk;
+        let names = ClaimNames::default();
+        Self {
+            read: app(HttpFunction::KeysRead, cmk(configs[0]), &names),
+            write: app(HttpFunction::KeysWrite, cmk(configs[1]), &names),
+            data: app(HttpFunction::DataKeys, cmk(configs[2]), &names),
+            worker: Worker::new(
+                cmk_core::engine::RewrapEngine::new(
+                    cmk(configs[3]),
+                    cmk_core::engine::EngineConfig {
+                        batch_size: 2,
+                        ..Default::default()
+                    },
+                ),
+                4,
+                Duration::from_secs(900),
+            ),
+        }
+    }
+}
+
+pub async fn create_data_key(f: &Functions, org: &str) -> String {
+    let a = call(&f.data, &org_event("data-keys/create-data-key.json", org)).await;
+    assert_eq!(
+        a.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    a.json()["data_key"]["id"].as_str().expect("id").to_owned()
+}
+
+pub async fn encrypt(f: &Functions, org: &str, dk: &str, plaintext: &[u8]) -> String {
+    let mut ev = org_event("data-keys/encrypt.json", org);
+    let path = format!("/v1/orgs/{org}/data-keys/{dk}/encrypt");
+    set_route(&mut ev, "POST", &path);
+    ev["pathParameters"]["id"] = dk.into();
+    set_body(
+        &mut ev,
+        &json!({"plaintext": base64::engine::general_purpose::STANDARD.encode(plaintext),
+                "context": {"env": "prod"}}),
+    );
+    let a = call(&f.data, &ev).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    a.json()["ciphertext"]
+        .as_str()
+        .expect("ciphertext")
+        .to_owned()
+}
+
+pub async fn decrypt(data: &Router, org: &str, ciphertext: &str) -> Vec<u8> {
+    let mut ev = org_event("data-keys/decrypt.json", org);
+    set_body(
+        &mut ev,
+        &json!({"ciphertext": ciphertext, "context": {"env": "prod"}}),
+    );
+    let a = call(data, &ev).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    base64::engine::general_purpose::STANDARD
+        .decode(a.json()["plaintext"].as_str().expect("plaintext"))
+        .expect("base64")
+}
+
+/// Plays the SQS event source mapping until `org`'s job is no longer running: receives up to 10
+/// messages, invokes the worker with them as an SQS event (plus `extra` records on the first
+/// invocation), and deletes the received messages the answer did not name. Returns the failures
+/// each invocation reported.
+pub async fn run_queue(
+    worker: &Worker,
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    read: &Router,
+    org: &str,
+    mut extra: Vec<Value>,
+) -> Vec<HashSet<String>> {
+    let template = fixture("rewrap-worker/sqs-rewrap.json")["Records"][0].clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answers = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "the job did not end");
+        let received = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive")
+            .messages
+            .unwrap_or_default();
+        if received.is_empty() {
+            let job = call(read, &org_event("keys-read/reencryption.json", org)).await;
+            assert_eq!(
+                job.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&job.body)
+            );
+            if job.json()["reencryption"]["state"] != "running" {
+                return answers;
+            }
+            continue;
+        }
+        let mut records: Vec<Value> = received
+            .iter()
+            .map(|m| {
+                let mut r = template.clone();
+                r["messageId"] = m.message_id().expect("id").into();
+                r["receiptHandle"] = m.receipt_handle().expect("receipt").into();
+                r["body"] = m.body().expect("body").into();
+                r["md5OfBody"] = m.md5_of_body().unwrap_or_default().into();
+                r
+            })
+            .collect();
+        records.append(&mut extra);
+        let response = worker
+            .handle(LambdaEvent::new(
+                json!({ "Records": records }),
+                Context::default(),
+            ))
+            .await
+            .expect("a batch answer");
+        let failed = failures(&response);
+        for m in &received {
+            if !failed.contains(m.message_id().unwrap_or_default()) {
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+        answers.push(failed);
     }
 }

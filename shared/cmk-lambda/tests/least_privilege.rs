@@ -1,0 +1,440 @@
+//! Each function runs with exactly the IAM actions `template.yaml` gives its role, with IAM
+//! enforced on an emulator of this suite's own (enforcement is global to an emulator): the
+//! flows of every route and of the worker succeed, and keys-read, which may only read the
+//! table, can neither write it (so `keys/setup`, whose first call writes, is keys-write's) nor
+//! reach a customer's key.
+//!
+//! The emulator checks actions, not resources or conditions, so the template's statements are
+//! applied with `Resource: "*"` and without `Condition` (the template test checks their
+//! resources). It names a few batch and transaction calls by their own action names, which
+//! real IAM authorizes through the underlying actions (e.g. `TransactWriteItems` through
+//! `PutItem`, `UpdateItem`, `DeleteItem`, `ConditionCheckItem`): those names are added for the
+//! roles that hold an underlying action.
+//!
+//! Needs `CMK_MOTO_SERVER` (the emulator's executable; the test command sets it); skips without
+//! it unless `CMK_REQUIRE_AWS_TESTS` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
+use axum::http::StatusCode;
+use cmk_lambda::{app, ClaimNames, HttpFunction};
+use common::{call, create_data_key, decrypt, encrypt, org_event, run_queue, set_body, Functions};
+use serde_json::{json, Value};
+
+/// The emulator, killed and waited for when dropped.
+struct Emulator {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http(method: &str, url: &str, body: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let request = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.get(9..12)?.parse().ok()
+}
+
+async fn own_emulator() -> Option<Emulator> {
+    common::init();
+    let Some(server) = std::env::var_os("CMK_MOTO_SERVER") else {
+        assert!(
+            std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
+            "CMK_MOTO_SERVER is not set but AWS tests are required"
+        );
+        eprintln!("skipped: set CMK_MOTO_SERVER to the emulator's executable");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let emulator = Emulator {
+        child: Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the emulator"),
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..150 {
+        if http("GET", &format!("{}/moto-api/", emulator.endpoint), "").await == Some(200) {
+            return Some(emulator);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the emulator did not start");
+}
+
+async fn config(endpoint: &str, creds: Credentials) -> SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .load()
+        .await
+}
+
+/// The emulator's names for calls that real IAM authorizes through other actions.
+const EMULATOR_ACTIONS: &[(&str, &str)] = &[
+    ("dynamodb:PutItem", "dynamodb:TransactWriteItems"),
+    ("dynamodb:UpdateItem", "dynamodb:TransactWriteItems"),
+    ("dynamodb:DeleteItem", "dynamodb:TransactWriteItems"),
+    ("dynamodb:ConditionCheckItem", "dynamodb:TransactWriteItems"),
+    ("dynamodb:GetItem", "dynamodb:TransactGetItems"),
+    ("sqs:SendMessage", "sqs:SendMessageBatch"),
+    ("sqs:DeleteMessage", "sqs:DeleteMessageBatch"),
+    (
+        "sqs:ChangeMessageVisibility",
+        "sqs:ChangeMessageVisibilityBatch",
+    ),
+];
+
+/// The actions of a role's inline policies in `template.yaml`, as one emulator policy.
+fn policy_of(template: &serde_yaml::Value, role: &str) -> (BTreeSet<String>, String) {
+    let mut actions = BTreeSet::new();
+    let policies = template["Resources"][role]["Properties"]["Policies"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{role} has inline policies"));
+    for policy in policies {
+        for st in policy["PolicyDocument"]["Statement"]
+            .as_sequence()
+            .expect("statements")
+        {
+            assert_eq!(st["Effect"].as_str(), Some("Allow"));
+            match &st["Action"] {
+                serde_yaml::Value::String(a) => {
+                    actions.insert(a.clone());
+                }
+                list => {
+                    for a in list.as_sequence().expect("actions") {
+                        actions.insert(a.as_str().expect("action").to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut granted = actions.clone();
+    for (real, emulated) in EMULATOR_ACTIONS {
+        if actions.contains(*real) {
+            granted.insert((*emulated).to_owned());
+        }
+    }
+    let document = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": granted, "Resource": "*"}
+    ]});
+    (actions, document.to_string())
+}
+
+/// An IAM user with `policy`, and an SDK configuration with its credentials.
+async fn principal(
+    iam: &aws_sdk_iam::Client,
+    endpoint: &str,
+    name: &str,
+    policy: &str,
+) -> SdkConfig {
+    iam.create_user()
+        .user_name(name)
+        .send()
+        .await
+        .expect("user");
+    iam.put_user_policy()
+        .user_name(name)
+        .policy_name("template")
+        .policy_document(policy)
+        .send()
+        .await
+        .expect("user policy");
+    let key = iam
+        .create_access_key()
+        .user_name(name)
+        .send()
+        .await
+        .expect("access key")
+        .access_key
+        .expect("access key");
+    config(
+        endpoint,
+        Credentials::new(
+            key.access_key_id(),
+            key.secret_access_key(),
+            None,
+            None,
+            "static",
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_function_works_with_only_its_template_permissions() {
+    let Some(emu) = own_emulator().await else {
+        return;
+    };
+    let ep = emu.endpoint.clone();
+    let root = config(
+        &ep,
+        Credentials::new("testing", "testing", None, None, "static"),
+    )
+    .await;
+    let iam = aws_sdk_iam::Client::new(&root);
+    let template: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(common::repo_root().join("template.yaml")).expect("template"),
+    )
+    .expect("yaml");
+
+    // The operator (sets up resources and the customer's side) and one principal per function.
+    let admin = principal(
+        &iam,
+        &ep,
+        "operator",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+    )
+    .await;
+    let mut configs = Vec::new();
+    for role in [
+        "KeysReadRole",
+        "KeysWriteRole",
+        "DataKeysRole",
+        "RewrapWorkerRole",
+    ] {
+        let (_, policy) = policy_of(&template, role);
+        configs.push(principal(&iam, &ep, role, &policy).await);
+    }
+    let (read_actions, _) = policy_of(&template, "KeysReadRole");
+    assert!(read_actions.iter().all(|a| a.starts_with("dynamodb:")));
+
+    // The service's resources, as the template declares them.
+    let table = common::unique("cmk");
+    cmk_aws::resources::ensure_table(&aws_sdk_dynamodb::Client::new(&root), &table)
+        .await
+        .expect("table");
+    let queue_url = cmk_aws::resources::ensure_queues(
+        &aws_sdk_sqs::Client::new(&root),
+        &common::unique("rewrap"),
+    )
+    .await
+    .expect("queues");
+    let service_key = aws_sdk_kms::Client::new(&root)
+        .create_key()
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+    let settings = cmk_aws::AwsSettings {
+        table,
+        queue_url: queue_url.clone(),
+        service_key_id: service_key,
+        service_principal: "arn:aws:iam::123456789012:root".into(),
+        endpoint_url: Some(ep.clone()),
+        data_key_cache_ttl: Duration::from_secs(300),
+        data_key_cache_size: 100,
+    };
+
+    // IAM enforced from here on.
+    assert_eq!(
+        http("POST", &format!("{ep}/moto-api/reset-auth"), "0").await,
+        Some(200)
+    );
+    let f = Functions::with_configs(
+        [&configs[0], &configs[1], &configs[2], &configs[3]],
+        &settings,
+    );
+    let org = common::unique("org");
+
+    // data-keys: data keys under the service key, encrypted samples.
+    let mut samples = Vec::new();
+    for i in 0..3u8 {
+        let dk = create_data_key(&f, &org).await;
+        samples.push((encrypt(&f, &org, &dk, &[i; 8]).await, vec![i; 8]));
+    }
+    // keys-read: every route.
+    for event in [
+        "keys-read/list-keys.json",
+        "keys-read/reencryption.json",
+        "keys-read/audit.json",
+    ] {
+        let a = call(&f.read, &org_event(event, &org)).await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{event}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    // keys-write: setup (writes the external id), then the customer's role and key.
+    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
+    assert_eq!(
+        setup.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&setup.body)
+    );
+    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
+    let operator_iam = aws_sdk_iam::Client::new(&admin);
+    let role_name = common::unique("customer");
+    let trust = json!({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
+        "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]});
+    let role_arn = operator_iam
+        .create_role()
+        .role_name(&role_name)
+        .assume_role_policy_document(trust.to_string())
+        .send()
+        .await
+        .expect("role")
+        .role
+        .expect("role")
+        .arn;
+    operator_iam
+        .put_role_policy()
+        .role_name(&role_name)
+        .policy_name("kms")
+        .policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
+        )
+        .send()
+        .await
+        .expect("role policy");
+    let key_arn = aws_sdk_kms::Client::new(&admin)
+        .create_key()
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+    let body = json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn});
+
+    // keys-read cannot write: the admin writes, on its credentials, fail at their first write
+    // (keys/setup's first call for an org writes the external id: hence it is keys-write's).
+    let read_as_writer = app(
+        HttpFunction::KeysWrite,
+        cmk_aws::backend::build(&configs[0], &settings).cmk,
+        &ClaimNames::default(),
+    );
+    let mut add = org_event("keys-write/add-key.json", &org);
+    set_body(&mut add, &body);
+    let other_org = common::unique("org");
+    for ev in [add.clone(), org_event("keys-write/setup.json", &other_org)] {
+        let refused = call(&read_as_writer, &ev).await;
+        assert!(
+            refused.status.is_server_error(),
+            "{}: {}",
+            refused.status,
+            String::from_utf8_lossy(&refused.body)
+        );
+    }
+    // Nor can it reach a customer's key or use the service key; keys-write can.
+    let assume = |config: &SdkConfig| {
+        let sts = aws_sdk_sts::Client::new(config);
+        let (role_arn, external_id) = (role_arn.clone(), external_id.clone());
+        async move {
+            sts.assume_role()
+                .role_arn(role_arn)
+                .role_session_name("cmk-service-test")
+                .external_id(external_id)
+                .send()
+                .await
+        }
+    };
+    assert!(
+        assume(&configs[0]).await.is_err(),
+        "keys-read assumed a customer role"
+    );
+    assert!(
+        assume(&configs[1]).await.is_ok(),
+        "keys-write could not assume the customer role"
+    );
+    let encrypted = aws_sdk_kms::Client::new(&configs[0])
+        .encrypt()
+        .key_id(&settings.service_key_id)
+        .plaintext(aws_sdk_kms::primitives::Blob::new(vec![0u8; 32]))
+        .encryption_context("org", org.as_str())
+        .send()
+        .await;
+    assert!(encrypted.is_err(), "keys-read used the service key");
+
+    // keys-write: add the key (assume the role, round trip), check it, and start a job.
+    let added = call(&f.write, &add).await;
+    assert_eq!(
+        added.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    let key_id = added.json()["key"]["id"].as_str().expect("id").to_owned();
+    let mut check = org_event("keys-write/check-key.json", &org);
+    let path = format!("/v1/orgs/{org}/keys/{key_id}/check");
+    common::set_route(&mut check, "POST", &path);
+    let checked = call(&f.write, &check).await;
+    assert_eq!(
+        checked.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&checked.body)
+    );
+    assert_eq!(checked.json()["key"]["health"]["status"], "ok");
+
+    // rewrap-worker: consumes the queue on its own credentials and moves every data key.
+    let sqs = aws_sdk_sqs::Client::new(&configs[3]);
+    let answers = run_queue(&f.worker, &sqs, &queue_url, &f.read, &org, Vec::new()).await;
+    assert!(answers.iter().all(|a| a.is_empty()), "{answers:?}");
+    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
+    assert_eq!(
+        job.json()["reencryption"]["state"],
+        "completed",
+        "{}",
+        job.json()
+    );
+
+    // Disable all: back to the service key, through keys-write and the worker again.
+    let all = call(&f.write, &org_event("keys-write/disable-all.json", &org)).await;
+    assert_eq!(
+        all.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&all.body)
+    );
+    let answers = run_queue(&f.worker, &sqs, &queue_url, &f.read, &org, Vec::new()).await;
+    assert!(answers.iter().all(|a| a.is_empty()), "{answers:?}");
+    let keys: Value = call(&f.read, &org_event("keys-read/list-keys.json", &org))
+        .await
+        .json();
+    assert_eq!(keys["default_key_id"], "service", "{keys}");
+
+    // data-keys: every sample still decrypts, through a fresh function (nothing cached).
+    let fresh = Functions::with_configs(
+        [&configs[0], &configs[1], &configs[2], &configs[3]],
+        &settings,
+    );
+    for (ct, plaintext) in &samples {
+        assert_eq!(&decrypt(&fresh.data, &org, ct).await, plaintext);
+    }
+}
