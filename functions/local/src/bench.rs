@@ -29,8 +29,20 @@ pub enum BenchCommand {
     Rewrap(RewrapArgs),
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchBackend {
+    Embedded,
+    Aws,
+}
+
 #[derive(Args, Debug)]
 pub struct RewrapArgs {
+    /// `aws` runs against DynamoDB, SQS, KMS and STS at --aws-endpoint-url (an emulator).
+    #[arg(long, value_enum, default_value = "embedded")]
+    backend: BenchBackend,
+    /// The AWS endpoint (with --backend aws).
+    #[arg(long = "aws-endpoint-url", env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
     /// How many data keys to re-encrypt.
     #[arg(long, default_value_t = 100_000)]
     data_keys: u64,
@@ -44,12 +56,15 @@ pub struct RewrapArgs {
 
 pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
+        BenchCommand::Rewrap(args) if args.backend == BenchBackend::Aws => {
+            crate::bench_aws::rewrap(args.data_keys, args.endpoint_url).await
+        }
         BenchCommand::Rewrap(args) => rewrap(args).await,
     }
 }
 
 /// Peak resident memory of this process, from /proc (Linux).
-fn peak_rss_mb() -> Option<f64> {
+pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -4,6 +4,7 @@
 
 mod aws;
 mod bench;
+mod bench_aws;
 mod cli;
 mod local;
 mod seed;

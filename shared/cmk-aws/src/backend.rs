@@ -10,6 +10,7 @@ use cmk_core::cache::DataKeyCache;
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
 
+use crate::metrics::CallCounter;
 use crate::{DynamoStore, KmsKeyProvider, KmsSettings, SqsQueue};
 
 /// Everything the AWS backend needs, parsed before serving.
@@ -86,18 +87,43 @@ pub struct AwsBackend {
 
 /// Builds the use cases over DynamoDB, SQS and KMS.
 pub fn build(config: &SdkConfig, settings: &AwsSettings) -> AwsBackend {
+    build_counted(config, settings, None)
+}
+
+/// Like [`build`], with every AWS call counted at the SDK by `counter`.
+pub fn build_counted(
+    config: &SdkConfig,
+    settings: &AwsSettings,
+    counter: Option<&Arc<CallCounter>>,
+) -> AwsBackend {
+    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(config);
+    let mut sqs = aws_sdk_sqs::config::Builder::from(config);
+    let mut keys = KmsKeyProvider::new(config, KmsSettings::new(settings.service_key_id.clone()));
+    if let Some(c) = counter {
+        dynamodb = dynamodb.interceptor(c.interceptor("DynamoDB"));
+        sqs = sqs.interceptor(c.interceptor("SQS"));
+        let sts = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(config)
+                .interceptor(c.interceptor("STS"))
+                .build(),
+        );
+        keys = KmsKeyProvider::from_clients(
+            config,
+            aws_sdk_kms::Client::new(config),
+            sts,
+            KmsSettings::new(settings.service_key_id.clone()),
+        )
+        .with_interceptor(c.interceptor("KMS"));
+    }
     let store = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(config),
+        aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
         settings.table.clone(),
     ));
     let queue = Arc::new(SqsQueue::new(
-        aws_sdk_sqs::Client::new(config),
+        aws_sdk_sqs::Client::from_conf(sqs.build()),
         settings.queue_url.clone(),
     ));
-    let keys = Arc::new(KmsKeyProvider::new(
-        config,
-        KmsSettings::new(settings.service_key_id.clone()),
-    ));
+    let keys = Arc::new(keys);
     let cmk = Cmk::new(
         store.clone(),
         queue.clone(),

@@ -69,6 +69,8 @@ pub struct KmsKeyProvider {
     settings: KmsSettings,
     sessions: Mutex<HashMap<(String, String), Session>>,
     counters: KmsCounters,
+    /// Added to the KMS clients of assumed sessions too (call counting).
+    interceptor: Option<aws_sdk_kms::config::SharedInterceptor>,
 }
 
 impl std::fmt::Debug for KmsKeyProvider {
@@ -148,6 +150,7 @@ impl KmsKeyProvider {
             settings,
             sessions: Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
+            interceptor: None,
         }
     }
 
@@ -165,7 +168,19 @@ impl KmsKeyProvider {
             settings,
             sessions: Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
+            interceptor: None,
         }
+    }
+
+    /// Adds an interceptor to every KMS client this provider uses, assumed sessions included.
+    pub fn with_interceptor(mut self, interceptor: aws_sdk_kms::config::SharedInterceptor) -> Self {
+        self.kms = KmsClient::from_conf(
+            aws_sdk_kms::config::Builder::from(&self.config)
+                .interceptor(interceptor.clone())
+                .build(),
+        );
+        self.interceptor = Some(interceptor);
+        self
     }
 
     pub fn counters(&self) -> &KmsCounters {
@@ -242,9 +257,12 @@ impl KmsKeyProvider {
             Some(expires),
             "cmk-assumed-role",
         );
-        let conf = aws_sdk_kms::config::Builder::from(&self.config)
-            .credentials_provider(credentials)
-            .build();
+        let mut conf =
+            aws_sdk_kms::config::Builder::from(&self.config).credentials_provider(credentials);
+        if let Some(i) = &self.interceptor {
+            conf = conf.interceptor(i.clone());
+        }
+        let conf = conf.build();
         let client = KmsClient::from_conf(conf);
         sessions.insert(
             cache_key,

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod dynamo;
 pub mod kms;
+pub mod metrics;
 pub mod resources;
 pub mod sqs;
 
