@@ -137,7 +137,10 @@ pub fn app(function: HttpFunction, cmk: Cmk, claims: &ClaimNames) -> Router {
 /// with no AWS call), then the Lambda runtime.
 pub async fn run(function: HttpFunction) -> Result<(), lambda_http::Error> {
     crate::init_tracing();
-    let settings = HttpSettings::from_env()?;
+    let settings = HttpSettings::from_env().map_err(|e| {
+        tracing::error!(error = %e, "invalid configuration; the function cannot start");
+        e.to_string()
+    })?;
     let config = cmk_aws::backend::sdk_config(settings.aws.endpoint_url.as_deref()).await;
     let backend = cmk_aws::backend::build(&config, &settings.aws);
     tracing::info!(function = function.name(), table = %settings.aws.table, "starting");

@@ -13,6 +13,8 @@
 pub mod config;
 pub mod gateway;
 pub mod http;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod worker;
 
 pub use config::{ClaimNames, ConfigError, HttpSettings, WorkerSettings};

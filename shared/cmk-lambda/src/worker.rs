@@ -154,7 +154,10 @@ pub fn engine(cmk: cmk_core::Cmk, settings: &WorkerSettings) -> RewrapEngine {
 /// then the Lambda runtime.
 pub async fn run() -> Result<(), Error> {
     crate::init_tracing();
-    let settings = WorkerSettings::from_env()?;
+    let settings = WorkerSettings::from_env().map_err(|e| {
+        tracing::error!(error = %e, "invalid configuration; the function cannot start");
+        e.to_string()
+    })?;
     let config = cmk_aws::backend::sdk_config(settings.aws.endpoint_url.as_deref()).await;
     let backend = cmk_aws::backend::build(&config, &settings.aws);
     let worker = Worker::new(

@@ -1,0 +1,56 @@
+//! The `cmk-keys-read` binary as Lambda runs it: a Runtime API stand-in hands it events of
+//! `events/` and it answers API Gateway responses; SDK clients are built at init without any AWS
+//! call (AWS is unreachable here), and a configuration error stops the cold start.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cmk_lambda::testing::{fixture, FakeRuntime, Outcome};
+use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cmk-keys-read");
+
+fn response(outcome: Outcome) -> Value {
+    match outcome {
+        Outcome::Response(v) => v,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_binary_answers_api_gateway_events() {
+    let mut runtime = FakeRuntime::start().await;
+    let env = runtime.function_env();
+    runtime.spawn(BINARY, &env);
+
+    let page = response(runtime.invoke(fixture("keys-read/page.json")).await);
+    assert_eq!(page["statusCode"], 200);
+    assert!(page["body"].as_str().unwrap_or("").contains("<html"));
+
+    let mut other_org = fixture("keys-read/list-keys.json");
+    other_org["requestContext"]["authorizer"]["jwt"]["claims"]["org"] = "globex".into();
+    assert_eq!(response(runtime.invoke(other_org).await)["statusCode"], 403);
+
+    // keys/setup is keys-write's.
+    assert_eq!(
+        response(runtime.invoke(fixture("keys-write/setup.json")).await)["statusCode"],
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_missing_variable_stops_the_cold_start() {
+    let runtime = FakeRuntime::start().await;
+    let env: Vec<(String, String)> = runtime
+        .function_env()
+        .into_iter()
+        .filter(|(k, _)| k != "CMK_TABLE")
+        .collect();
+    let out = std::process::Command::new(BINARY)
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CMK_TABLE"), "{stderr}");
+}
