@@ -23,16 +23,30 @@ where
     e.code()
 }
 
-/// A display of an SDK error that keeps the AWS code and message (the SDK's own `Display` says
-/// only "service error").
+/// A short display of an SDK error that keeps the AWS code and message (the SDK's own `Display`
+/// says only "service error", and its debug form dumps the whole response, headers included).
 pub(crate) fn describe<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> String
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
-    use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+    use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
     match (e.code(), e.message()) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code.to_owned(),
-        _ => format!("{}", DisplayErrorContext(e)),
+        _ => match e {
+            SdkError::ServiceError(se) => {
+                format!("the service answered HTTP {}", se.raw().status().as_u16())
+            }
+            SdkError::ResponseError(re) => {
+                format!("unreadable answer, HTTP {}", re.raw().status().as_u16())
+            }
+            SdkError::TimeoutError(_) => "the request timed out".to_owned(),
+            SdkError::DispatchFailure(d) if d.is_io() => {
+                "the service could not be reached".to_owned()
+            }
+            SdkError::DispatchFailure(_) => "the request could not be sent".to_owned(),
+            SdkError::ConstructionFailure(_) => "the request could not be built".to_owned(),
+            _ => "unknown AWS SDK error".to_owned(),
+        },
     }
 }
