@@ -182,32 +182,48 @@ function schedule() {
 }
 
 let refreshing = null;
-async function refresh() {
-  if (!state.api) return;
-  if (refreshing) return refreshing;
+let refreshAgain = false;
+
+async function loadOnce(api) {
+  try {
+    const listing = await api.keys();
+    if (api !== state.api) return;
+    state.listing = listing;
+    setJob(listing.reencryption);
+    renderKeys();
+    if ($('alert').dataset.source === 'poll') {
+      alertMessage('');
+      delete $('alert').dataset.source;
+    }
+  } catch (err) {
+    if (api !== state.api) return;
+    if (err.status !== 401 && err.status !== 403) {
+      alertMessage(`Could not load the keys: ${describeError(err)}`);
+      $('alert').dataset.source = 'poll';
+    }
+  }
+}
+
+/**
+ * Loads the keys and the job. A call made while a load is in flight loads once more after it,
+ * so what an action changed is always shown.
+ */
+function refresh() {
+  if (!state.api) return Promise.resolve();
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
   const api = state.api;
   refreshing = (async () => {
-    try {
-      const listing = await api.keys();
-      if (api !== state.api) return;
-      state.listing = listing;
-      setJob(listing.reencryption);
-      renderKeys();
-      if ($('alert').dataset.source === 'poll') {
-        alertMessage('');
-        delete $('alert').dataset.source;
-      }
-    } catch (err) {
-      if (api !== state.api) return;
-      if (err.status !== 401 && err.status !== 403) {
-        alertMessage(`Could not load the keys: ${describeError(err)}`);
-        $('alert').dataset.source = 'poll';
-      }
-    } finally {
-      refreshing = null;
-      if (api === state.api) schedule();
-    }
-  })();
+    do {
+      refreshAgain = false;
+      await loadOnce(api);
+    } while (refreshAgain && api === state.api);
+  })().finally(() => {
+    refreshing = null;
+    if (api === state.api) schedule();
+  });
   return refreshing;
 }
 
