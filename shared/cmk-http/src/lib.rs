@@ -53,14 +53,15 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub fn admin_read_routes() -> Router<AppState> {
     page::page_routes()
         .route("/v1/orgs/{org}/keys", get(handlers::list_keys))
-        .route("/v1/orgs/{org}/keys/setup", get(handlers::setup))
         .route("/v1/orgs/{org}/reencryption", get(handlers::reencryption))
         .route("/v1/orgs/{org}/audit", get(handlers::audit))
 }
 
-/// Admin routes that change state (the `keys-write` function).
+/// Admin routes that change state (the `keys-write` function). `GET keys/setup` is here although
+/// it answers a read: an org's first call creates its external id.
 pub fn admin_write_routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/orgs/{org}/keys/setup", get(handlers::setup))
         .route("/v1/orgs/{org}/keys", post(handlers::add_key))
         .route(
             "/v1/orgs/{org}/keys/{key_id}/default",

@@ -14,10 +14,9 @@
 
 use std::sync::Arc;
 
-use axum::routing::get;
 use axum::Router;
 use cmk_core::Cmk;
-use cmk_http::{handlers, AppState};
+use cmk_http::AppState;
 
 use crate::config::{ClaimNames, HttpSettings};
 use crate::gateway::{AuthorizerSource, GatewayAuthLayer, GatewayAuthenticator};
@@ -110,12 +109,8 @@ impl HttpFunction {
     /// The function's routes of the shared router, without state.
     pub fn router(self) -> Router<AppState> {
         match self {
-            Self::KeysRead => cmk_http::page_routes()
-                .route("/v1/orgs/{org}/keys", get(handlers::list_keys))
-                .route("/v1/orgs/{org}/reencryption", get(handlers::reencryption))
-                .route("/v1/orgs/{org}/audit", get(handlers::audit)),
-            Self::KeysWrite => cmk_http::admin_write_routes()
-                .route("/v1/orgs/{org}/keys/setup", get(handlers::setup)),
+            Self::KeysRead => cmk_http::admin_read_routes(),
+            Self::KeysWrite => cmk_http::admin_write_routes(),
             Self::DataKeys => cmk_http::data_plane_routes(),
         }
     }
