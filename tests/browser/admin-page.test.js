@@ -348,6 +348,8 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
 
     const restored = cmk(dataDir, ['local-key', 'restore', '--org', 'acme', '--key', id]);
     assert.ok(restored.ok, restored.out);
+    // The server trusts a local key's revocation state for 200 ms before it looks again.
+    await page.waitForTimeout(400);
     await banner().getByRole('button', { name: 'Retry' }).click();
     await waitBannerGone();
     await eventually(async () => assert.equal(await cellText('recovery', 'State'), 'Disabled'));

@@ -337,11 +337,13 @@ fn a_revoked_key_fails_its_check_and_its_job_until_access_returns() {
     assert_eq!(status["reencryption"]["state"], "failed");
     assert_eq!(status["reencryption"]["failed"], 500);
 
-    // Access returns; retry finishes the job.
+    // Access returns; retry finishes the job. (The server trusts a local key's revocation state
+    // for 200 ms before it looks at the marker file again.)
     ok(local(
         &data,
         &["local-key", "restore", "--org", "acme", "--key", &k1],
     ));
+    std::thread::sleep(std::time::Duration::from_millis(400));
     let out = ok(admin(&server, t, &["reencryption", "retry"]));
     assert!(out.stdout.contains("running"), "{out:#?}");
     let out = ok(admin(&server, t, &["reencryption", "status", "--watch"]));
