@@ -402,6 +402,20 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         }
         other => panic!("{other:?}"),
     }
+    // The same key of the second account by its key ARN.
+    let (by_arn, _) = cmk
+        .add_key(
+            "alice",
+            &org,
+            "far by arn",
+            NewKeySpec::AwsKms {
+                role_arn: second_role.into(),
+                key_arn: far_key.clone(),
+            },
+        )
+        .await
+        .expect("a key in a second account, by key ARN");
+    assert_eq!(by_arn.record.health.status, HealthStatus::Ok);
     cmk.set_default("alice", &org, &far.record.id)
         .await
         .unwrap();
