@@ -553,8 +553,7 @@ fn to_record(row: (String, String, Vec<u8>, i64, String)) -> Result<DataKeyRecor
     })
 }
 
-/// Inserts data keys under `key`, only if it is the org's default. Used by the store and by
-/// bulk tools that already hold the writer.
+/// Inserts data keys all wrapped by one key, only if that key is the org's default.
 pub(crate) fn insert_data_keys_tx(
     conn: &mut Connection,
     org: &str,
