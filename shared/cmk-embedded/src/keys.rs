@@ -18,7 +18,9 @@ use cmk_core::ports::{Kek, KeyProvider, Wrapped};
 use zeroize::Zeroizing;
 
 const WRAP_VERSION: u8 = 1;
-/// How long a key's revocation state is trusted before the marker file is looked at again.
+/// How long a key's revocation state is trusted on the data path before the marker file is
+/// looked at again (like KMS, a revocation takes effect after a short delay; `check` is
+/// always fresh).
 const REVOCATION_RECHECK: Duration = Duration::from_millis(200);
 
 struct Material {
@@ -266,6 +268,12 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError> {
+        // An admin's explicit check is authoritative: it looks at the key file and the
+        // revocation marker now instead of trusting the cached state.
+        if kek.spec == KeySpec::Local {
+            let path = self.local_path(&kek.org, &kek.key_id)?;
+            self.lock().remove(&path);
+        }
         let mut ctx = EncryptionContext::new();
         ctx.insert("org".into(), kek.org.to_string());
         ctx.insert("purpose".into(), "key-check".into());

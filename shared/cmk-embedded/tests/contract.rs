@@ -130,6 +130,17 @@ async fn a_revoked_local_key_is_access_denied_until_restored() {
     // The other process notices within the recheck interval.
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(other.unwrap(&kek, &ctx, &wrapped.blob).await.is_ok());
+
+    // A check sees another process's revocation at once, without waiting for the recheck,
+    // and the data path of the checking process follows it.
+    provider
+        .set_revoked(&org, &kek.key_id, true)
+        .expect("revoke again");
+    assert_eq!(
+        other.check(&kek).await.expect_err("fresh check").kind,
+        KeyErrorKind::AccessDenied
+    );
+    assert!(other.unwrap(&kek, &ctx, &wrapped.blob).await.is_err());
 }
 
 #[cfg(unix)]
