@@ -621,6 +621,10 @@ async fn bad_path_ids_and_query_params_are_refused() {
         "limit=99999999999999999999999",
         "limit=%205",
         "limit=5&limit=6",
+        "cursor=zzzz",
+        "cursor=01234567-89ab-7def-8123-456789ABCDEF",
+        "cursor=0123456789ab7def8123456789abcdef",
+        "cursor=%00",
     ] {
         cases.push(Case::bare(
             format!("audit {q}"),
@@ -649,7 +653,13 @@ async fn bad_path_ids_and_query_params_are_refused() {
     expect_refused(&app, f.org, cases).await;
 
     // The bounds themselves are accepted.
-    for q in ["limit=1", "limit=500", "limit=", "cursor=", "cursor=zzzz"] {
+    for q in [
+        "limit=1",
+        "limit=500",
+        "limit=",
+        "cursor=",
+        "cursor=01234567-89ab-7def-8123-456789abcdef",
+    ] {
         let (status, body) = app
             .admin("GET", &f.org_path(&format!("audit?{q}")), f.org, None)
             .await;

@@ -241,6 +241,16 @@ impl Cmk {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<AuditEvent>, Option<String>), CoreError> {
+        // A cursor is an event id (a canonical UUID); anything else would silently read a
+        // different page, so it is refused.
+        if let Some(c) = cursor {
+            let canonical = uuid::Uuid::try_parse(c).is_ok_and(|u| u.hyphenated().to_string() == c);
+            if !canonical {
+                return Err(CoreError::InvalidRequest(
+                    "cursor must be the next_cursor of a previous audit page".to_owned(),
+                ));
+            }
+        }
         Ok(self
             .inner
             .store
