@@ -4,6 +4,8 @@
 
 pub mod backend;
 pub mod dynamo;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod kms;
 pub mod metrics;
 pub mod resources;

@@ -9,127 +9,17 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
 use cmk_aws::backend::{build, AwsSettings};
+use cmk_aws::emulator::Emulator;
 use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
 use cmk_core::model::{EncryptionContext, HealthStatus, JobState, OrgId};
 use cmk_core::service::NewKeySpec;
 use cmk_core::{Cmk, CoreError};
 use serde_json::json;
-
-struct Emulator {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn emulator() -> Option<Emulator> {
-    let Some(server) = std::env::var_os("CMK_MOTO_SERVER") else {
-        assert!(
-            std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
-            "CMK_MOTO_SERVER is not set but AWS tests are required"
-        );
-        eprintln!("skipped: set CMK_MOTO_SERVER to the emulator's executable");
-        return None;
-    };
-    let port = free_port();
-    // Owned by the guard at once, so it is killed and waited for on every path.
-    let emulator = Emulator {
-        child: Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the emulator"),
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let http = reqwest_lite::Client::new();
-    for _ in 0..100 {
-        if http.get(&format!("{}/moto-api/", emulator.endpoint)).await {
-            return Some(emulator);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the emulator did not start");
-}
-
-/// A tiny HTTP client over tokio for the emulator's control API (no extra dependency).
-mod reqwest_lite {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    pub struct Client;
-
-    impl Client {
-        pub fn new() -> Self {
-            Self
-        }
-
-        async fn send(&self, url: &str, method: &str, body: &str) -> Option<String> {
-            let rest = url.strip_prefix("http://")?;
-            let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
-            let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            stream.write_all(request.as_bytes()).await.ok()?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.ok()?;
-            Some(response)
-        }
-
-        pub async fn get(&self, url: &str) -> bool {
-            self.send(url, "GET", "")
-                .await
-                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-        }
-
-        pub async fn post(&self, url: &str, body: &str) -> bool {
-            self.send(url, "POST", body)
-                .await
-                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-        }
-    }
-}
-
-/// Switches IAM enforcement on (`true`) or off.
-async fn enforce(endpoint: &str, on: bool) {
-    let body = if on { "0" } else { "1000000000" };
-    assert!(
-        reqwest_lite::Client::new()
-            .post(&format!("{endpoint}/moto-api/reset-auth"), body)
-            .await,
-        "reset-auth"
-    );
-}
-
-async fn config_with(endpoint: &str, creds: Credentials) -> SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(creds)
-        .load()
-        .await
-}
 
 const ALLOW_KMS: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
@@ -173,13 +63,13 @@ async fn wait_job(cmk: &Cmk, org: &OrgId) -> cmk_core::model::Job {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_roles_external_ids_second_accounts_and_revocation() {
-    let Some(emu) = emulator().await else { return };
-    let ep = emu.endpoint.clone();
-    let root = config_with(
-        &ep,
-        Credentials::new("testing", "testing", None, None, "static"),
-    )
-    .await;
+    let Some(emu) = Emulator::start().await else {
+        return;
+    };
+    let ep = emu.endpoint().to_owned();
+    let root = emu
+        .config(Credentials::new("testing", "testing", None, None, "static"))
+        .await;
     let iam = aws_sdk_iam::Client::new(&root);
 
     // The service's own identity: an IAM user allowed everything in the operator's account.
@@ -203,17 +93,15 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         .expect("key")
         .access_key
         .expect("key");
-    let service_config = config_with(
-        &ep,
-        Credentials::new(
+    let service_config = emu
+        .config(Credentials::new(
             key.access_key_id(),
             key.secret_access_key(),
             None,
             None,
             "static",
-        ),
-    )
-    .await;
+        ))
+        .await;
 
     let table = common::unique("cmk");
     cmk_aws::resources::ensure_table(&aws_sdk_dynamodb::Client::new(&root), &table)
@@ -276,17 +164,15 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         .expect("assume into the second account")
         .credentials
         .expect("creds");
-    let second = config_with(
-        &ep,
-        Credentials::new(
+    let second = emu
+        .config(Credentials::new(
             assumed.access_key_id(),
             assumed.secret_access_key(),
             Some(assumed.session_token().to_owned()),
             None,
             "static",
-        ),
-    )
-    .await;
+        ))
+        .await;
     // The customer's role in the second account (trusting the service with the org's external
     // id; the emulator does not check trust policies across accounts).
     let iam_second = aws_sdk_iam::Client::new(&second);
@@ -326,7 +212,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         ));
     }
 
-    enforce(&ep, true).await;
+    emu.enforce_iam(true).await;
     let engine = Arc::new(RewrapEngine::new(cmk.clone(), EngineConfig::default()));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(run_worker(
@@ -434,7 +320,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
     }
 
     // The customer removes the role's KMS permission: health checks, decrypts and jobs say so.
-    enforce(&ep, false).await;
+    emu.enforce_iam(false).await;
     iam_second
         .delete_role_policy()
         .role_name("customer-second")
@@ -442,7 +328,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         .send()
         .await
         .expect("remove the role's KMS permission");
-    enforce(&ep, true).await;
+    emu.enforce_iam(true).await;
     let checked = cmk.check_key("alice", &org, &far.record.id).await.unwrap();
     assert_eq!(
         checked.record.health.status,
@@ -470,7 +356,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         .all(|e| e.reason == HealthStatus::AccessDenied && e.key_id == far.record.id));
 
     // Access returns; the admin retries; everything moves and still decrypts.
-    enforce(&ep, false).await;
+    emu.enforce_iam(false).await;
     iam_second
         .put_role_policy()
         .role_name("customer-second")
@@ -479,7 +365,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         .send()
         .await
         .expect("restore the permission");
-    enforce(&ep, true).await;
+    emu.enforce_iam(true).await;
     cmk.retry("alice", &org).await.unwrap();
     let done = wait_job(&cmk, &org).await;
     assert_eq!(

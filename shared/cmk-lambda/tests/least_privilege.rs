@@ -19,85 +19,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
 use axum::http::StatusCode;
+use cmk_aws::emulator::Emulator;
 use cmk_lambda::{app, ClaimNames, HttpFunction};
 use common::{call, create_data_key, decrypt, encrypt, org_event, run_queue, set_body, Functions};
 use serde_json::{json, Value};
-
-/// The emulator, killed and waited for when dropped.
-struct Emulator {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn http(method: &str, url: &str, body: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/')?;
-    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-    let request = format!(
-        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    response.get(9..12)?.parse().ok()
-}
-
-async fn own_emulator() -> Option<Emulator> {
-    common::init();
-    let Some(server) = std::env::var_os("CMK_MOTO_SERVER") else {
-        assert!(
-            std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
-            "CMK_MOTO_SERVER is not set but AWS tests are required"
-        );
-        eprintln!("skipped: set CMK_MOTO_SERVER to the emulator's executable");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let emulator = Emulator {
-        child: Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the emulator"),
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    for _ in 0..150 {
-        if http("GET", &format!("{}/moto-api/", emulator.endpoint), "").await == Some(200) {
-            return Some(emulator);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the emulator did not start");
-}
-
-async fn config(endpoint: &str, creds: Credentials) -> SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(creds)
-        .load()
-        .await
-}
 
 /// The emulator's names for calls that real IAM authorizes through other actions.
 const EMULATOR_ACTIONS: &[(&str, &str)] = &[
@@ -153,7 +83,7 @@ fn policy_of(template: &serde_yaml::Value, role: &str) -> (BTreeSet<String>, Str
 /// An IAM user with `policy`, and an SDK configuration with its credentials.
 async fn principal(
     iam: &aws_sdk_iam::Client,
-    endpoint: &str,
+    emu: &Emulator,
     name: &str,
     policy: &str,
 ) -> SdkConfig {
@@ -177,30 +107,26 @@ async fn principal(
         .expect("access key")
         .access_key
         .expect("access key");
-    config(
-        endpoint,
-        Credentials::new(
-            key.access_key_id(),
-            key.secret_access_key(),
-            None,
-            None,
-            "static",
-        ),
-    )
+    emu.config(Credentials::new(
+        key.access_key_id(),
+        key.secret_access_key(),
+        None,
+        None,
+        "static",
+    ))
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_function_works_with_only_its_template_permissions() {
-    let Some(emu) = own_emulator().await else {
+    common::init();
+    let Some(emu) = Emulator::start().await else {
         return;
     };
-    let ep = emu.endpoint.clone();
-    let root = config(
-        &ep,
-        Credentials::new("testing", "testing", None, None, "static"),
-    )
-    .await;
+    let ep = emu.endpoint().to_owned();
+    let root = emu
+        .config(Credentials::new("testing", "testing", None, None, "static"))
+        .await;
     let iam = aws_sdk_iam::Client::new(&root);
     let template: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(common::repo_root().join("template.yaml")).expect("template"),
@@ -210,7 +136,7 @@ async fn each_function_works_with_only_its_template_permissions() {
     // The operator (sets up resources and the customer's side) and one principal per function.
     let admin = principal(
         &iam,
-        &ep,
+        &emu,
         "operator",
         r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
     )
@@ -223,7 +149,7 @@ async fn each_function_works_with_only_its_template_permissions() {
         "RewrapWorkerRole",
     ] {
         let (_, policy) = policy_of(&template, role);
-        configs.push(principal(&iam, &ep, role, &policy).await);
+        configs.push(principal(&iam, &emu, role, &policy).await);
     }
     let (read_actions, _) = policy_of(&template, "KeysReadRole");
     assert!(read_actions.iter().all(|a| a.starts_with("dynamodb:")));
@@ -258,10 +184,7 @@ async fn each_function_works_with_only_its_template_permissions() {
     };
 
     // IAM enforced from here on.
-    assert_eq!(
-        http("POST", &format!("{ep}/moto-api/reset-auth"), "0").await,
-        Some(200)
-    );
+    emu.enforce_iam(true).await;
     let f = Functions::with_configs(
         [&configs[0], &configs[1], &configs[2], &configs[3]],
         &settings,
