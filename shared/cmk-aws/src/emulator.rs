@@ -81,6 +81,13 @@ impl Emulator {
         );
     }
 
+    /// An SDK configuration as the emulator's root identity (allowed everything even with IAM
+    /// enforced), for setting up users, roles and resources.
+    pub async fn root_config(&self) -> SdkConfig {
+        self.config(Credentials::new("testing", "testing", None, None, "static"))
+            .await
+    }
+
     /// An SDK configuration for this emulator with `credentials`.
     pub async fn config(&self, credentials: Credentials) -> SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())

@@ -67,9 +67,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         return;
     };
     let ep = emu.endpoint().to_owned();
-    let root = emu
-        .config(Credentials::new("testing", "testing", None, None, "static"))
-        .await;
+    let root = emu.root_config().await;
     let iam = aws_sdk_iam::Client::new(&root);
 
     // The service's own identity: an IAM user allowed everything in the operator's account.

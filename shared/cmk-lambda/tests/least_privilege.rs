@@ -124,9 +124,7 @@ async fn each_function_works_with_only_its_template_permissions() {
         return;
     };
     let ep = emu.endpoint().to_owned();
-    let root = emu
-        .config(Credentials::new("testing", "testing", None, None, "static"))
-        .await;
+    let root = emu.root_config().await;
     let iam = aws_sdk_iam::Client::new(&root);
     let template: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(common::repo_root().join("template.yaml")).expect("template"),
