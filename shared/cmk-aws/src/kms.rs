@@ -187,12 +187,13 @@ impl KmsKeyProvider {
         &self.counters
     }
 
-    /// The client and key id to use for `kek`.
-    async fn client_for(&self, kek: &Kek) -> Result<(KmsClient, String, Option<String>), KeyError> {
+    /// The client and key id to use for `kek`, in every direction. A customer key named by an
+    /// alias is pinned to the key ARN its add-time check resolved: wrapping through the alias
+    /// while unwrapping by key ARN would strand the data keys wrapped after the customer
+    /// re-points the alias (KMS refuses a Decrypt that names another key).
+    async fn client_for(&self, kek: &Kek) -> Result<(KmsClient, String), KeyError> {
         match &kek.spec {
-            KeySpec::ServiceManaged => {
-                Ok((self.kms.clone(), self.settings.service_key_id.clone(), None))
-            }
+            KeySpec::ServiceManaged => Ok((self.kms.clone(), self.settings.service_key_id.clone())),
             KeySpec::AwsKms {
                 role_arn,
                 key_arn,
@@ -202,7 +203,7 @@ impl KmsKeyProvider {
                 let client = self
                     .session(role_arn, &external_id, kek.org.as_str())
                     .await?;
-                Ok((client, key_arn.clone(), resolved_key_arn.clone()))
+                Ok((client, resolved_key_arn.as_ref().unwrap_or(key_arn).clone()))
             }
             KeySpec::Local => Err(KeyError::new(
                 KeyErrorKind::Unsupported,
@@ -284,7 +285,7 @@ impl KmsKeyProvider {
         ctx: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<Wrapped, KeyError> {
-        let (client, key_id, _) = self.client_for(kek).await?;
+        let (client, key_id) = self.client_for(kek).await?;
         self.count();
         let out = client
             .encrypt()
@@ -333,8 +334,7 @@ impl KeyProvider for KmsKeyProvider {
         ctx: &EncryptionContext,
         wrapped: &[u8],
     ) -> Result<DataKey, KeyError> {
-        let (client, key_id, resolved) = self.client_for(kek).await?;
-        let key_id = resolved.unwrap_or(key_id);
+        let (client, key_id) = self.client_for(kek).await?;
         self.count();
         let out = client
             .decrypt()
@@ -364,9 +364,8 @@ impl KeyProvider for KmsKeyProvider {
         if !Self::same_principal(from, to) {
             return Ok(None);
         }
-        let (client, source_key, source_resolved) = self.client_for(from).await?;
-        let (_, destination_key, _) = self.client_for(to).await?;
-        let source_key = source_resolved.unwrap_or(source_key);
+        let (client, source_key) = self.client_for(from).await?;
+        let (_, destination_key) = self.client_for(to).await?;
         self.count();
         let context: HashMap<String, String> = ctx.clone().into_iter().collect();
         let out = client

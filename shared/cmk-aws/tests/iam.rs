@@ -317,6 +317,43 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         );
     }
 
+    // The customer re-points the alias at another key: the CMK stays pinned to the key ARN its
+    // check resolved, so data keys wrapped before and after both decrypt.
+    emu.enforce_iam(false).await;
+    let other_key = kms_second
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap();
+    kms_second
+        .update_alias()
+        .alias_name("alias/far")
+        .target_key_id(other_key.key_id())
+        .send()
+        .await
+        .expect("re-point the alias");
+    emu.enforce_iam(true).await;
+    for i in 0..3u8 {
+        let dk = cmk.create_data_key(&org).await.unwrap();
+        assert_eq!(dk.key_id, far.record.id, "wrapped by the default key");
+        let pt = vec![100 + i; 16];
+        ciphertexts.push((
+            cmk.encrypt(&org, &dk.id, &pt, &EncryptionContext::new())
+                .await
+                .unwrap(),
+            pt,
+        ));
+    }
+    for (ct, pt) in &ciphertexts {
+        let back = cmk
+            .decrypt(&org, ct, &EncryptionContext::new())
+            .await
+            .expect("decrypts after the alias moved");
+        assert_eq!(back.as_slice(), pt.as_slice());
+    }
+
     // The customer removes the role's KMS permission: health checks, decrypts and jobs say so.
     emu.enforce_iam(false).await;
     iam_second
@@ -347,7 +384,8 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
     cmk.disable_all("alice", &org).await.unwrap();
     let failed = wait_job(&cmk, &org).await;
     assert_eq!(failed.state, JobState::Failed, "{failed:?}");
-    assert_eq!(failed.failed, 12);
+    let data_keys = ciphertexts.len() as u64;
+    assert_eq!(failed.failed, data_keys);
     assert!(failed
         .errors
         .iter()
@@ -368,7 +406,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
     let done = wait_job(&cmk, &org).await;
     assert_eq!(
         (done.state, done.done, done.failed),
-        (JobState::Completed, 12, 0),
+        (JobState::Completed, data_keys, 0),
         "{done:?}"
     );
     for (ct, pt) in &ciphertexts {
