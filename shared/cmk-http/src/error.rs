@@ -104,7 +104,7 @@ impl ProblemCode {
         }
     }
 
-    /// The usual status of the code. `key_unavailable` is 424, or 503 when throttled (see
+    /// The usual status of the code. `key_unavailable` is 424, or 429 when throttled (see
     /// [`ApiError::from`]).
     pub fn status(self) -> StatusCode {
         match self {
@@ -282,9 +282,10 @@ impl From<CoreError> for ApiError {
                 let mut err = ApiError::new(ProblemCode::KeyUnavailable, detail)
                     .with("key_id", key_id.as_str())
                     .with("reason", reason.as_str());
-                // Throttling passes by itself: tell the caller to come back, not to fix a key.
+                // Throttling passes by itself: tell the caller to come back, not to fix a key
+                // (429 keeps the code's 4xx class of API.md and is what clients retry on).
                 if reason == HealthStatus::Throttled {
-                    err.status = StatusCode::SERVICE_UNAVAILABLE;
+                    err.status = StatusCode::TOO_MANY_REQUESTS;
                     err.retry_after_secs = Some(1);
                 }
                 err
@@ -405,7 +406,7 @@ mod tests {
                 reason: HealthStatus::Throttled,
                 message: "slow down".into(),
             },
-            503,
+            429,
             "key_unavailable",
         );
         assert_eq!(throttled.retry_after(), Some(1));

@@ -359,7 +359,7 @@ fn context(ctx: Option<Context>) -> ApiResult<EncryptionContext> {
     responses(
         (status = 201, description = "The new data key", body = DataKeyResponse),
         (status = 424, description = "`key_unavailable`: the default key cannot be used", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_data_key(
     svc: ServiceCaller,
@@ -383,7 +383,7 @@ pub async fn create_data_key(
         (status = 400, description = "Bad base64 or context", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown data key", body = Problem, content_type = "application/problem+json"),
         (status = 424, description = "`key_unavailable`: the data key's wrapping key cannot be used", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn encrypt(
     svc: ServiceCaller,
@@ -409,7 +409,7 @@ pub async fn encrypt(
         (status = 400, description = "`invalid_request` (malformed ciphertext), `decrypt_failed` (wrong org, context or data)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown data key", body = Problem, content_type = "application/problem+json"),
         (status = 424, description = "`key_unavailable`: the data key's wrapping key cannot be used", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`key_unavailable` (throttled); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn decrypt(
     svc: ServiceCaller,

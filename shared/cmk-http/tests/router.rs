@@ -435,7 +435,7 @@ async fn body_limit_is_a_400_problem() {
 #[tokio::test]
 async fn data_plane() {
     let svc = token("acme", Role::Service);
-    // The stub provider is throttled: 503 with Retry-After, code key_unavailable.
+    // The stub provider is throttled: 429 with Retry-After, code key_unavailable.
     let (_, r, json) = send(
         Method::POST,
         "/v1/orgs/acme/data-keys",
@@ -443,7 +443,7 @@ async fn data_plane() {
         Some("{}"),
     )
     .await;
-    assert_problem(&r, &json, 503, "key_unavailable");
+    assert_problem(&r, &json, 429, "key_unavailable");
     assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     assert_eq!(json["key_id"], "service");
     assert_eq!(json["reason"], "throttled");
