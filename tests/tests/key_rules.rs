@@ -287,6 +287,62 @@ async fn a_name_is_taken_in_its_org_whatever_the_case_and_free_in_another_org() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_has_at_most_ten_keys_in_use_and_disable_all_handles_them_all() {
+    // GIVEN an org with the most customer managed keys in use, and data under them
+    let app = TestApp::start().await;
+    let org = "limit";
+    let samples = app.data_with_samples(org, 40).await;
+    let mut ids = Vec::new();
+    for i in 0..cmk_core::rules::MAX_KEYS_IN_USE {
+        ids.push(app.add_local_key(org, &format!("k{i}")).await);
+    }
+    app.wait_job(org).await;
+
+    // WHEN one more is added THEN 409 key_limit_reached with the limit, and nothing changed
+    let path = format!("/v1/orgs/{org}/keys");
+    let body = refused(
+        &app,
+        org,
+        "POST",
+        &path,
+        Some(json!({"name": "one too many", "type": "local"})),
+        409,
+        "key_limit_reached",
+    )
+    .await;
+    assert_eq!(body["limit"], cmk_core::rules::MAX_KEYS_IN_USE);
+
+    // WHEN one is disabled THEN a key can be added again (disabled keys do not count)
+    disable(&app, org, &ids[1], &ids[0]).await;
+    app.wait_job(org).await;
+    ids.remove(1);
+    ids.push(app.add_local_key(org, "replacement").await);
+
+    // AND disable all takes every key in use in one job, which completes
+    let (status, body) = app
+        .admin(
+            "POST",
+            &format!("/v1/orgs/{org}/keys/disable-all"),
+            org,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = app.wait_job(org).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(
+        job["source_key_ids"].as_array().map(Vec::len),
+        Some(ids.len())
+    );
+    let listing = app.keys(org).await;
+    for id in &ids {
+        assert_eq!(key_in(&listing, id)["state"], "disabled");
+    }
+    app.assert_decrypts(org, &samples).await;
+    app.assert_invariants(org).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_key_cannot_be_disabled_nor_made_default_again() {
     let app = TestApp::start().await;
     let org = "defaults";

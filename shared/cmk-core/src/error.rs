@@ -13,6 +13,10 @@ pub enum CoreError {
     Forbidden(String),
     #[error("a key named {0:?} already exists in this organization")]
     NameTaken(String),
+    #[error(
+        "this organization already has {0} customer managed keys that are not disabled, the most it may have; disable one first"
+    )]
+    KeyLimitReached(usize),
     #[error("key {0} is the default key; set another key as default first")]
     KeyIsDefault(KeyId),
     #[error("key {0} is being re-encrypted; wait until the re-encryption ends")]

@@ -11,6 +11,12 @@ use crate::model::{
 };
 use crate::ports::{JobChange, JobUpdate, OrgCommit, OrgSnapshot};
 
+/// The most customer managed keys an org may have that are not disabled. Every rule commits in
+/// one atomic write, and disabling all keys writes a few items per key: on DynamoDB, whose
+/// transactions hold at most 100 items, about six per key (see `cmk-aws`'s table design). The
+/// limit keeps the largest commit inside one transaction, with room to spare, on every backend.
+pub const MAX_KEYS_IN_USE: usize = 10;
+
 /// Display name of the service-managed key.
 pub const SERVICE_KEY_NAME: &str = "Service-managed key";
 
@@ -131,6 +137,14 @@ pub fn precheck_add(s: &OrgSnapshot, name: &str) -> Result<(), CoreError> {
     // The service-managed key is listed among the org's keys under its name: it is taken too.
     if same_name(SERVICE_KEY_NAME, name) || s.keys.iter().any(|k| same_name(&k.name, name)) {
         return Err(CoreError::NameTaken(name.to_owned()));
+    }
+    let in_use = s
+        .keys
+        .iter()
+        .filter(|k| !k.id.is_service() && k.state != KeyState::Disabled)
+        .count();
+    if in_use >= MAX_KEYS_IN_USE {
+        return Err(CoreError::KeyLimitReached(MAX_KEYS_IN_USE));
     }
     if !has_active_cmk(s) {
         if let Some(job) = s.unfinished_job() {

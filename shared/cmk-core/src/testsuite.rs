@@ -9,7 +9,7 @@ use crate::crypto::DataKey;
 use crate::error::{KeyErrorKind, StoreError};
 use crate::model::{
     data_key_context, AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job, JobError,
-    JobKind, JobState, KeyId, KeyRecord, KeySpec, KeyState, OrgId,
+    JobId, JobKind, JobState, KeyId, KeyRecord, KeySpec, KeyState, OrgId,
 };
 use crate::ports::{
     BatchCommit, DataKeyMove, JobChange, JobUpdate, Kek, KeyProvider, OrgCommit, RewrapMessage,
@@ -95,6 +95,7 @@ pub async fn store_contract(store: &dyn Store) {
     failures_and_retries(store).await;
     orgs_are_isolated(store).await;
     audit_pages(store).await;
+    the_largest_commits_fit(store).await;
 }
 
 async fn fresh_org_and_versions(store: &dyn Store) {
@@ -498,6 +499,37 @@ async fn audit_pages(store: &dyn Store) {
         .unwrap()
         .0
         .is_empty());
+}
+
+/// The rules' largest commits, disabling all of the most keys an org may have in use and then
+/// finishing that job, apply in one atomic write (a DynamoDB transaction holds 100 items).
+async fn the_largest_commits_fit(store: &dyn Store) {
+    use crate::rules::{self, Finish, MAX_KEYS_IN_USE};
+    async fn finish(store: &dyn Store, org: &OrgId, job: &JobId) {
+        match rules::finish(&store.load_org(org).await.unwrap(), job) {
+            Finish::Commit(c) => store.commit(org, c).await.unwrap(),
+            other => panic!("the job can finish: {other:?}"),
+        };
+    }
+    let org = unique_org("largest");
+    for i in 0..MAX_KEYS_IN_USE {
+        let record = key_record(&format!("k{i}"), &format!("key {i}"));
+        let c = rules::add_key(&store.load_org(&org).await.unwrap(), "alice", record).unwrap();
+        if let Some(adopt) = store.commit(&org, c).await.unwrap() {
+            finish(store, &org, &adopt.id).await;
+        }
+    }
+    let c = rules::disable_all(&store.load_org(&org).await.unwrap(), "alice").unwrap();
+    let job = store
+        .commit(&org, c)
+        .await
+        .expect("disabling all of the most keys in use is one commit")
+        .expect("the job");
+    assert_eq!(job.source_key_ids.len(), MAX_KEYS_IN_USE);
+    finish(store, &org, &job.id).await;
+    let s = store.load_org(&org).await.unwrap();
+    assert_eq!(s.job.as_ref().map(|j| j.state), Some(JobState::Completed));
+    assert!(s.keys.iter().all(|k| k.state == KeyState::Disabled));
 }
 
 /// Runs every promise of the [`RewrapQueue`] port. `visibility` is the adapter's timeout.

@@ -12,6 +12,7 @@ export class ApiError extends Error {
     this.detail = problem?.detail || '';
     this.reason = problem?.reason || null;
     this.keyId = problem?.key_id || null;
+    this.limit = problem?.limit || null;
   }
 }
 

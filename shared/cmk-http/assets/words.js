@@ -78,6 +78,8 @@ export function describeError(err, action) {
       return err.detail;
     case 'name_taken':
       return 'A key with this name already exists in this organization. Choose another name.';
+    case 'key_limit_reached':
+      return `This organization already uses ${err.limit || 'the most'} customer managed keys, the most it may have. Disable a key first (its data is re-encrypted to a key you choose).`;
     case 'key_check_failed': {
       const advice = REASON_ADVICE[err.reason] || REASON_ADVICE.unknown;
       return `The key check failed: ${HEALTH_LABELS[err.reason] || 'unknown reason'}. ${advice} Nothing was added.${detail}`;

@@ -28,6 +28,7 @@ pub enum ProblemCode {
     KeyBusy,
     KeyNotActive,
     KeyIsServiceManaged,
+    KeyLimitReached,
     ReencryptionInProgress,
     NoReencryption,
     Conflict,
@@ -39,7 +40,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ProblemCode; 17] = [
+    pub const ALL: [ProblemCode; 18] = [
         ProblemCode::InvalidRequest,
         ProblemCode::Unauthenticated,
         ProblemCode::Forbidden,
@@ -50,6 +51,7 @@ impl ProblemCode {
         ProblemCode::KeyBusy,
         ProblemCode::KeyNotActive,
         ProblemCode::KeyIsServiceManaged,
+        ProblemCode::KeyLimitReached,
         ProblemCode::ReencryptionInProgress,
         ProblemCode::NoReencryption,
         ProblemCode::Conflict,
@@ -71,6 +73,7 @@ impl ProblemCode {
             ProblemCode::KeyBusy => "key_busy",
             ProblemCode::KeyNotActive => "key_not_active",
             ProblemCode::KeyIsServiceManaged => "key_is_service_managed",
+            ProblemCode::KeyLimitReached => "key_limit_reached",
             ProblemCode::ReencryptionInProgress => "reencryption_in_progress",
             ProblemCode::NoReencryption => "no_reencryption",
             ProblemCode::Conflict => "conflict",
@@ -94,6 +97,7 @@ impl ProblemCode {
             ProblemCode::KeyBusy => "Key is busy",
             ProblemCode::KeyNotActive => "Key is not active",
             ProblemCode::KeyIsServiceManaged => "Key is service-managed",
+            ProblemCode::KeyLimitReached => "Too many keys in use",
             ProblemCode::ReencryptionInProgress => "Re-encryption in progress",
             ProblemCode::NoReencryption => "No re-encryption",
             ProblemCode::Conflict => "Conflict",
@@ -118,6 +122,7 @@ impl ProblemCode {
             | ProblemCode::KeyBusy
             | ProblemCode::KeyNotActive
             | ProblemCode::KeyIsServiceManaged
+            | ProblemCode::KeyLimitReached
             | ProblemCode::ReencryptionInProgress
             | ProblemCode::NoReencryption
             | ProblemCode::Conflict => StatusCode::CONFLICT,
@@ -264,6 +269,9 @@ impl From<CoreError> for ApiError {
             CoreError::NotFound(_) => ApiError::new(ProblemCode::NotFound, detail),
             CoreError::Forbidden(_) => ApiError::new(ProblemCode::Forbidden, detail),
             CoreError::NameTaken(_) => ApiError::new(ProblemCode::NameTaken, detail),
+            CoreError::KeyLimitReached(max) => {
+                ApiError::new(ProblemCode::KeyLimitReached, detail).with("limit", max)
+            }
             CoreError::KeyIsDefault(_) => ApiError::new(ProblemCode::KeyIsDefault, detail),
             CoreError::KeyBusy(_) => ApiError::new(ProblemCode::KeyBusy, detail),
             CoreError::KeyNotActive(_) => ApiError::new(ProblemCode::KeyNotActive, detail),
@@ -348,6 +356,7 @@ mod tests {
         check(CoreError::NotFound("x".into()), 404, "not_found");
         check(CoreError::Forbidden("x".into()), 403, "forbidden");
         check(CoreError::NameTaken("prod".into()), 409, "name_taken");
+        check(CoreError::KeyLimitReached(10), 409, "key_limit_reached");
         check(CoreError::KeyIsDefault(k()), 409, "key_is_default");
         check(CoreError::KeyBusy(k()), 409, "key_busy");
         check(CoreError::KeyNotActive("x".into()), 409, "key_not_active");

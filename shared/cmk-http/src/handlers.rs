@@ -162,7 +162,7 @@ pub async fn audit(
     responses(
         (status = 201, description = "The key was added", body = AddKeyResponse),
         (status = 400, description = "Bad name, type or ARN", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`name_taken`, `reencryption_in_progress`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`name_taken`, `key_limit_reached` (with `limit`), `reencryption_in_progress`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`key_check_failed`: the round trip failed; `reason` says why", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn add_key(
