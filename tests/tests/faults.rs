@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cmk_core::model::{JobState, OrgId};
 use cmk_core::ports::RewrapQueue;
-use common::faults::{FaultyStore, StoreFaults, ThrottlingKeys};
+use common::faults::{FaultyStore, RefusedOneCallRewrap, StoreFaults, ThrottlingKeys};
 use common::{Options, TestApp};
 use serde_json::json;
 
@@ -222,6 +222,96 @@ async fn throttling_is_retried_with_backoff_and_beyond_retries_recorded() {
     );
     app.assert_invariants("throttle").await;
     app.assert_decrypts("throttle", &samples).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_one_call_rewrap_falls_back_and_a_failure_names_the_key_that_failed() {
+    let deny = Arc::new(std::sync::Mutex::new(None));
+    let d = Arc::clone(&deny);
+    let app = TestApp::with(Options {
+        worker: false,
+        wrap_keys: Box::new(move |inner| {
+            Arc::new(RefusedOneCallRewrap {
+                inner,
+                deny_wraps_by: d,
+            })
+        }),
+        ..Options::default()
+    })
+    .await;
+    let org = "blame";
+    let samples = app.data_with_samples(org, 30).await;
+    let k1 = app.add_local_key(org, "k1").await;
+    let k2 = app.add_local_key(org, "k2").await;
+    // The one-call rewrap is refused, but unwrap then wrap is allowed: the job still completes.
+    pump(&app, false).await;
+    let job = job_of(&app, org).await;
+    assert_eq!(
+        (job.state, job.done, job.failed),
+        (JobState::Completed, 30, 0)
+    );
+
+    // The target refuses: the failures and the health name the target, not the source.
+    let (status, body) = app
+        .admin(
+            "POST",
+            &format!("/v1/orgs/{org}/keys/{k2}/default"),
+            org,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    *deny.lock().unwrap() = Some(cmk_core::model::KeyId::from_trusted(k2.clone()));
+    let (status, body) = app
+        .admin(
+            "POST",
+            &format!("/v1/orgs/{org}/keys/{k1}/disable"),
+            org,
+            Some(json!({"reencrypt_to": k2})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    pump(&app, false).await;
+    let job = job_of(&app, org).await;
+    assert_eq!((job.state, job.failed), (JobState::Failed, 30), "{job:?}");
+    assert!(
+        job.errors
+            .iter()
+            .all(|e| e.key_id.as_str() == k2 && e.reason.as_str() == "access_denied"),
+        "{:?}",
+        job.errors
+    );
+    let listing = app.keys(org).await;
+    let health = |id: &str| {
+        listing["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["id"] == id)
+            .map(|k| k["health"]["status"].clone())
+    };
+    assert_eq!(health(&k2), Some(json!("access_denied")));
+    assert_ne!(health(&k1), Some(json!("access_denied")));
+
+    // Access returns; the retry completes the job.
+    *deny.lock().unwrap() = None;
+    let (status, body) = app
+        .admin(
+            "POST",
+            &format!("/v1/orgs/{org}/reencryption/retry"),
+            org,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    pump(&app, false).await;
+    let job = job_of(&app, org).await;
+    assert_eq!(
+        (job.state, job.done, job.failed),
+        (JobState::Completed, 30, 0)
+    );
+    app.assert_invariants(org).await;
+    app.assert_decrypts(org, &samples).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
+use crate::error::{CoreError, KeyError, StoreError};
 use crate::model::{
-    data_key_context, DataKeyId, DataKeyRecord, Health, Job, JobError, JobId, JobState, KeyId,
-    OrgId,
+    data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobError, JobId,
+    JobState, KeyId, OrgId,
 };
 use crate::ports::{BatchCommit, DataKeyMove, Kek, RewrapMessage, Wrapped};
 use crate::rules::{self, Finish};
@@ -343,21 +343,9 @@ impl RewrapEngine {
         record: &DataKeyRecord,
     ) -> RewrapResult {
         let ctx = data_key_context(org, &record.id);
-        let keys = self.cmk.key_provider();
         let mut attempt = 0;
         loop {
-            let result = match keys.rewrap(from, to, &ctx, &record.wrapped).await {
-                Ok(Some(w)) => Ok(w),
-                Err(e) => Err((from.key_id.clone(), e)),
-                Ok(None) => match keys.unwrap(from, &ctx, &record.wrapped).await {
-                    Err(e) => Err((from.key_id.clone(), e)),
-                    Ok(plaintext) => keys
-                        .wrap(to, &ctx, &plaintext)
-                        .await
-                        .map_err(|e| (to.key_id.clone(), e)),
-                },
-            };
-            match result {
+            match self.move_once(from, to, &ctx, &record.wrapped).await {
                 Err((_, ref e))
                     if e.kind.is_retryable() && attempt + 1 < self.config.max_attempts =>
                 {
@@ -367,14 +355,40 @@ impl RewrapEngine {
                 }
                 Err((key, mut e)) if e.kind.is_retryable() => {
                     e.message = format!("{} (gave up after {} attempts)", e.message, attempt + 1);
-                    if e.kind == KeyErrorKind::Transient {
-                        e.kind = KeyErrorKind::Throttled;
-                    }
                     return Err((key, e));
                 }
                 other => return other,
             }
         }
+    }
+
+    /// One try at moving a wrapped data key. A one-call rewrap (KMS `ReEncrypt`) is tried first
+    /// where the provider has one. If it is refused, unwrap then wrap is tried: that still moves
+    /// the key when only the one-call permission is missing, and otherwise tells which of the
+    /// two keys failed (a refused `ReEncrypt` does not say whether the source or the target did).
+    async fn move_once(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        ctx: &EncryptionContext,
+        wrapped: &[u8],
+    ) -> RewrapResult {
+        let keys = self.cmk.key_provider();
+        match keys.rewrap(from, to, ctx, wrapped).await {
+            Ok(Some(w)) => return Ok(w),
+            Err(e) if e.kind.is_retryable() => return Err((from.key_id.clone(), e)),
+            Err(e) => {
+                tracing::debug!(error = %e.message, "one-call rewrap refused; trying unwrap then wrap");
+            }
+            Ok(None) => {}
+        }
+        let plaintext = keys
+            .unwrap(from, ctx, wrapped)
+            .await
+            .map_err(|e| (from.key_id.clone(), e))?;
+        keys.wrap(to, ctx, &plaintext)
+            .await
+            .map_err(|e| (to.key_id.clone(), e))
     }
 
     /// Completes, fails or re-plans a job whose data keys have all been processed.

@@ -185,3 +185,60 @@ impl KeyProvider for ThrottlingKeys {
         self.inner.check(kek).await
     }
 }
+
+/// A provider with a one-call rewrap (like KMS `ReEncrypt`) that the customer's policy refuses,
+/// and whose wraps under one chosen key can be denied (a revoked target).
+pub struct RefusedOneCallRewrap {
+    pub inner: Arc<dyn KeyProvider>,
+    pub deny_wraps_by: Arc<std::sync::Mutex<Option<KeyId>>>,
+}
+
+#[async_trait]
+impl KeyProvider for RefusedOneCallRewrap {
+    async fn prepare(&self, kek: &Kek) -> Result<(), KeyError> {
+        self.inner.prepare(kek).await
+    }
+    async fn wrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        pt: &DataKey,
+    ) -> Result<Wrapped, KeyError> {
+        let denied = self
+            .deny_wraps_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            == Some(&kek.key_id);
+        if denied {
+            return Err(KeyError::new(
+                KeyErrorKind::AccessDenied,
+                format!("not allowed to encrypt with {} (injected)", kek.key_id),
+            ));
+        }
+        self.inner.wrap(kek, ctx, pt).await
+    }
+    async fn unwrap(
+        &self,
+        kek: &Kek,
+        ctx: &EncryptionContext,
+        w: &[u8],
+    ) -> Result<DataKey, KeyError> {
+        self.inner.unwrap(kek, ctx, w).await
+    }
+    async fn rewrap(
+        &self,
+        _from: &Kek,
+        _to: &Kek,
+        _ctx: &EncryptionContext,
+        _w: &[u8],
+    ) -> Result<Option<Wrapped>, KeyError> {
+        Err(KeyError::new(
+            KeyErrorKind::AccessDenied,
+            "not allowed to re-encrypt (injected)",
+        ))
+    }
+    async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError> {
+        self.inner.check(kek).await
+    }
+}
