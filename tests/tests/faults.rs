@@ -261,7 +261,7 @@ async fn a_refused_one_call_rewrap_falls_back_and_a_failure_names_the_key_that_f
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    *deny.lock().unwrap() = Some(cmk_core::model::KeyId::from_trusted(k2.clone()));
+    *deny.lock().expect("lock") = Some(cmk_core::model::KeyId::from_trusted(k2.clone()));
     let (status, body) = app
         .admin(
             "POST",
@@ -294,7 +294,7 @@ async fn a_refused_one_call_rewrap_falls_back_and_a_failure_names_the_key_that_f
     assert_ne!(health(&k1), Some(json!("access_denied")));
 
     // Access returns; the retry completes the job.
-    *deny.lock().unwrap() = None;
+    *deny.lock().expect("lock") = None;
     let (status, body) = app
         .admin(
             "POST",
