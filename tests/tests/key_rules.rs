@@ -343,6 +343,49 @@ async fn an_org_has_at_most_ten_keys_in_use_and_disable_all_handles_them_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_racing_to_add_one_name_leave_one_key_and_no_stray_key_material() {
+    // GIVEN an org with a key, and 8 admins adding another with the same name at once
+    let app = Arc::new(TestApp::start().await);
+    let org = "race-add";
+    app.add_local_key(org, "first").await;
+    app.wait_job(org).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let app = Arc::clone(&app);
+        tasks.push(tokio::spawn(async move {
+            app.admin(
+                "POST",
+                &format!("/v1/orgs/{org}/keys"),
+                org,
+                Some(json!({"name": "twin", "type": "local"})),
+            )
+            .await
+        }));
+    }
+    let mut added = 0;
+    for t in tasks {
+        let (status, body) = t.await.expect("task");
+        match status {
+            201 => added += 1,
+            409 => assert_eq!(body["code"], "name_taken", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    // THEN exactly one was added, and only the two stored keys have key material on disk
+    assert_eq!(added, 1);
+    assert_eq!(
+        app.keys(org).await["keys"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let files = std::fs::read_dir(app.dir.path().join("keys").join(org))
+        .expect("the org's key directory")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "key"))
+        .count();
+    assert_eq!(files, 2, "the losers' prepared keys were discarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_key_cannot_be_disabled_nor_made_default_again() {
     let app = TestApp::start().await;
     let org = "defaults";

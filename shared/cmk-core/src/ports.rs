@@ -278,6 +278,12 @@ pub trait KeyProvider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Forgets a key that was prepared but is never stored, because its check or the commit
+    /// that would have added it failed. Best effort: the key was never used for data.
+    async fn discard(&self, kek: &Kek) {
+        let _ = kek;
+    }
+
     async fn wrap(
         &self,
         kek: &Kek,

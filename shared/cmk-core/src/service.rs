@@ -304,10 +304,16 @@ impl Cmk {
             self.inner.keys.prepare(&kek).await?;
             self.inner.keys.check(&kek).await
         };
-        let resolved = check.await.map_err(|e| CoreError::KeyCheckFailed {
-            reason: e.kind.health(),
-            message: e.message,
-        })?;
+        let resolved = match check.await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                self.inner.keys.discard(&kek).await;
+                return Err(CoreError::KeyCheckFailed {
+                    reason: e.kind.health(),
+                    message: e.message,
+                });
+            }
+        };
         if let KeySpec::AwsKms {
             resolved_key_arn, ..
         } = &mut kek.spec
@@ -323,9 +329,16 @@ impl Cmk {
             created_at: crate::model::now(),
             created_by: actor.to_owned(),
         };
-        let (_, job) = self
+        let committed = self
             .commit_rule(org, |s| rules::add_key(s, actor, record.clone()))
-            .await?;
+            .await;
+        let (_, job) = match committed {
+            Ok(done) => done,
+            Err(e) => {
+                self.inner.keys.discard(&kek).await;
+                return Err(e);
+            }
+        };
         if let Some(job) = &job {
             self.enqueue_plan(org, job, job.generation).await;
         }

@@ -228,6 +228,18 @@ impl KeyProvider for LocalKeyProvider {
         }
     }
 
+    async fn discard(&self, kek: &Kek) {
+        if kek.spec != KeySpec::Local {
+            return;
+        }
+        if let Ok(path) = self.local_path(&kek.org, &kek.key_id) {
+            self.lock().remove(&path);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(error = %e, key = %kek.key_id, "could not remove an unused local key");
+            }
+        }
+    }
+
     async fn wrap(
         &self,
         kek: &Kek,
