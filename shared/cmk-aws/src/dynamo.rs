@@ -37,8 +37,16 @@
 //! duplicate or stale move cancels the transaction; the adapter drops the moves whose condition
 //! failed (the cancellation reasons say which) and commits the rest, so each data key is counted
 //! once. About 1.03 item writes per moved data key.
+//!
+//! A failure is one transaction per data key: the `FAIL#` item (only if absent), `failed += 1`
+//! (job running at the generation) and a version bump of the data key (only if still at the
+//! source), so a concurrent duplicate that moved it at the old version loses, and no data key is
+//! both done and failed. A batch that later moves a failed data key clears its failure first
+//! (`FAIL#` deleted, `failed -= 1`, only while the data key is still at the move's source and
+//! version), so a crash between the two leaves it merely pending.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -72,6 +80,8 @@ pub const BY_WRAPPING_KEY: &str = "by_wrapping_key";
 pub const RUNNING_JOBS: &str = "running_jobs";
 const HEAD: &str = "#HEAD";
 const ERRORS_SHOWN: i32 = 100;
+/// Tries of a small transaction that collides with concurrent ones (same items).
+const TRANSACTION_ATTEMPTS: u32 = 5;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -280,6 +290,11 @@ fn event_from(item: &Item) -> Result<AuditEvent, StoreError> {
         outcome: get_s(item, "outcome")?.to_owned(),
         detail: opt_s(item, "detail"),
     })
+}
+
+/// The item recording that a data key failed in a job's generation.
+fn fail_sk(batch: &BatchCommit, data_key: &DataKeyId) -> String {
+    format!("FAIL#{}#{:08}#{}", batch.job_id, batch.generation, data_key)
 }
 
 /// Which items of a cancelled transaction failed their condition.
@@ -566,20 +581,25 @@ impl DynamoStore {
         }
     }
 
-    /// Records failures of data keys still wrapped by the source, counted once each.
+    /// Records failures of data keys still wrapped by the source, counted once each. Recording
+    /// bumps the data key's version, so a concurrent duplicate of the batch that did move it
+    /// (read at the old version) loses its condition: a data key is never both done and failed.
     async fn record_failures(&self, org: &OrgId, batch: &BatchCommit) -> Result<(), StoreError> {
         let pk = org_pk(org);
         for f in &batch.failures {
             let items = vec![
                 TransactWriteItem::builder()
-                    .condition_check(build(
-                        ConditionCheck::builder()
+                    .update(build(
+                        Update::builder()
                             .table_name(&self.table)
                             .key("pk", s(dk_pk(org, &f.data_key_id)))
                             .key("sk", s("DK"))
                             .condition_expression("#kid = :src")
+                            .update_expression("ADD #ver :one")
                             .expression_attribute_names("#kid", "key_id")
+                            .expression_attribute_names("#ver", "version")
                             .expression_attribute_values(":src", s(batch.source.as_str()))
+                            .expression_attribute_values(":one", n(1))
                             .build(),
                     )?)
                     .build(),
@@ -589,13 +609,7 @@ impl DynamoStore {
                             .table_name(&self.table)
                             .set_item(Some(HashMap::from([
                                 ("pk".into(), s(pk.clone())),
-                                (
-                                    "sk".into(),
-                                    s(format!(
-                                        "FAIL#{}#{:08}#{}",
-                                        batch.job_id, batch.generation, f.data_key_id
-                                    )),
-                                ),
+                                ("sk".into(), s(fail_sk(batch, &f.data_key_id))),
                                 ("data_key_id".into(), s(f.data_key_id.as_str())),
                                 ("key_id".into(), s(f.key_id.as_str())),
                                 ("reason".into(), s(f.reason.as_str())),
@@ -605,70 +619,102 @@ impl DynamoStore {
                             .build(),
                     )?)
                     .build(),
-                TransactWriteItem::builder()
-                    .update(build(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .key("pk", s(pk.clone()))
-                            .key("sk", s(format!("JOB#{}", batch.job_id)))
-                            .condition_expression("#st = :running AND #gen = :g")
-                            .update_expression("ADD #failed :one")
-                            .expression_attribute_names("#st", "state")
-                            .expression_attribute_names("#gen", "generation")
-                            .expression_attribute_names("#failed", "failed")
-                            .expression_attribute_values(":running", s("running"))
-                            .expression_attribute_values(":g", n(batch.generation))
-                            .expression_attribute_values(":one", n(1))
-                            .build(),
-                    )?)
-                    .build(),
+                self.failed_counter(org, batch, 1)?,
             ];
-            match self.transact(items).await {
-                Ok(()) => {}
-                // Already recorded, moved meanwhile, or the job moved on: nothing to count.
-                Err(e) if failed_conditions(&e).is_some() => {}
-                Err(e) => return Err(sdk_err(e)),
-            }
+            // Lost conditions: already recorded, moved meanwhile, or the job moved on.
+            self.transact_unless_outdated(items).await?;
         }
         Ok(())
     }
 
-    /// Clears earlier failures of data keys that have now moved.
+    /// Clears earlier failures (this generation) of data keys this batch is about to move. It
+    /// runs before the moves: a crash in between leaves the data key pending, not both failed
+    /// and done, and the redelivered batch moves it (or records its failure) again.
     async fn clear_failures(&self, org: &OrgId, batch: &BatchCommit) -> Result<(), StoreError> {
         let pk = org_pk(org);
         for m in &batch.moves {
-            let sk = format!("FAIL#{}#{:08}#{}", batch.job_id, batch.generation, m.id);
             let items = vec![
+                // Only for a move that can still apply: a stale one must not forget a failure.
+                TransactWriteItem::builder()
+                    .condition_check(build(
+                        ConditionCheck::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(dk_pk(org, &m.id)))
+                            .key("sk", s("DK"))
+                            .condition_expression("#kid = :from AND #ver = :v")
+                            .expression_attribute_names("#kid", "key_id")
+                            .expression_attribute_names("#ver", "version")
+                            .expression_attribute_values(":from", s(m.from_key_id.as_str()))
+                            .expression_attribute_values(":v", n(m.from_version))
+                            .build(),
+                    )?)
+                    .build(),
                 TransactWriteItem::builder()
                     .delete(build(
                         aws_sdk_dynamodb::types::Delete::builder()
                             .table_name(&self.table)
                             .key("pk", s(pk.clone()))
-                            .key("sk", s(sk))
+                            .key("sk", s(fail_sk(batch, &m.id)))
                             .condition_expression("attribute_exists(pk)")
                             .build(),
                     )?)
                     .build(),
-                TransactWriteItem::builder()
-                    .update(build(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .key("pk", s(pk.clone()))
-                            .key("sk", s(format!("JOB#{}", batch.job_id)))
-                            .update_expression("ADD #failed :minus")
-                            .expression_attribute_names("#failed", "failed")
-                            .expression_attribute_values(":minus", n(-1))
-                            .build(),
-                    )?)
-                    .build(),
+                self.failed_counter(org, batch, -1)?,
             ];
-            match self.transact(items).await {
-                Ok(()) => {}
-                Err(e) if failed_conditions(&e).is_some() => {}
-                Err(e) => return Err(sdk_err(e)),
-            }
+            // Lost conditions: no such failure, a stale move, or the job moved on.
+            self.transact_unless_outdated(items).await?;
         }
         Ok(())
+    }
+
+    /// `failed += delta` on the batch's job, only while it runs in the batch's generation.
+    fn failed_counter(
+        &self,
+        org: &OrgId,
+        batch: &BatchCommit,
+        delta: i64,
+    ) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .update(build(
+                Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(org_pk(org)))
+                    .key("sk", s(format!("JOB#{}", batch.job_id)))
+                    .condition_expression("#st = :running AND #gen = :g")
+                    .update_expression("ADD #failed :d")
+                    .expression_attribute_names("#st", "state")
+                    .expression_attribute_names("#gen", "generation")
+                    .expression_attribute_names("#failed", "failed")
+                    .expression_attribute_values(":running", s("running"))
+                    .expression_attribute_values(":g", n(batch.generation))
+                    .expression_attribute_values(":d", n(delta))
+                    .build(),
+            )?)
+            .build())
+    }
+
+    /// Runs a small transaction whose lost conditions mean "nothing to do". Transactions that
+    /// collide with a concurrent one on the same items are tried again; only a condition that
+    /// failed is taken as an answer, never a conflict or throttling.
+    async fn transact_unless_outdated(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<(), StoreError> {
+        let mut attempt = 0u32;
+        loop {
+            let Err(e) = self.transact(items.clone()).await else {
+                return Ok(());
+            };
+            match failed_conditions(&e) {
+                Some(failed) if failed.contains(&true) => return Ok(()),
+                Some(_) if attempt + 1 < TRANSACTION_ATTEMPTS => {
+                    let jitter = rand::thread_rng().gen_range(0..20u64);
+                    tokio::time::sleep(Duration::from_millis((20 << attempt) + jitter)).await;
+                    attempt += 1;
+                }
+                _ => return Err(sdk_err(e)),
+            }
+        }
     }
 
     async fn progress(
@@ -745,6 +791,15 @@ impl Store for DynamoStore {
         // The head first: whatever is read after it is at least as new, and every commit is
         // conditional on the head's version, so a stale mix can never be committed.
         let head = self.get(org_pk(org), HEAD).await?;
+        // The job before the data key counts: while a job runs, batches move data keys (done
+        // up, counts down) without touching the head. Read in this order, `done + left` can
+        // only fall short of the truth, and a total planned from it too small is corrected by
+        // the next final check; read the other way it could exceed it, and the job would
+        // never reach its total.
+        let job = match head.as_ref().and_then(|h| opt_s(h, "current_job_id")) {
+            Some(id) => self.read_job(org, &JobId::from_trusted(id)).await?,
+            None => None,
+        };
         let mut keys: Vec<(i64, KeyRecord)> = self
             .query_prefix(org_pk(org), "KEY#")
             .await?
@@ -753,10 +808,6 @@ impl Store for DynamoStore {
             .collect::<Result<_, _>>()?;
         keys.sort_by_key(|(seq, _)| *seq);
         let data_key_counts = self.counts(org).await?;
-        let job = match head.as_ref().and_then(|h| opt_s(h, "current_job_id")) {
-            Some(id) => self.read_job(org, &JobId::from_trusted(id)).await?,
-            None => None,
-        };
         Ok(OrgSnapshot {
             org: org.clone(),
             version: head
@@ -1196,6 +1247,11 @@ impl Store for DynamoStore {
         if job.state != JobState::Running || job.generation != batch.generation {
             return Ok(job);
         }
+        // A failure recorded after `job` was read bumped its data key's version, so the
+        // moves below cannot apply to it: reading `failed` before them is enough.
+        if job.failed > 0 && !batch.moves.is_empty() {
+            self.clear_failures(org, &batch).await?;
+        }
         let mut applied = 0;
         for chunk in batch.moves.chunks(MOVES_PER_TRANSACTION) {
             match self
@@ -1205,9 +1261,6 @@ impl Store for DynamoStore {
                 Some(moved) => applied += moved,
                 None => return self.progress(org, &batch.job_id, applied).await,
             }
-        }
-        if job.failed > 0 && !batch.moves.is_empty() {
-            self.clear_failures(org, &batch).await?;
         }
         if !batch.failures.is_empty() {
             self.record_failures(org, &batch).await?;

@@ -397,12 +397,30 @@ async fn failures_and_retries(store: &dyn Store) {
     assert_eq!(job_now.errors.len(), 2);
     assert_eq!(job_now.errors[0].reason, HealthStatus::AccessDenied);
 
-    // A late success of a failed data key replaces its failure.
-    let late = BatchCommit {
+    // A duplicate that moved a data key from the version read before its failure was recorded
+    // changes nothing: no data key is both done and failed.
+    let stale = BatchCommit {
         job_id: started.id.clone(),
         generation: 0,
         source: svc.clone(),
         moves: moves(&records[1..2], &k.id),
+        failures: vec![],
+    };
+    let p = store.commit_batch(&org, stale).await.unwrap();
+    assert_eq!((p.done, p.failed, p.applied), (1, 2, 0));
+
+    // A late success of a failed data key, read again, replaces its failure.
+    let reread = store
+        .get_data_key(&org, &records[1].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reread.key_id, svc, "still wrapped by the source");
+    let late = BatchCommit {
+        job_id: started.id.clone(),
+        generation: 0,
+        source: svc.clone(),
+        moves: moves(&[reread], &k.id),
         failures: vec![failure(&records[0])],
     };
     let p = store.commit_batch(&org, late).await.unwrap();

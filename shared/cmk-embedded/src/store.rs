@@ -507,8 +507,15 @@ fn apply_batch(
                  WHERE EXISTS (SELECT 1 FROM data_keys WHERE org = ?1 AND id = ?3 AND key_id = ?7)",
             )
             .map_err(unavailable)?;
+        // A recorded failure bumps the data key's version, as on DynamoDB: a move prepared from
+        // the version read before it (a duplicate of the batch) no longer applies.
+        let mut bump = tx
+            .prepare_cached(
+                "UPDATE data_keys SET version = version + 1 WHERE org = ?1 AND id = ?2 AND key_id = ?3",
+            )
+            .map_err(unavailable)?;
         for f in &b.failures {
-            recorded += fail
+            let n = fail
                 .execute(params![
                     org,
                     b.job_id.as_str(),
@@ -518,7 +525,12 @@ fn apply_batch(
                     f.message,
                     b.source.as_str(),
                 ])
-                .map_err(write_err)? as i64;
+                .map_err(write_err)?;
+            if n == 1 {
+                bump.execute(params![org, f.data_key_id.as_str(), b.source.as_str()])
+                    .map_err(write_err)?;
+            }
+            recorded += n as i64;
         }
     }
     let (done, failed) = (done + moved, failed - cleared + recorded);
