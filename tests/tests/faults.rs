@@ -71,6 +71,41 @@ async fn every_message_delivered_twice_counts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_job_is_planned_in_bounded_segments() {
+    // 400 data keys in batches of 50, 2 batches per plan segment: 5 plan deliveries, batches
+    // handled twice (as a redelivery would), and the job counts every data key once. (Every
+    // message twice, plans included, is `every_message_delivered_twice_counts_once`.)
+    let app = TestApp::with(manual()).await;
+    let samples = app.data_with_samples("segments", 400).await;
+    app.add_local_key("segments", "k").await;
+    let mut plans = Vec::new();
+    loop {
+        let deliveries = app.queue.receive(1, Duration::ZERO).await.expect("receive");
+        let Some(d) = deliveries.into_iter().next() else {
+            break;
+        };
+        let body: serde_json::Value = serde_json::from_str(&d.body).expect("a JSON message");
+        if body["type"] == "plan" {
+            plans.push(body["resume"].clone());
+        } else {
+            app.engine.handle(&d.body).await.expect("a duplicate batch");
+        }
+        app.engine.handle(&d.body).await.expect("handled");
+        app.queue.ack(&d.receipt).await.expect("ack");
+    }
+    // Four segments of two full batches, and a last continuation that finds nothing more.
+    assert_eq!(plans.len(), 5, "one plan and four continuations: {plans:?}");
+    assert!(plans[0].is_null() && plans[1..].iter().all(|c| c["source"] == "service"));
+    let job = job_of(&app, "segments").await;
+    assert_eq!(
+        (job.state, job.done, job.total, job.failed),
+        (JobState::Completed, 400, 400, 0)
+    );
+    app.assert_invariants("segments").await;
+    app.assert_decrypts("segments", &samples).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_any_two_writes_of_a_batch_loses_and_doubles_nothing() {
     let faults = Arc::new(StoreFaults::default());
     let f = Arc::clone(&faults);

@@ -15,7 +15,7 @@ use crate::model::{
     data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobError, JobId,
     JobState, KeyId, OrgId,
 };
-use crate::ports::{BatchCommit, DataKeyMove, Kek, RewrapMessage, Wrapped};
+use crate::ports::{BatchCommit, DataKeyMove, Kek, PlanCursor, RewrapMessage, Wrapped};
 use crate::rules::{self, Finish};
 use crate::service::{backoff, Cmk};
 
@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub max_attempts: u32,
     /// First backoff after a throttled call; doubles per attempt.
     pub retry_backoff: Duration,
+    /// Batch messages one plan delivery enqueues before it hands the rest to a continuation.
+    pub plan_segment: usize,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +41,8 @@ impl Default for EngineConfig {
             concurrency: 16,
             max_attempts: 5,
             retry_backoff: Duration::from_millis(50),
+            // 100,000 data keys at the default batch size: seconds of enumeration.
+            plan_segment: 200,
         }
     }
 }
@@ -95,7 +99,8 @@ impl RewrapEngine {
                 org,
                 job_id,
                 generation,
-            } => self.plan(&org, &job_id, generation).await?,
+                resume,
+            } => self.plan(&org, &job_id, generation, resume).await?,
             RewrapMessage::Batch {
                 org,
                 job_id,
@@ -128,26 +133,56 @@ impl RewrapEngine {
         Ok(job.filter(|j| j.state == JobState::Running && j.generation == generation))
     }
 
-    /// Enumerates the sources page by page and enqueues one batch per page.
+    /// Enumerates the sources page by page from `resume` on, and enqueues one batch per page.
+    /// After [`EngineConfig::plan_segment`] batches it enqueues a plan that continues where it
+    /// stopped, and returns. A redelivered segment enqueues its batches again, which is
+    /// harmless: every move is conditional.
     pub async fn plan(
         &self,
         org: &OrgId,
         job_id: &JobId,
         generation: u32,
+        resume: Option<PlanCursor>,
     ) -> Result<(), CoreError> {
         let Some(job) = self.live_job(org, job_id, generation).await? else {
             return Ok(());
         };
-        let mut pending = Vec::new();
-        let mut planned = 0usize;
         let partitions = self.cmk.store().data_key_partitions();
-        let sources = job
+        let segment = self.config.plan_segment.max(1);
+        let mut positions: Vec<(&KeyId, u32)> = job
             .source_key_ids
             .iter()
-            .flat_map(|s| (0..partitions).map(move |p| (s, p)));
-        for (source, partition) in sources {
-            let mut after: Option<DataKeyId> = None;
+            .flat_map(|s| (0..partitions).map(move |p| (s, p)))
+            .collect();
+        let mut after: Option<DataKeyId> = None;
+        if let Some(cursor) = resume {
+            if let Some(at) = positions
+                .iter()
+                .position(|(s, p)| **s == cursor.source && *p == cursor.partition)
+            {
+                positions.drain(..at);
+                after = cursor.after;
+            }
+        }
+        let mut pending = Vec::new();
+        let mut planned = 0usize;
+        for (source, partition) in positions {
             loop {
+                if planned + pending.len() >= segment {
+                    pending.push(RewrapMessage::Plan {
+                        org: org.clone(),
+                        job_id: job_id.clone(),
+                        generation,
+                        resume: Some(PlanCursor {
+                            source: source.clone(),
+                            partition,
+                            after: after.clone(),
+                        }),
+                    });
+                    self.cmk.queue().send(&pending).await?;
+                    tracing::info!(%org, job = %job_id, batches = planned + pending.len() - 1, "planned a segment of a re-encryption; continuing in another delivery");
+                    return Ok(());
+                }
                 let ids = self
                     .cmk
                     .store()
@@ -181,12 +216,15 @@ impl RewrapEngine {
                 }
                 after = Some(last);
             }
+            after = None;
         }
         if !pending.is_empty() {
             self.cmk.queue().send(&pending).await?;
             planned += pending.len();
         }
         tracing::info!(%org, job = %job_id, batches = planned, "planned re-encryption");
+        // Nothing left to enqueue: if no batch is outstanding either (an empty job, or a last
+        // segment with nothing in it), only the final check remains. It is a no-op otherwise.
         if planned == 0 {
             self.finish(org, job_id).await?;
         }

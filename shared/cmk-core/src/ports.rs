@@ -211,11 +211,15 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RewrapMessage {
-    /// Enumerate the job's source keys and enqueue one batch per page.
+    /// Enumerate the job's source keys and enqueue one batch per page, from `resume` on (the
+    /// start when absent). A large job is planned in bounded segments, each ending with the
+    /// message that continues it, so no delivery outlives the queue's visibility timeout.
     Plan {
         org: OrgId,
         job_id: JobId,
         generation: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<PlanCursor>,
     },
     /// Move the data keys wrapped by `source` in `partition` with ids in `(after, until]`.
     Batch {
@@ -228,6 +232,15 @@ pub enum RewrapMessage {
         after: Option<DataKeyId>,
         until: DataKeyId,
     },
+}
+
+/// Where a segmented plan continues: data keys wrapped by `source` in `partition` with ids
+/// after `after`, then the following partitions and sources in the job's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanCursor {
+    pub source: KeyId,
+    pub partition: u32,
+    pub after: Option<DataKeyId>,
 }
 
 /// A received message; `receipt` acknowledges this delivery only.

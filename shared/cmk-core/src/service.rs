@@ -167,6 +167,7 @@ impl Cmk {
             org: org.clone(),
             job_id: job.id.clone(),
             generation,
+            resume: None,
         }])
         .await;
     }

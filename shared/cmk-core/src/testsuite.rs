@@ -556,6 +556,7 @@ pub async fn queue_contract(queue: &dyn RewrapQueue, visibility: Duration) {
         org: OrgId::from_trusted("q"),
         job_id: crate::model::JobId::from_trusted(format!("job-{n}")),
         generation: n,
+        resume: None,
     };
     // Drain anything left by another test sharing the queue.
     while !queue.receive(10, Duration::ZERO).await.unwrap().is_empty() {}

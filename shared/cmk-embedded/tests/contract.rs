@@ -48,6 +48,7 @@ async fn sqlite_queue_dead_letters_a_message_received_too_often() {
             org: OrgId::from_trusted("o"),
             job_id: cmk_core::model::JobId::from_trusted("j"),
             generation: 0,
+            resume: None,
         }])
         .await
         .expect("send");

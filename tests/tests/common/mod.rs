@@ -56,6 +56,8 @@ impl Default for Options {
                 concurrency: 8,
                 max_attempts: 3,
                 retry_backoff: Duration::from_millis(5),
+                // Small segments: every job of these tests is planned in several deliveries.
+                plan_segment: 2,
             },
         }
     }
