@@ -350,6 +350,36 @@ async fn a_refused_one_call_rewrap_falls_back_and_a_failure_names_the_key_that_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_corrupt_data_key_fails_alone_and_the_rest_of_its_batch_moves() {
+    let app = TestApp::with(manual()).await;
+    let org = "corrupt";
+    // The corrupt one first (the lowest id): the batch meets it before the others.
+    let bad = cmk_core::model::DataKeyRecord {
+        id: cmk_core::model::DataKeyId::generate(),
+        key_id: cmk_core::model::KeyId::service(),
+        wrapped: vec![1, 2, 3],
+        version: 0,
+        created_at: cmk_core::model::now(),
+    };
+    app.store
+        .insert_data_keys(&OrgId::from_trusted(org), std::slice::from_ref(&bad))
+        .await
+        .expect("insert");
+    let samples = app.data_with_samples(org, 40).await;
+    app.add_local_key(org, "k").await;
+    pump(&app, false).await;
+    let job = job_of(&app, org).await;
+    assert_eq!(
+        (job.state, job.done, job.failed),
+        (JobState::Failed, 40, 1),
+        "{job:?}"
+    );
+    assert_eq!(job.errors.len(), 1);
+    assert_eq!(job.errors[0].data_key_id, bad.id);
+    app.assert_decrypts(org, &samples).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_admins_racing_leave_one_default_and_at_most_one_job() {
     let app = Arc::new(TestApp::start().await);
     let org = "race";

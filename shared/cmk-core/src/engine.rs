@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-use crate::error::{CoreError, KeyError, StoreError};
+use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
 use crate::model::{
     data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobError, JobId,
     JobState, KeyId, OrgId,
@@ -294,8 +294,9 @@ impl RewrapEngine {
         to: &Kek,
         records: Vec<DataKeyRecord>,
     ) -> Result<(), CoreError> {
-        // Once a key fails for a reason that retrying cannot fix, the rest of the batch fails
-        // fast with the same reason instead of calling the provider again.
+        // Once a key fails as a whole (access denied, disabled, deleted), the rest of the batch
+        // fails fast with the same reason instead of calling the provider again. A failure of
+        // one data key (a bad ciphertext) or of the moment (throttling) stays that key's own.
         let broken: Mutex<Option<(KeyId, KeyError)>> = Mutex::new(None);
         let results: Vec<(DataKeyRecord, RewrapResult)> = stream::iter(records)
             .map(|record| {
@@ -307,7 +308,10 @@ impl RewrapEngine {
                         None => {
                             let r = self.rewrap_one(org, from, to, &record).await;
                             if let Err(f) = &r {
-                                *broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(f.clone());
+                                if f.1.kind.is_key_wide() {
+                                    *broken.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(f.clone());
+                                }
                             }
                             r
                         }
@@ -349,7 +353,10 @@ impl RewrapEngine {
         }
         // One atomic write; if it fails the message is redelivered and the batch redone.
         let progress = self.cmk.store().commit_batch(org, batch).await?;
-        if let Some((key_id, error)) = failed_key {
+        // A key's health says what is wrong with the key, not with one data key it wraps.
+        if let Some((key_id, error)) =
+            failed_key.filter(|(_, e)| e.kind.is_key_wide() || e.kind == KeyErrorKind::Throttled)
+        {
             self.record_health(org, &key_id, &error).await;
         }
         if progress.state == JobState::Running && progress.all_processed() {

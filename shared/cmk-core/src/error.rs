@@ -94,6 +94,19 @@ impl KeyErrorKind {
         matches!(self, KeyErrorKind::Throttled | KeyErrorKind::Transient)
     }
 
+    /// Whether the failure is the key's as a whole (every later use fails the same way), not
+    /// one data key's (a bad ciphertext) or the moment's (throttling, a transient error).
+    pub fn is_key_wide(self) -> bool {
+        matches!(
+            self,
+            KeyErrorKind::AccessDenied
+                | KeyErrorKind::KeyDisabled
+                | KeyErrorKind::KeyNotFound
+                | KeyErrorKind::InvalidKeyState
+                | KeyErrorKind::Unsupported
+        )
+    }
+
     pub fn health(self) -> HealthStatus {
         match self {
             KeyErrorKind::AccessDenied => HealthStatus::AccessDenied,
