@@ -793,9 +793,9 @@ impl Store for DynamoStore {
         let head = self.get(org_pk(org), HEAD).await?;
         // The job before the data key counts: while a job runs, batches move data keys (done
         // up, counts down) without touching the head. Read in this order, `done + left` can
-        // only fall short of the truth, and a total planned from it too small is corrected by
-        // the next final check; read the other way it could exceed it, and the job would
-        // never reach its total.
+        // only fall short of the truth. A total re-planned from it too small is corrected by
+        // the next final check that finds data keys left, or by the completing commit; read
+        // the other way it could exceed the truth, and the job would never reach its total.
         let job = match head.as_ref().and_then(|h| opt_s(h, "current_job_id")) {
             Some(id) => self.read_job(org, &JobId::from_trusted(id)).await?,
             None => None,

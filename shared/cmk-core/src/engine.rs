@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
+use crate::error::{CoreError, KeyError, StoreError};
 use crate::model::{
     data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobError, JobId,
     JobState, KeyId, OrgId,
@@ -135,8 +135,10 @@ impl RewrapEngine {
 
     /// Enumerates the sources page by page from `resume` on, and enqueues one batch per page.
     /// After [`EngineConfig::plan_segment`] batches it enqueues a plan that continues where it
-    /// stopped, and returns. A redelivered segment enqueues its batches again, which is
-    /// harmless: every move is conditional.
+    /// stopped, and returns. A redelivered segment enqueues its batches and its continuation
+    /// again, and so does a re-plan from the start (the sweep, a final check) while a chain
+    /// still runs: the rest of the plan is then done twice. That costs work, never
+    /// correctness, because every move is conditional; both are rare.
     pub async fn plan(
         &self,
         org: &OrgId,
@@ -294,9 +296,10 @@ impl RewrapEngine {
         to: &Kek,
         records: Vec<DataKeyRecord>,
     ) -> Result<(), CoreError> {
-        // Once a key fails as a whole (access denied, disabled, deleted), the rest of the batch
-        // fails fast with the same reason instead of calling the provider again. A failure of
-        // one data key (a bad ciphertext) or of the moment (throttling) stays that key's own.
+        // Once a key fails (access denied, disabled, deleted, or throttled past every retry),
+        // the rest of the batch fails fast with the same reason instead of calling the
+        // provider again: a batch stays short even while KMS throttles. Only a failure of one
+        // data key's own bytes (a bad ciphertext) stays that data key's.
         let broken: Mutex<Option<(KeyId, KeyError)>> = Mutex::new(None);
         let results: Vec<(DataKeyRecord, RewrapResult)> = stream::iter(records)
             .map(|record| {
@@ -308,7 +311,7 @@ impl RewrapEngine {
                         None => {
                             let r = self.rewrap_one(org, from, to, &record).await;
                             if let Err(f) = &r {
-                                if f.1.kind.is_key_wide() {
+                                if !f.1.kind.is_data_key_own() {
                                     *broken.lock().unwrap_or_else(|e| e.into_inner()) =
                                         Some(f.clone());
                                 }
@@ -347,16 +350,16 @@ impl RewrapEngine {
                         reason: error.kind.health(),
                         message: error.message.clone(),
                     });
-                    failed_key = Some((key_id, error));
+                    // A key's health says what is wrong with the key, not with one data key.
+                    if !error.kind.is_data_key_own() {
+                        failed_key = Some((key_id, error));
+                    }
                 }
             }
         }
         // One atomic write; if it fails the message is redelivered and the batch redone.
         let progress = self.cmk.store().commit_batch(org, batch).await?;
-        // A key's health says what is wrong with the key, not with one data key it wraps.
-        if let Some((key_id, error)) =
-            failed_key.filter(|(_, e)| e.kind.is_key_wide() || e.kind == KeyErrorKind::Throttled)
-        {
+        if let Some((key_id, error)) = failed_key {
             self.record_health(org, &key_id, &error).await;
         }
         if progress.state == JobState::Running && progress.all_processed() {

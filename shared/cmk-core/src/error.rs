@@ -94,17 +94,10 @@ impl KeyErrorKind {
         matches!(self, KeyErrorKind::Throttled | KeyErrorKind::Transient)
     }
 
-    /// Whether the failure is the key's as a whole (every later use fails the same way), not
-    /// one data key's (a bad ciphertext) or the moment's (throttling, a transient error).
-    pub fn is_key_wide(self) -> bool {
-        matches!(
-            self,
-            KeyErrorKind::AccessDenied
-                | KeyErrorKind::KeyDisabled
-                | KeyErrorKind::KeyNotFound
-                | KeyErrorKind::InvalidKeyState
-                | KeyErrorKind::Unsupported
-        )
+    /// Whether the failure belongs to one data key (its wrapped bytes are bad), not to the key
+    /// that wraps it: every other data key may still succeed.
+    pub fn is_data_key_own(self) -> bool {
+        self == KeyErrorKind::InvalidCiphertext
     }
 
     pub fn health(self) -> HealthStatus {

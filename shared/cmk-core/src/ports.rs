@@ -291,8 +291,9 @@ pub trait KeyProvider: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Forgets a key that was prepared but is never stored, because its check or the commit
-    /// that would have added it failed. Best effort: the key was never used for data.
+    /// Forgets a key that was prepared but is certainly not stored: its check failed, or the
+    /// commit that would have added it was refused. Never called when the commit's outcome is
+    /// unknown. Best effort: the key was never used for data.
     async fn discard(&self, kek: &Kek) {
         let _ = kek;
     }

@@ -420,7 +420,13 @@ pub fn finish(s: &OrgSnapshot, job_id: &JobId) -> Finish {
     let left = data_keys_left(s, job);
     let mut c = base_commit(s);
     if left == 0 {
-        c.job = Some(JobChange::Update(update(job, JobState::Completed)));
+        let mut u = update(job, JobState::Completed);
+        // A total re-planned from a snapshot can fall short of the truth (never above it): the
+        // completed job shows every data key it moved.
+        if job.done > job.total {
+            u.total = Some(job.done);
+        }
+        c.job = Some(JobChange::Update(u));
         if job.kind != JobKind::Adopt {
             for src in &job.source_key_ids {
                 if let Some(mut k) = s.key(src).cloned() {
@@ -609,5 +615,18 @@ mod tests {
         job.done = 1;
         s.job = Some(job.clone());
         assert!(matches!(finish(&s, &job.id), Finish::NotReady));
+
+        // A total that fell short (re-planned from a snapshot) is raised by the completion.
+        job.done = 3;
+        s.job = Some(job.clone());
+        match finish(&s, &job.id) {
+            Finish::Commit(c) => match c.job {
+                Some(JobChange::Update(u)) => {
+                    assert_eq!((u.state, u.total), (JobState::Completed, Some(3)))
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 }

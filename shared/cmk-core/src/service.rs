@@ -335,6 +335,10 @@ impl Cmk {
             .await;
         let (_, job) = match committed {
             Ok(done) => done,
+            // A store that failed may still have applied the commit: keep the key then.
+            Err(e @ (CoreError::Store(StoreError::Unavailable(_)) | CoreError::Internal(_))) => {
+                return Err(e)
+            }
             Err(e) => {
                 self.inner.keys.discard(&kek).await;
                 return Err(e);
