@@ -234,8 +234,12 @@ impl KeyProvider for LocalKeyProvider {
         }
         if let Ok(path) = self.local_path(&kek.org, &kek.key_id) {
             self.lock().remove(&path);
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(error = %e, key = %kek.key_id, "could not remove an unused local key");
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, key = %kek.key_id, "could not remove an unused local key");
+                }
             }
         }
     }
