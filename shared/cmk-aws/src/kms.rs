@@ -295,15 +295,7 @@ impl KmsKeyProvider {
             .send()
             .await
             .map_err(|e| key_error(e, &format!("encrypting with KMS key {key_id}")))?;
-        Ok(Wrapped {
-            blob: out
-                .ciphertext_blob()
-                .map(|b| b.as_ref().to_vec())
-                .ok_or_else(|| {
-                    KeyError::new(KeyErrorKind::Transient, "KMS returned no ciphertext")
-                })?,
-            resolved_key: out.key_id().map(str::to_owned),
-        })
+        wrapped_from(out.ciphertext_blob(), out.key_id())
     }
 
     fn same_principal(a: &Kek, b: &Kek) -> bool {
@@ -315,6 +307,16 @@ impl KmsKeyProvider {
             _ => false,
         }
     }
+}
+
+/// A KMS answer's ciphertext and the key ARN that produced it (Encrypt and ReEncrypt alike).
+fn wrapped_from(blob: Option<&Blob>, key_id: Option<&str>) -> Result<Wrapped, KeyError> {
+    Ok(Wrapped {
+        blob: blob
+            .map(|b| b.as_ref().to_vec())
+            .ok_or_else(|| KeyError::new(KeyErrorKind::Transient, "KMS returned no ciphertext"))?,
+        resolved_key: key_id.map(str::to_owned),
+    })
 }
 
 #[async_trait]
@@ -383,15 +385,7 @@ impl KeyProvider for KmsKeyProvider {
                     &format!("re-encrypting from KMS key {source_key} to {destination_key}"),
                 )
             })?;
-        Ok(Some(Wrapped {
-            blob: out
-                .ciphertext_blob()
-                .map(|b| b.as_ref().to_vec())
-                .ok_or_else(|| {
-                    KeyError::new(KeyErrorKind::Transient, "KMS returned no ciphertext")
-                })?,
-            resolved_key: out.key_id().map(str::to_owned),
-        }))
+        wrapped_from(out.ciphertext_blob(), out.key_id()).map(Some)
     }
 
     async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError> {
