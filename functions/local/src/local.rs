@@ -1,7 +1,6 @@
 //! The data directory, the token secret, and the small local commands.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use cmk_core::cache::DataKeyCache;
 use cmk_core::model::{KeyId, OrgId, Role};
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
-use cmk_embedded::{LocalKeyProvider, QueueConfig, SqliteStore};
+use cmk_embedded::{secret_file, LocalKeyProvider, QueueConfig, SqliteStore};
 use rand::RngCore;
 
 const SECRET_FILE: &str = "token.secret";
@@ -39,30 +38,36 @@ pub fn open_backends(
     Ok(Backends { cmk, store, keys })
 }
 
-/// The HS256 secret that signs local tokens, created (owner-only) on first use.
+/// Hex digits of the token secret: 32 random bytes.
+const SECRET_HEX_LEN: usize = 2 * cmk_http::auth::MIN_SECRET_LEN;
+
+/// The HS256 secret that signs local tokens, created on first use (owner-only, atomically, so
+/// processes starting together on a new data directory all use the same complete secret).
+/// Fails closed: a secret file shorter than 32 bytes of secret (64 hex digits) stops the
+/// command with an error naming the file, since a short key would let anyone mint tokens.
 pub fn token_secret(data_dir: &Path) -> Result<Vec<u8>> {
     fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path: PathBuf = data_dir.join(SECRET_FILE);
     if !path.exists() {
-        let mut secret = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut secret);
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        match opts.open(&path) {
-            Ok(mut f) => f.write_all(hex.as_bytes())?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).context("cannot create the token secret"),
-        }
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rand::thread_rng().fill_bytes(&mut secret[..]);
+        let hex: zeroize::Zeroizing<String> =
+            zeroize::Zeroizing::new(secret.iter().map(|b| format!("{b:02x}")).collect());
+        secret_file::create_private(&path, hex.as_bytes())
+            .with_context(|| format!("cannot create the token secret {}", path.display()))?;
     }
-    let secret = fs::read_to_string(&path).context("cannot read the token secret")?;
-    Ok(secret.trim().as_bytes().to_vec())
+    let bytes = secret_file::read_secret(&path, SECRET_HEX_LEN, "token secret")?;
+    let text = String::from_utf8_lossy(&bytes);
+    let trimmed = text.trim();
+    if trimmed.len() < SECRET_HEX_LEN || !trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "the token secret {} must hold at least {SECRET_HEX_LEN} hex digits (32 bytes of secret); \
+             refusing to start (remove it to create a new one, which invalidates every token)",
+            path.display()
+        );
+    }
+    Ok(trimmed.as_bytes().to_vec())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

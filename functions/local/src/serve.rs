@@ -102,7 +102,9 @@ async fn shutdown_signal() {
 
 pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     init_tracing();
+    // Fail closed before anything starts: no secret, no service.
     let secret = token_secret(data_dir)?;
+    let auth = Arc::new(Hs256Authenticator::new(&secret).context("the token secret")?);
     let admin_org = cmk_core::model::OrgId::parse(&args.admin_org)
         .map_err(|e| anyhow::anyhow!("--admin-org: {e}"))?;
     let cache = DataKeyCache::new(
@@ -155,7 +157,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
 
     let app = cmk_http::router(AppState {
         cmk: cmk.clone(),
-        auth: Arc::new(Hs256Authenticator::new(&secret)),
+        auth,
     });
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,26 +42,31 @@ impl std::fmt::Debug for LocalKeyProvider {
     }
 }
 
-/// Writes a new file readable by the owner only.
+/// Writes a new key file (owner-only, atomically: see [`crate::secret_file`]). Fails with
+/// `AlreadyExists` when the file is there already, whoever wrote it.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+    if crate::secret_file::create_private(path, bytes)? {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists", path.display()),
+        ))
     }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
+/// A key file's 32 bytes; a file of any other length is refused with its path (fail closed:
+/// a truncated service key must stop the process, not be replaced).
 fn read_key(path: &Path) -> std::io::Result<Zeroizing<[u8; KEY_LEN]>> {
-    let bytes = Zeroizing::new(fs::read(path)?);
+    let bytes = Zeroizing::new(crate::secret_file::read_secret(path, KEY_LEN, "key file")?);
     let arr: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "key file has the wrong length",
+            format!(
+                "the key file {} holds {} bytes, not the {KEY_LEN} of a key: refusing to use it",
+                path.display(),
+                bytes.len()
+            ),
         )
     })?;
     Ok(Zeroizing::new(arr))

@@ -6,6 +6,7 @@ mod db;
 mod keys;
 mod queue;
 mod samples;
+pub mod secret_file;
 mod store;
 
 pub use db::Database;

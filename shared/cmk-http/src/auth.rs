@@ -48,18 +48,30 @@ impl std::fmt::Debug for Hs256Authenticator {
     }
 }
 
+/// The shortest HS256 secret accepted: 32 bytes, the hash's output size (RFC 7518 §3.2).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// A signing secret too short to be safe (an empty one would let anyone mint tokens).
+#[derive(Debug, thiserror::Error)]
+#[error("the token secret holds {0} bytes, fewer than the {MIN_SECRET_LEN} it must")]
+pub struct WeakSecret(pub usize);
+
 impl Hs256Authenticator {
-    pub fn new(secret: &[u8]) -> Self {
+    /// Refuses a secret shorter than [`MIN_SECRET_LEN`]: fail closed, never a weak key.
+    pub fn new(secret: &[u8]) -> Result<Self, WeakSecret> {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(WeakSecret(secret.len()));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         // Tokens are signed and checked by the same process: no clock skew to forgive.
         validation.leeway = 0;
         validation.validate_exp = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
+        Ok(Self {
             key: DecodingKey::from_secret(secret),
             validation,
-        }
+        })
     }
 
     /// Synchronous core of [`Authenticator::authenticate`].
@@ -93,9 +105,16 @@ impl Authenticator for Hs256Authenticator {
 
 /// Signs a token for `sub` with `role` in `org`, valid for `ttl` (the `cmk token` command).
 ///
-/// Signing HS256 over these claims cannot fail in practice; if it ever did, the error is logged
-/// and an empty string (which no authenticator accepts) is returned.
+/// A secret shorter than [`MIN_SECRET_LEN`] signs nothing. Signing HS256 over these claims
+/// cannot otherwise fail in practice; if it ever did, the error is logged. Either way an empty
+/// string (which no authenticator accepts) is returned.
 pub fn issue_token(secret: &[u8], sub: &str, org: &str, role: Role, ttl: Duration) -> String {
+    if secret.len() < MIN_SECRET_LEN {
+        tracing::error!(
+            "refusing to sign a token with a secret shorter than {MIN_SECRET_LEN} bytes"
+        );
+        return String::new();
+    }
     let now = Utc::now().timestamp();
     let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let claims = Claims {
@@ -238,7 +257,7 @@ mod tests {
             Role::Admin,
             Duration::from_secs(60),
         );
-        let auth = Hs256Authenticator::new(SECRET);
+        let auth = Hs256Authenticator::new(SECRET).expect("a 32-byte secret");
         let p = auth.authenticate(&token).await.expect("valid token");
         assert_eq!(p.subject, "alice");
         assert_eq!(p.org.as_str(), "acme");
@@ -248,6 +267,25 @@ mod tests {
             let token = issue_token(SECRET, "svc", "acme", role, Duration::from_secs(60));
             assert_eq!(auth.verify(&token).expect("valid").role, role);
         }
+    }
+
+    #[test]
+    fn a_secret_shorter_than_32_bytes_is_refused_and_signs_nothing() {
+        for len in [0, 1, 31] {
+            let short = vec![b'k'; len];
+            assert!(Hs256Authenticator::new(&short).is_err(), "{len} bytes");
+            assert_eq!(
+                issue_token(
+                    &short,
+                    "mallory",
+                    "acme",
+                    Role::Admin,
+                    Duration::from_secs(60)
+                ),
+                ""
+            );
+        }
+        assert!(Hs256Authenticator::new(&[b'k'; 32]).is_ok());
     }
 
     #[test]
@@ -266,20 +304,20 @@ mod tests {
             &EncodingKey::from_secret(SECRET),
         )
         .expect("sign");
-        let auth = Hs256Authenticator::new(SECRET);
+        let auth = Hs256Authenticator::new(SECRET).expect("a 32-byte secret");
         assert!(matches!(auth.verify(&token), Err(AuthError::Expired)));
     }
 
     #[test]
     fn wrong_secret_and_garbage() {
         let token = issue_token(
-            b"another secret",
+            b"another secret, just as long as the first",
             "alice",
             "acme",
             Role::Admin,
             Duration::from_secs(60),
         );
-        let auth = Hs256Authenticator::new(SECRET);
+        let auth = Hs256Authenticator::new(SECRET).expect("a 32-byte secret");
         assert!(matches!(auth.verify(&token), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify("nope"), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.verify(""), Err(AuthError::Invalid(_))));
@@ -287,7 +325,7 @@ mod tests {
 
     #[test]
     fn bad_claims_are_invalid() {
-        let auth = Hs256Authenticator::new(SECRET);
+        let auth = Hs256Authenticator::new(SECRET).expect("a 32-byte secret");
         let bad_org = issue_token(
             SECRET,
             "a",

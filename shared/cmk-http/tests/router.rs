@@ -159,7 +159,7 @@ fn app() -> Router {
     );
     router(AppState {
         cmk,
-        auth: Arc::new(Hs256Authenticator::new(SECRET)),
+        auth: Arc::new(Hs256Authenticator::new(SECRET).expect("a 32-byte secret")),
     })
 }
 

@@ -113,7 +113,7 @@ impl TestApp {
         let (stop, _) = watch::channel(false);
         let app = cmk_http::router(AppState {
             cmk: cmk.clone(),
-            auth: Arc::new(Hs256Authenticator::new(SECRET)),
+            auth: Arc::new(Hs256Authenticator::new(SECRET).expect("a 32-byte secret")),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
