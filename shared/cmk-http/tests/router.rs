@@ -235,7 +235,13 @@ async fn unauthenticated_before_anything_else() {
     assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
     let (_, r, json) = send(Method::GET, "/v1/orgs/acme/keys", Some("garbage"), None).await;
     assert_problem(&r, &json, 401, "unauthenticated");
-    let other = issue_token(b"other", "a", "acme", Role::Admin, Duration::from_secs(60));
+    let other = issue_token(
+        b"another secret, as long as the real one",
+        "a",
+        "acme",
+        Role::Admin,
+        Duration::from_secs(60),
+    );
     let (_, r, json) = send(Method::GET, "/v1/orgs/acme/keys", Some(&other), None).await;
     assert_problem(&r, &json, 401, "unauthenticated");
     let (_, r, json) = send(Method::POST, "/v1/orgs/acme/decrypt", None, None).await;

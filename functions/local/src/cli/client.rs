@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn the_org_comes_from_the_token() {
         let token = cmk_http::auth::issue_token(
-            b"secret",
+            b"a secret of at least 32 bytes, as the signer requires",
             "me",
             "acme",
             cmk_http::auth::Role::Admin,
