@@ -1,5 +1,6 @@
 //! The rewrap invariants under faults injected at the ports: duplicate delivery, a crash between
-//! any two writes of a batch, a worker that dies mid-job, throttling, and admins racing.
+//! any two writes of a batch, a worker that dies mid-job, throttling, and admins racing; and
+//! retries and sweeps that never multiply queued work.
 
 mod common;
 
@@ -482,4 +483,65 @@ async fn a_lost_plan_message_is_recovered_by_the_sweep() {
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["done"], 30);
     app.assert_decrypts("lost", &samples).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_retries_of_a_running_job_enqueue_at_most_one_extra_plan() {
+    let app = TestApp::with(Options {
+        worker: false,
+        stalled_after: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let org = "replan";
+    app.data_with_samples(org, 20).await;
+    app.add_local_key(org, "k").await;
+    let planned = app.queue.depth().await.expect("depth");
+    assert_eq!(planned, 1, "adding the first key enqueues one plan");
+    let retry = || async {
+        let (status, body) = app
+            .admin(
+                "POST",
+                &format!("/v1/orgs/{org}/reencryption/retry"),
+                org,
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["reencryption"]["state"], "running");
+    };
+    // Just planned: no retry plans it again.
+    for _ in 0..50 {
+        retry().await;
+    }
+    assert_eq!(app.queue.depth().await.expect("depth"), planned);
+    // Idle past the stall interval (nothing consumes the queue): 50 retries, in a row and at
+    // once, plan it once more, and a sweep right after adds nothing.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..25 {
+        retry().await;
+    }
+    futures::future::join_all((0..25).map(|_| retry())).await;
+    assert_eq!(app.queue.depth().await.expect("depth"), planned + 1);
+    assert_eq!(
+        app.engine
+            .sweep(Duration::from_secs(1))
+            .await
+            .expect("sweep"),
+        0
+    );
+    assert_eq!(app.queue.depth().await.expect("depth"), planned + 1);
+
+    // The sweep alone, after another idle interval, plans it once however often it runs.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut replanned = 0;
+    for _ in 0..5 {
+        replanned += app
+            .engine
+            .sweep(Duration::from_secs(1))
+            .await
+            .expect("sweep");
+    }
+    assert_eq!(replanned, 1);
+    assert_eq!(app.queue.depth().await.expect("depth"), planned + 2);
 }

@@ -4,6 +4,11 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use common::faults::{FaultyStore, StoreFaults};
+
 use cmk_core::model::{KeyId, OrgId};
 use common::TestApp;
 use serde_json::json;
@@ -136,4 +141,128 @@ async fn a_revoked_key_fails_clearly_and_recovers_after_restore_and_retry() {
     assert!(actions.contains(&"reencryption.failed"));
     assert!(actions.contains(&"reencryption.retried"));
     assert!(actions.contains(&"key.check"));
+}
+
+/// Decrypts `ciphertext` as a service of `org` and returns the status.
+async fn decrypt_status(app: &TestApp, org: &str, ciphertext: &str) -> u16 {
+    app.service(
+        "POST",
+        &format!("/v1/orgs/{org}/decrypt"),
+        org,
+        Some(json!({"ciphertext": ciphertext, "context": {"env": "prod"}})),
+    )
+    .await
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failed_call_wipes_a_revoked_keys_cached_data_keys_on_that_instance() {
+    // A cache that would otherwise serve the revoked key's data keys for an hour.
+    let app = TestApp::with(common::Options {
+        cache_ttl: std::time::Duration::from_secs(3600),
+        ..common::Options::default()
+    })
+    .await;
+    let org = "killswitch";
+    let other = "bystander";
+    let k1 = app.add_local_key(org, "customer").await;
+    app.add_local_key(other, "theirs").await;
+    let samples = app.data_with_samples(org, 4).await;
+    let theirs = app.data_with_samples(other, 2).await;
+    // Warm the cache with the first two data keys of the org and the bystander's.
+    for (ct, _) in samples[..2].iter() {
+        assert_eq!(decrypt_status(&app, org, ct).await, 200);
+    }
+    for (ct, _) in &theirs {
+        assert_eq!(decrypt_status(&app, other, ct).await, 200);
+    }
+
+    let revoke = |revoked| {
+        app.keys
+            .set_revoked(
+                &OrgId::from_trusted(org),
+                &KeyId::from_trusted(k1.as_str()),
+                revoked,
+            )
+            .expect("revoke or restore")
+    };
+    // The third sample's data key is not in memory (creating it had cached it).
+    let third = cmk_core::crypto::parse(&samples[2].0)
+        .expect("a ciphertext")
+        .data_key_id;
+    app.cmk.cache().forget(&OrgId::from_trusted(org), &[third]);
+    revoke(true);
+    // A cached data key is still served from memory (the TTL is the bound when nothing fails)...
+    assert_eq!(decrypt_status(&app, org, &samples[0].0).await, 200);
+    // ...until one call through the key fails: an uncached data key.
+    assert_eq!(decrypt_status(&app, org, &samples[2].0).await, 424);
+    for (ct, _) in samples[..2].iter() {
+        assert_eq!(
+            decrypt_status(&app, org, ct).await,
+            424,
+            "the revocation bites at once"
+        );
+    }
+    // Another org's cached keys are untouched.
+    for (ct, _) in &theirs {
+        assert_eq!(decrypt_status(&app, other, ct).await, 200);
+    }
+
+    // The same after a failed key check, with a freshly warmed cache.
+    revoke(false);
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert_eq!(decrypt_status(&app, org, &samples[3].0).await, 200);
+    revoke(true);
+    let (status, body) = app
+        .admin(
+            "POST",
+            &format!("/v1/orgs/{org}/keys/{k1}/check"),
+            org,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["key"]["health"]["status"], "access_denied");
+    assert_eq!(decrypt_status(&app, org, &samples[3].0).await, 424);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_under_load_writes_its_health_once_per_interval_not_once_per_call() {
+    let faults = Arc::new(StoreFaults::default());
+    let f = Arc::clone(&faults);
+    let app = TestApp::with(common::Options {
+        wrap_store: Box::new(move |inner| Arc::new(FaultyStore { inner, faults: f })),
+        ..common::Options::default()
+    })
+    .await;
+    let org = "debounce";
+    let k1 = app.add_local_key(org, "customer").await;
+    let samples = app.data_with_samples(org, 8).await;
+    app.keys
+        .set_revoked(
+            &OrgId::from_trusted(org),
+            &KeyId::from_trusted(k1.as_str()),
+            true,
+        )
+        .expect("revoke");
+    let before = faults.health_writes.load(Ordering::SeqCst);
+    // 8 callers, 25 failing decrypts each.
+    let calls = futures::future::join_all(samples.iter().map(|(ct, _)| async {
+        let mut statuses = Vec::new();
+        for _ in 0..25 {
+            statuses.push(decrypt_status(&app, org, ct).await);
+        }
+        statuses
+    }))
+    .await;
+    assert!(calls.iter().flatten().all(|s| *s == 424));
+    // The write is spawned after the answer: give it a moment to land.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let writes = faults.health_writes.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        writes, 1,
+        "200 failed calls, one health write in the interval"
+    );
+    let listing = app.keys(org).await;
+    assert_eq!(listing["keys"][1]["health"]["status"], "access_denied");
 }

@@ -111,6 +111,8 @@ pub async fn open(args: &ServeArgs) -> Result<AwsBackend> {
         endpoint_url: aws.endpoint_url.clone(),
         data_key_cache_ttl: Duration::from_secs(args.data_key_cache_ttl),
         data_key_cache_size: args.data_key_cache_size,
+        failure_memory: Duration::from_secs(args.failure_memory),
+        stalled_after: Duration::from_secs(args.stalled_after.max(1)),
     };
     Ok(build(&config, &settings))
 }

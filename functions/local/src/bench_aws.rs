@@ -105,6 +105,8 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
             endpoint_url: Some(endpoint.clone()),
             data_key_cache_ttl: Duration::ZERO,
             data_key_cache_size: 0,
+            failure_memory: Duration::from_secs(10),
+            stalled_after: Duration::from_secs(60),
         },
         Some(&counter),
     );

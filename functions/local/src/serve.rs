@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// Most unwrapped data keys kept in memory.
     #[arg(long, env = "CMK_DATA_KEY_CACHE_SIZE", default_value_t = 10_000)]
     pub data_key_cache_size: usize,
+    /// Seconds a customer key's failure is remembered: a failed AssumeRole is answered from
+    /// memory meanwhile, and failing calls write the key's health at most once per interval.
+    #[arg(long, env = "CMK_FAILURE_MEMORY", default_value_t = 10)]
+    pub failure_memory: u64,
     /// Re-encryption messages handled at once.
     #[arg(long, env = "CMK_WORKER_CONCURRENCY", default_value_t = 4)]
     pub worker_concurrency: usize,
@@ -124,6 +128,8 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
                     service_principal: args.service_principal.clone(),
                     allow_local_keys: true,
                     allow_aws_keys: false,
+                    health_write_interval: Duration::from_secs(args.failure_memory),
+                    stalled_after: Duration::from_secs(args.stalled_after.max(1)),
                 },
             )?;
             (backends.cmk, format!("data in {}", data_dir.display()))

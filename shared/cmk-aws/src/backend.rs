@@ -30,6 +30,13 @@ pub struct AwsSettings {
     /// Seconds an unwrapped data key stays cached (`CMK_DATA_KEY_CACHE_TTL`, default 300).
     pub data_key_cache_ttl: Duration,
     pub data_key_cache_size: usize,
+    /// How long a customer key's failure is remembered (`CMK_FAILURE_MEMORY`, seconds, default
+    /// 10): a failed `AssumeRole` is answered from memory meanwhile, and failing calls write the
+    /// key's health at most once per interval.
+    pub failure_memory: Duration,
+    /// A running job is planned again (by a retry or the sweep) only after this long without a
+    /// plan or a committed batch (`CMK_STALLED_AFTER`, seconds, default 900).
+    pub stalled_after: Duration,
 }
 
 /// Reads a required environment variable, naming it when missing.
@@ -63,6 +70,8 @@ impl AwsSettings {
                 .filter(|v| !v.is_empty()),
             data_key_cache_ttl: Duration::from_secs(parsed("CMK_DATA_KEY_CACHE_TTL", 300u64)?),
             data_key_cache_size: parsed("CMK_DATA_KEY_CACHE_SIZE", 10_000usize)?,
+            failure_memory: Duration::from_secs(parsed("CMK_FAILURE_MEMORY", 10u64)?),
+            stalled_after: Duration::from_secs(parsed("CMK_STALLED_AFTER", 900u64)?.max(1)),
         })
     }
 }
@@ -98,7 +107,11 @@ pub fn build_counted(
 ) -> AwsBackend {
     let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(config);
     let mut sqs = aws_sdk_sqs::config::Builder::from(config);
-    let mut keys = KmsKeyProvider::new(config, KmsSettings::new(settings.service_key_id.clone()));
+    let kms_settings = KmsSettings {
+        failure_memory: settings.failure_memory,
+        ..KmsSettings::new(settings.service_key_id.clone())
+    };
+    let mut keys = KmsKeyProvider::new(config, kms_settings.clone());
     if let Some(c) = counter {
         dynamodb = dynamodb.interceptor(c.interceptor("DynamoDB"));
         sqs = sqs.interceptor(c.interceptor("SQS"));
@@ -111,7 +124,7 @@ pub fn build_counted(
             config,
             aws_sdk_kms::Client::new(config),
             sts,
-            KmsSettings::new(settings.service_key_id.clone()),
+            kms_settings,
         )
         .with_interceptor(c.interceptor("KMS"));
     }
@@ -133,6 +146,8 @@ pub fn build_counted(
             service_principal: settings.service_principal.clone(),
             allow_local_keys: false,
             allow_aws_keys: true,
+            health_write_interval: settings.failure_memory,
+            stalled_after: settings.stalled_after,
         },
     );
     AwsBackend {

@@ -1059,6 +1059,38 @@ impl Store for DynamoStore {
         self.read_job(org, job).await
     }
 
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // `updated_at` is fixed-width RFC 3339 (microseconds, `Z`): string order is time order.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("JOB#{job}")))
+            .update_expression("SET #upd = :now")
+            .condition_expression("#st = :running AND #gen = :g AND #upd < :before")
+            .expression_attribute_names("#upd", "updated_at")
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#gen", "generation")
+            .expression_attribute_values(":now", s(ts(&cmk_core::model::now())))
+            .expression_attribute_values(":running", s(JobState::Running.as_str()))
+            .expression_attribute_values(":g", n(generation))
+            .expression_attribute_values(":before", s(ts(&idle_before)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if crate::error_code(&e) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(sdk_err(e)),
+        }
+    }
+
     async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
         let mut jobs = Vec::new();
         let mut start = None;

@@ -5,6 +5,11 @@
 //! - A customer key is used through `AssumeRole` into the customer's role with the org's
 //!   external id and a session name naming the service and the org. Credentials are cached per
 //!   (role, external id) and refreshed before they expire: STS is never called per data key.
+//! - No org can slow another: sessions are created single-flight per (role, external id), the
+//!   map of sessions is locked only to find an entry (never across a network call), and a
+//!   failed `AssumeRole` is remembered for [`KmsSettings::failure_memory`], so a customer who
+//!   revoked the role costs one STS call per interval, not one per request. An explicit key
+//!   check ignores that memory and asks STS again.
 //! - Every call carries the encryption context (`org`, `data_key_id`).
 //! - `ReEncrypt` is used when one principal reaches both keys, so the plaintext never leaves
 //!   KMS; otherwise Decrypt then Encrypt.
@@ -12,7 +17,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -38,6 +44,8 @@ pub struct KmsSettings {
     pub session_duration: Duration,
     /// Credentials are refreshed this long before they expire.
     pub refresh_margin: Duration,
+    /// How long a failed `AssumeRole` is answered from memory instead of asking STS again.
+    pub failure_memory: Duration,
 }
 
 impl KmsSettings {
@@ -46,6 +54,7 @@ impl KmsSettings {
             service_key_id: service_key_id.into(),
             session_duration: Duration::from_secs(3600),
             refresh_margin: Duration::from_secs(300),
+            failure_memory: Duration::from_secs(10),
         }
     }
 }
@@ -53,6 +62,53 @@ impl KmsSettings {
 struct Session {
     client: KmsClient,
     expires: SystemTime,
+}
+
+/// What is known of one (role, external id).
+enum SessionState {
+    Empty,
+    Ready(Session),
+    /// The last `AssumeRole` failed; answered from memory until `until`.
+    Failed {
+        error: KeyError,
+        until: Instant,
+    },
+}
+
+/// One (role, external id): its state, and a gate that makes its refresh single-flight.
+struct SessionSlot {
+    state: std::sync::Mutex<SessionState>,
+    refresh: Mutex<()>,
+}
+
+/// What a slot's state says a caller should do.
+enum Lookup {
+    Use(KmsClient),
+    Fail(KeyError),
+    /// Still valid but due for a refresh: refresh if nobody else is, else use this one.
+    Refresh(KmsClient),
+    Create,
+}
+
+impl SessionSlot {
+    fn lookup(&self, margin: Duration, fresh_check: bool) -> Lookup {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = SystemTime::now();
+        match &*state {
+            SessionState::Ready(s) if s.expires > now + margin => Lookup::Use(s.client.clone()),
+            SessionState::Ready(s) if s.expires > now + Duration::from_secs(10) => {
+                Lookup::Refresh(s.client.clone())
+            }
+            SessionState::Failed { error, until } if !fresh_check && *until > Instant::now() => {
+                Lookup::Fail(error.clone())
+            }
+            _ => Lookup::Create,
+        }
+    }
+
+    fn set(&self, state: SessionState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
 }
 
 /// Calls made, for the efficiency figures of the benchmark.
@@ -67,7 +123,8 @@ pub struct KmsKeyProvider {
     kms: KmsClient,
     sts: StsClient,
     settings: KmsSettings,
-    sessions: Mutex<HashMap<(String, String), Session>>,
+    /// Locked only to find or add a slot: never across a network call.
+    sessions: std::sync::Mutex<HashMap<(String, String), Arc<SessionSlot>>>,
     counters: KmsCounters,
     /// Added to the KMS clients of assumed sessions too (call counting).
     interceptor: Option<aws_sdk_kms::config::SharedInterceptor>,
@@ -148,7 +205,7 @@ impl KmsKeyProvider {
             sts: StsClient::new(config),
             config: config.clone(),
             settings,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: std::sync::Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
             interceptor: None,
         }
@@ -166,7 +223,7 @@ impl KmsKeyProvider {
             sts,
             config: config.clone(),
             settings,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: std::sync::Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
             interceptor: None,
         }
@@ -192,6 +249,15 @@ impl KmsKeyProvider {
     /// while unwrapping by key ARN would strand the data keys wrapped after the customer
     /// re-points the alias (KMS refuses a Decrypt that names another key).
     async fn client_for(&self, kek: &Kek) -> Result<(KmsClient, String), KeyError> {
+        self.client_for_use(kek, false).await
+    }
+
+    /// [`Self::client_for`]; `fresh_check` ignores a remembered `AssumeRole` failure.
+    async fn client_for_use(
+        &self,
+        kek: &Kek,
+        fresh_check: bool,
+    ) -> Result<(KmsClient, String), KeyError> {
         match &kek.spec {
             KeySpec::ServiceManaged => Ok((self.kms.clone(), self.settings.service_key_id.clone())),
             KeySpec::AwsKms {
@@ -201,7 +267,7 @@ impl KmsKeyProvider {
             } => {
                 let external_id = kek.external_id.clone().unwrap_or_default();
                 let client = self
-                    .session(role_arn, &external_id, kek.org.as_str())
+                    .session(role_arn, &external_id, kek.org.as_str(), fresh_check)
                     .await?;
                 Ok((client, resolved_key_arn.as_ref().unwrap_or(key_arn).clone()))
             }
@@ -212,20 +278,71 @@ impl KmsKeyProvider {
         }
     }
 
-    /// A KMS client acting as the customer's role, from cache or a fresh `AssumeRole`.
+    /// A KMS client acting as the customer's role: from cache, from the memory of a recent
+    /// failure, or from one `AssumeRole` that concurrent callers of the same role wait for.
     async fn session(
         &self,
         role_arn: &str,
         external_id: &str,
         org: &str,
+        fresh_check: bool,
     ) -> Result<KmsClient, KeyError> {
-        let cache_key = (role_arn.to_owned(), external_id.to_owned());
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&cache_key) {
-            if s.expires > SystemTime::now() + self.settings.refresh_margin {
-                return Ok(s.client.clone());
+        let slot = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                sessions
+                    .entry((role_arn.to_owned(), external_id.to_owned()))
+                    .or_insert_with(|| {
+                        Arc::new(SessionSlot {
+                            state: std::sync::Mutex::new(SessionState::Empty),
+                            refresh: Mutex::new(()),
+                        })
+                    }),
+            )
+        };
+        let margin = self.settings.refresh_margin;
+        let _gate = match slot.lookup(margin, fresh_check) {
+            Lookup::Use(client) => return Ok(client),
+            Lookup::Fail(error) => return Err(error),
+            Lookup::Refresh(client) => match slot.refresh.try_lock() {
+                Ok(gate) => gate,
+                // Another caller is refreshing: the current session is still valid.
+                Err(_) => return Ok(client),
+            },
+            Lookup::Create => {
+                let gate = slot.refresh.lock().await;
+                // Whoever held the gate may have settled it: a session, or a failure to share
+                // (an explicit check asks again only if the failure predates its wait).
+                match slot.lookup(margin, false) {
+                    Lookup::Use(client) => return Ok(client),
+                    Lookup::Fail(error) if !fresh_check => return Err(error),
+                    _ => gate,
+                }
+            }
+        };
+        match self.assume_role(role_arn, external_id, org).await {
+            Ok(session) => {
+                let client = session.client.clone();
+                slot.set(SessionState::Ready(session));
+                Ok(client)
+            }
+            Err(error) => {
+                slot.set(SessionState::Failed {
+                    error: error.clone(),
+                    until: Instant::now() + self.settings.failure_memory,
+                });
+                Err(error)
             }
         }
+    }
+
+    /// One `AssumeRole` into the customer's role, and a KMS client with its credentials.
+    async fn assume_role(
+        &self,
+        role_arn: &str,
+        external_id: &str,
+        org: &str,
+    ) -> Result<Session, KeyError> {
         self.counters.sts_calls.fetch_add(1, Ordering::Relaxed);
         let out = self
             .sts
@@ -263,16 +380,10 @@ impl KmsKeyProvider {
         if let Some(i) = &self.interceptor {
             conf = conf.interceptor(i.clone());
         }
-        let conf = conf.build();
-        let client = KmsClient::from_conf(conf);
-        sessions.insert(
-            cache_key,
-            Session {
-                client: client.clone(),
-                expires,
-            },
-        );
-        Ok(client)
+        Ok(Session {
+            client: KmsClient::from_conf(conf.build()),
+            expires,
+        })
     }
 
     fn count(&self) {
@@ -284,8 +395,9 @@ impl KmsKeyProvider {
         kek: &Kek,
         ctx: &EncryptionContext,
         plaintext: &[u8],
+        fresh_check: bool,
     ) -> Result<Wrapped, KeyError> {
-        let (client, key_id) = self.client_for(kek).await?;
+        let (client, key_id) = self.client_for_use(kek, fresh_check).await?;
         self.count();
         let out = client
             .encrypt()
@@ -327,7 +439,7 @@ impl KeyProvider for KmsKeyProvider {
         ctx: &EncryptionContext,
         plaintext: &DataKey,
     ) -> Result<Wrapped, KeyError> {
-        self.encrypt(kek, ctx, plaintext.expose()).await
+        self.encrypt(kek, ctx, plaintext.expose(), false).await
     }
 
     async fn unwrap(
@@ -393,7 +505,8 @@ impl KeyProvider for KmsKeyProvider {
         ctx.insert("org".into(), kek.org.to_string());
         ctx.insert("purpose".into(), "key-check".into());
         let probe = DataKey::generate();
-        let wrapped = self.encrypt(kek, &ctx, probe.expose()).await?;
+        // An explicit check asks STS again even if a failure is remembered.
+        let wrapped = self.encrypt(kek, &ctx, probe.expose(), true).await?;
         let mut resolved_kek = kek.clone();
         if let KeySpec::AwsKms {
             resolved_key_arn, ..

@@ -130,6 +130,8 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
             endpoint_url: Some(ep.clone()),
             data_key_cache_ttl: Duration::ZERO,
             data_key_cache_size: 0,
+            failure_memory: Duration::from_secs(10),
+            stalled_after: Duration::from_secs(60),
         },
     );
     let cmk = backend.cmk.clone();

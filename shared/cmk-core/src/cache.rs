@@ -1,37 +1,141 @@
-//! A bounded in-memory cache of unwrapped data keys with a time to live.
+//! A bounded in-memory cache of unwrapped data keys: least recently used out, with a time to
+//! live, sharded so that no one lock serves every request.
 //!
 //! Saves a key-provider round trip per encrypt/decrypt. Entries are [`DataKey`]s, which zeroize
-//! their bytes when dropped, so eviction and expiry wipe them. A TTL of zero disables the cache.
+//! their bytes when dropped, so eviction, expiry and invalidation wipe them. A TTL of zero (or a
+//! capacity of zero) disables the cache.
+//!
+//! Bounds: the shards' capacities add up to the cache's capacity, and each shard holds at most
+//! its own, so the entries never exceed the capacity however keys churn or expire. Each entry
+//! remembers the key that wrapped it, and each shard counts its entries per wrapping key, so
+//! that [`DataKeyCache::evict_key`] (a revoked, disabled or deleted key) wipes exactly that
+//! key's data keys, and walks only the shards that hold some.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hashlink::LinkedHashMap;
+
 use crate::crypto::DataKey;
-use crate::model::{DataKeyId, OrgId};
+use crate::model::{DataKeyId, KeyId, OrgId};
 
 type CacheKey = (OrgId, DataKeyId);
+type WrappingKey = (OrgId, KeyId);
+
+/// Most shards; a small cache gets one shard per entry of capacity at most.
+const SHARDS: usize = 16;
 
 #[derive(Debug)]
 pub struct DataKeyCache {
     ttl: Duration,
     capacity: usize,
-    inner: Mutex<Inner>,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
 }
 
+#[derive(Debug)]
+struct Entry {
+    key: DataKey,
+    wrapped_by: KeyId,
+    expires: Instant,
+}
+
+/// One shard: entries from least to most recently used, and how many each wrapping key has.
 #[derive(Debug, Default)]
-struct Inner {
-    entries: HashMap<CacheKey, (DataKey, Instant)>,
-    /// Insertion order, for evicting the oldest entry when full.
-    order: VecDeque<CacheKey>,
+struct Shard {
+    capacity: usize,
+    entries: LinkedHashMap<CacheKey, Entry>,
+    per_key: HashMap<WrappingKey, usize>,
+}
+
+impl Shard {
+    fn counted(&mut self, org: &OrgId, key: &KeyId, delta: isize) {
+        let wk = (org.clone(), key.clone());
+        let n = self.per_key.entry(wk.clone()).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.per_key.remove(&wk);
+        }
+    }
+
+    fn remove(&mut self, k: &CacheKey) {
+        if let Some(e) = self.entries.remove(k) {
+            self.counted(&k.0, &e.wrapped_by, -1);
+        }
+    }
+
+    fn get(&mut self, k: &CacheKey, now: Instant) -> Option<DataKey> {
+        let live = self.entries.get(k).map(|e| e.expires > now)?;
+        if !live {
+            self.remove(k);
+            return None;
+        }
+        self.entries.to_back(k).map(|e| e.key.clone())
+    }
+
+    fn insert(&mut self, k: CacheKey, wrapped_by: &KeyId, key: &DataKey, expires: Instant) {
+        let org = k.0.clone();
+        let entry = Entry {
+            key: key.clone(),
+            wrapped_by: wrapped_by.clone(),
+            expires,
+        };
+        if let Some(old) = self.entries.insert(k, entry) {
+            self.counted(&org, &old.wrapped_by, -1);
+        }
+        self.counted(&org, wrapped_by, 1);
+        while self.entries.len() > self.capacity {
+            let Some((k, e)) = self.entries.pop_front() else {
+                break;
+            };
+            self.counted(&k.0, &e.wrapped_by, -1);
+        }
+    }
+
+    fn evict_key(&mut self, org: &OrgId, key: &KeyId) -> usize {
+        let wk = (org.clone(), key.clone());
+        let Some(n) = self.per_key.remove(&wk) else {
+            return 0;
+        };
+        self.entries
+            .retain(|(o, _), e| !(o == org && e.wrapped_by == *key));
+        n
+    }
+}
+
+/// How much the cache holds, for tests and figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheFootprint {
+    /// Cached data keys.
+    pub entries: usize,
+    /// Per-wrapping-key counters (at most one per distinct key among the entries).
+    pub counters: usize,
 }
 
 impl DataKeyCache {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
+        let n = if ttl.is_zero() {
+            0
+        } else {
+            capacity.min(SHARDS)
+        };
+        let shards = (0..n)
+            .map(|i| {
+                // Capacities add up to `capacity` exactly.
+                let cap = capacity / n + usize::from(i < capacity % n);
+                Mutex::new(Shard {
+                    capacity: cap,
+                    ..Shard::default()
+                })
+            })
+            .collect();
         Self {
             ttl,
             capacity,
-            inner: Mutex::new(Inner::default()),
+            hasher: RandomState::new(),
+            shards,
         }
     }
 
@@ -39,101 +143,226 @@ impl DataKeyCache {
         Self::new(Duration::ZERO, 0)
     }
 
-    fn enabled(&self) -> bool {
-        !self.ttl.is_zero() && self.capacity > 0
+    pub fn capacity(&self) -> usize {
+        if self.shards.is_empty() {
+            0
+        } else {
+            self.capacity
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves the map consistent, so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, k: &CacheKey) -> Option<std::sync::MutexGuard<'_, Shard>> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        let i = (self.hasher.hash_one(k) % self.shards.len() as u64) as usize;
+        Some(lock(&self.shards[i]))
     }
 
     pub fn get(&self, org: &OrgId, id: &DataKeyId) -> Option<DataKey> {
-        if !self.enabled() {
-            return None;
-        }
-        let mut inner = self.lock();
-        let key = (org.clone(), id.clone());
-        match inner.entries.get(&key) {
-            Some((dk, expires)) if *expires > Instant::now() => Some(dk.clone()),
-            Some(_) => {
-                inner.entries.remove(&key);
-                None
-            }
-            None => None,
+        self.get_at(org, id, Instant::now())
+    }
+
+    fn get_at(&self, org: &OrgId, id: &DataKeyId, now: Instant) -> Option<DataKey> {
+        let k = (org.clone(), id.clone());
+        self.shard(&k)?.get(&k, now)
+    }
+
+    /// Caches `key`, the plaintext of data key `id` as wrapped by `wrapped_by`.
+    pub fn insert(&self, org: &OrgId, id: &DataKeyId, wrapped_by: &KeyId, key: &DataKey) {
+        self.insert_at(org, id, wrapped_by, key, Instant::now());
+    }
+
+    fn insert_at(
+        &self,
+        org: &OrgId,
+        id: &DataKeyId,
+        wrapped_by: &KeyId,
+        key: &DataKey,
+        now: Instant,
+    ) {
+        let k = (org.clone(), id.clone());
+        let expires = now + self.ttl;
+        if let Some(mut shard) = self.shard(&k) {
+            shard.insert(k, wrapped_by, key, expires);
         }
     }
 
-    pub fn insert(&self, org: &OrgId, id: &DataKeyId, key: &DataKey) {
-        if !self.enabled() {
+    /// Forgets data keys (e.g. after a re-encryption moved them to another key).
+    pub fn forget(&self, org: &OrgId, ids: &[DataKeyId]) {
+        if self.shards.is_empty() {
             return;
         }
-        let now = Instant::now();
-        let mut inner = self.lock();
-        let cache_key = (org.clone(), id.clone());
-        if inner
-            .entries
-            .insert(cache_key.clone(), (key.clone(), now + self.ttl))
-            .is_none()
-        {
-            inner.order.push_back(cache_key);
-        }
-        while inner.entries.len() > self.capacity {
-            let Some(oldest) = inner.order.pop_front() else {
-                break;
-            };
-            inner.entries.remove(&oldest);
-        }
-        // Keep the order queue from growing with keys that expired and were removed by `get`.
-        if inner.order.len() > self.capacity.saturating_mul(2) {
-            let Inner { entries, order } = &mut *inner;
-            order.retain(|k| entries.contains_key(k));
+        for id in ids {
+            let k = (org.clone(), id.clone());
+            if let Some(mut shard) = self.shard(&k) {
+                shard.remove(&k);
+            }
         }
     }
 
-    /// Forgets every entry of an org (e.g. after a key is revoked or disabled).
-    pub fn evict_org(&self, org: &OrgId) {
-        let mut inner = self.lock();
-        inner.entries.retain(|(o, _), _| o != org);
-        let Inner { entries, order } = &mut *inner;
-        order.retain(|k| entries.contains_key(k));
+    /// Wipes every cached data key that `key` wrapped, at once: a key the customer revoked,
+    /// disabled or deleted must stop serving decrypts on this instance. Returns how many.
+    pub fn evict_key(&self, org: &OrgId, key: &KeyId) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).evict_key(org, key))
+            .sum()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.footprint().entries
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    pub fn footprint(&self) -> CacheFootprint {
+        self.shards.iter().fold(
+            CacheFootprint {
+                entries: 0,
+                counters: 0,
+            },
+            |acc, s| {
+                let s = lock(s);
+                CacheFootprint {
+                    entries: acc.entries + s.entries.len(),
+                    counters: acc.counters + s.per_key.len(),
+                }
+            },
+        )
+    }
+}
+
+fn lock(m: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A panic while holding a shard leaves it consistent enough to serve: poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn bounded_and_expiring() {
-        let cache = DataKeyCache::new(Duration::from_millis(50), 2);
-        let org = OrgId::from_trusted("acme");
-        let ids: Vec<_> = (0..3).map(|_| DataKeyId::generate()).collect();
-        for id in &ids {
-            cache.insert(&org, id, &DataKey::generate());
-        }
-        assert_eq!(cache.len(), 2);
-        assert!(cache.get(&org, &ids[0]).is_none(), "oldest evicted");
-        assert!(cache.get(&org, &ids[2]).is_some());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(cache.get(&org, &ids[2]).is_none(), "expired");
+    fn org() -> OrgId {
+        OrgId::from_trusted("acme")
     }
 
     #[test]
-    fn zero_ttl_disables() {
-        let cache = DataKeyCache::new(Duration::ZERO, 100);
-        let org = OrgId::from_trusted("acme");
+    fn the_least_recently_used_entry_goes_first_and_entries_expire() {
+        // One shard (capacity 2), so the order is exact.
+        let cache = DataKeyCache::new(Duration::from_secs(60), 2);
+        assert_eq!(cache.shards.len(), 2);
+        let cache = DataKeyCache {
+            shards: vec![Mutex::new(Shard {
+                capacity: 2,
+                ..Shard::default()
+            })]
+            .into_boxed_slice(),
+            ..cache
+        };
+        let kek = KeyId::service();
+        let ids: Vec<_> = (0..3).map(|_| DataKeyId::generate()).collect();
+        let t0 = Instant::now();
+        cache.insert_at(&org(), &ids[0], &kek, &DataKey::generate(), t0);
+        cache.insert_at(&org(), &ids[1], &kek, &DataKey::generate(), t0);
+        // Using the first makes the second the least recently used.
+        assert!(cache.get_at(&org(), &ids[0], t0).is_some());
+        cache.insert_at(&org(), &ids[2], &kek, &DataKey::generate(), t0);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get_at(&org(), &ids[1], t0).is_none(), "LRU evicted");
+        assert!(cache.get_at(&org(), &ids[0], t0).is_some());
+        let later = t0 + Duration::from_secs(61);
+        assert!(cache.get_at(&org(), &ids[2], later).is_none(), "expired");
+    }
+
+    #[test]
+    fn zero_ttl_or_capacity_disables() {
+        for cache in [
+            DataKeyCache::new(Duration::ZERO, 100),
+            DataKeyCache::new(Duration::from_secs(1), 0),
+        ] {
+            let id = DataKeyId::generate();
+            cache.insert(&org(), &id, &KeyId::service(), &DataKey::generate());
+            assert!(cache.get(&org(), &id).is_none());
+            assert!(cache.is_empty());
+        }
+    }
+
+    #[test]
+    fn five_thousand_hot_keys_over_many_expiries_stay_within_capacity() {
+        // The churn that leaked before: hot keys read, expired, read again and re-inserted, over
+        // and over. The entries and their bookkeeping never exceed the capacity.
+        let capacity = 8_000;
+        let cache = DataKeyCache::new(Duration::from_secs(1), capacity);
+        let keks = [KeyId::service(), KeyId::generate(), KeyId::generate()];
+        let hot: Vec<_> = (0..5_000).map(|_| DataKeyId::generate()).collect();
+        let key = DataKey::generate();
+        let allocated = |c: &DataKeyCache| -> usize {
+            c.shards.iter().map(|s| lock(s).entries.capacity()).sum()
+        };
+        let t0 = Instant::now();
+        let mut hits = 0usize;
+        for round in 0..60u64 {
+            // Every round is 400 ms later: entries expire every few rounds.
+            let now = t0 + Duration::from_millis(400 * round);
+            for (i, id) in hot.iter().enumerate() {
+                if cache.get_at(&org(), id, now).is_some() {
+                    hits += 1;
+                } else {
+                    cache.insert_at(&org(), id, &keks[i % keks.len()], &key, now);
+                }
+                // And a stream of one-off data keys pushing against the bound.
+                if i % 5 == 0 {
+                    cache.insert_at(&org(), &DataKeyId::generate(), &keks[0], &key, now);
+                }
+            }
+            let f = cache.footprint();
+            assert!(f.entries <= capacity, "round {round}: {f:?}");
+            assert!(f.counters <= keks.len() * SHARDS, "round {round}: {f:?}");
+            // Hash tables keep slack, never a backlog: bounded by the capacity, not the churn.
+            let slots = allocated(&cache);
+            assert!(slots <= 4 * capacity, "round {round}: {slots} slots");
+        }
+        assert!(hits > 0, "the cache still serves hits");
+        let f = cache.footprint();
+        assert!(f.entries <= capacity && f.entries > capacity / 2, "{f:?}");
+    }
+
+    #[test]
+    fn evicting_a_key_wipes_exactly_its_data_keys() {
+        let cache = DataKeyCache::new(Duration::from_secs(60), 1_000);
+        let (revoked, healthy) = (KeyId::generate(), KeyId::generate());
+        let other_org = OrgId::from_trusted("globex");
+        let ids: Vec<_> = (0..300).map(|_| DataKeyId::generate()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let kek = if i % 2 == 0 { &revoked } else { &healthy };
+            cache.insert(&org(), id, kek, &DataKey::generate());
+            cache.insert(&other_org, id, &revoked, &DataKey::generate());
+        }
+        assert_eq!(cache.evict_key(&org(), &revoked), 150);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(cache.get(&org(), id).is_some(), i % 2 == 1, "{i}");
+            assert!(
+                cache.get(&other_org, id).is_some(),
+                "another org keeps its keys"
+            );
+        }
+        assert_eq!(cache.evict_key(&org(), &revoked), 0, "nothing left to wipe");
+        cache.forget(&org(), &ids[1..2]);
+        assert!(cache.get(&org(), &ids[1]).is_none());
+        assert_eq!(cache.len(), 149 + 300);
+    }
+
+    #[test]
+    fn re_inserting_a_data_key_under_another_key_moves_its_count() {
+        let cache = DataKeyCache::new(Duration::from_secs(60), 10);
+        let (a, b) = (KeyId::generate(), KeyId::generate());
         let id = DataKeyId::generate();
-        cache.insert(&org, &id, &DataKey::generate());
-        assert!(cache.get(&org, &id).is_none());
-        assert!(cache.is_empty());
+        cache.insert(&org(), &id, &a, &DataKey::generate());
+        cache.insert(&org(), &id, &b, &DataKey::generate());
+        assert_eq!(cache.evict_key(&org(), &a), 0);
+        assert_eq!(cache.evict_key(&org(), &b), 1);
+        assert_eq!(cache.footprint().counters, 0);
     }
 }

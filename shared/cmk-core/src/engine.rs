@@ -4,6 +4,14 @@
 //! A job is planned into batch messages, one per page of a source key's data keys, each naming a
 //! stable id range. A batch rewraps what the source still wraps in its range and commits moves
 //! and progress in one conditional write, so duplicates and redeliveries change nothing twice.
+//!
+//! Re-planning a running job (the sweep, an admin's retry) is what recovers a lost message, and
+//! also what would multiply queued work if done freely. The job's `updated_at` is the later of
+//! its last plan and its last committed batch; a re-plan happens only when that is older than
+//! the stall interval, and it is claimed by a conditional write that moves `updated_at` to now
+//! ([`crate::ports::Store::claim_replan`]), so one claimer per interval wins across every
+//! instance. Duplicated plans would still be harmless (invariant 2: every move is conditional),
+//! only wasteful.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +20,8 @@ use futures::stream::{self, StreamExt};
 
 use crate::error::{CoreError, KeyError, StoreError};
 use crate::model::{
-    data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobError, JobId,
-    JobState, KeyId, OrgId,
+    data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Job, JobError, JobId, JobState,
+    KeyId, OrgId,
 };
 use crate::ports::{BatchCommit, DataKeyMove, Kek, PlanCursor, RewrapMessage, Wrapped};
 use crate::rules::{self, Finish};
@@ -357,8 +365,10 @@ impl RewrapEngine {
                 }
             }
         }
+        let moved: Vec<DataKeyId> = batch.moves.iter().map(|m| m.id.clone()).collect();
         // One atomic write; if it fails the message is redelivered and the batch redone.
         let progress = self.cmk.store().commit_batch(org, batch).await?;
+        self.cmk.moved(org, &moved);
         if let Some((key_id, error)) = failed_key {
             self.record_health(org, &key_id, &error).await;
         }
@@ -368,15 +378,13 @@ impl RewrapEngine {
         Ok(())
     }
 
+    /// Records a key's health after a failure, at most once per key per interval; wipes the
+    /// key's cached data keys when the customer took it away.
     async fn record_health(&self, org: &OrgId, key: &KeyId, error: &KeyError) {
-        if key.is_service() {
+        if !self.cmk.key_failed(org, key, error) {
             return;
         }
-        let health = Health {
-            status: error.kind.health(),
-            checked_at: Some(crate::model::now()),
-            message: Some(error.message.clone()),
-        };
+        let health = crate::service::failure_health(error);
         if let Err(e) = self.cmk.store().set_key_health(org, key, &health).await {
             tracing::warn!(error = %e, "could not record key health");
         }
@@ -465,16 +473,19 @@ impl RewrapEngine {
         Err(CoreError::Contention)
     }
 
-    /// Re-plans running jobs that made no progress for `stalled_after` (a lost plan message, a
-    /// message that went to a dead-letter queue). Safe at any time: re-planning is idempotent.
+    /// Re-plans running jobs that were neither planned nor advanced for `stalled_after` (a lost
+    /// plan message, a message that went to a dead-letter queue), each at most once per
+    /// interval whoever else sweeps or retries: see [`Cmk::replan_if_stalled`].
     pub async fn sweep(&self, stalled_after: Duration) -> Result<usize, CoreError> {
-        let now = crate::model::now();
         let mut replanned = 0;
         for (org, job) in self.cmk.store().running_jobs().await? {
-            let idle = (now - job.updated_at).to_std().unwrap_or_default();
-            if idle >= stalled_after {
-                tracing::warn!(%org, job = %job.id, idle_s = idle.as_secs(), "re-planning a stalled re-encryption job");
-                self.cmk.enqueue_plan(&org, &job, job.generation).await;
+            if self
+                .cmk
+                .replan_if_stalled(&org, &job, stalled_after)
+                .await?
+            {
+                let idle_s = (crate::model::now() - job.updated_at).num_seconds();
+                tracing::warn!(%org, job = %job.id, idle_s, "re-planned a stalled re-encryption job");
                 replanned += 1;
             }
         }

@@ -100,6 +100,18 @@ impl KeyErrorKind {
         self == KeyErrorKind::InvalidCiphertext
     }
 
+    /// The customer took the key away (revoked access, disabled, deleted or scheduled it for
+    /// deletion): what it wrapped must stop being served from memory at once.
+    pub fn is_revocation(self) -> bool {
+        matches!(
+            self,
+            KeyErrorKind::AccessDenied
+                | KeyErrorKind::KeyDisabled
+                | KeyErrorKind::KeyNotFound
+                | KeyErrorKind::InvalidKeyState
+        )
+    }
+
     pub fn health(self) -> HealthStatus {
         match self {
             KeyErrorKind::AccessDenied => HealthStatus::AccessDenied,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::DataKey;
@@ -146,6 +147,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Jobs in state `running`, across orgs (for the worker's recovery sweep).
     async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError>;
+
+    /// Claims the right to plan a running job again: sets its `updated_at` to now, only if it
+    /// is running at `generation` and its `updated_at` (the later of its last plan and its last
+    /// committed batch) is before `idle_before`. `true` for the one caller that won; every
+    /// other concurrent or later claimer within the interval gets `false`.
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Inserts data keys all wrapped by one key, only if that key is the org's default (else
     /// [`StoreError::Conflict`]): a data key never lands under a key that is being drained.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{json, Value};
@@ -30,6 +30,12 @@ pub struct ServiceConfig {
     pub allow_local_keys: bool,
     /// Whether `aws-kms` keys may be added (needs the AWS key provider).
     pub allow_aws_keys: bool,
+    /// At most one key-health write per key per this interval is caused by failing calls, so a
+    /// revoked key under load does not turn every failed decrypt into a store write.
+    pub health_write_interval: Duration,
+    /// A running job is planned again (by a retry or the sweep) only when neither a plan nor a
+    /// committed batch of it is more recent than this: see [`Cmk::replan_if_stalled`].
+    pub stalled_after: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -38,6 +44,8 @@ impl Default for ServiceConfig {
             service_principal: "arn:aws:iam::000000000000:role/cmk-service".into(),
             allow_local_keys: true,
             allow_aws_keys: false,
+            health_write_interval: Duration::from_secs(10),
+            stalled_after: Duration::from_secs(60),
         }
     }
 }
@@ -91,6 +99,8 @@ struct Inner {
     config: ServiceConfig,
     /// Key specs never change after a key is added, so they are cached for the data plane.
     keks: Mutex<HashMap<(OrgId, KeyId), Kek>>,
+    /// When a failure last wrote each key's health (the debounce of [`Cmk::key_failed`]).
+    health_written: Mutex<HashMap<(OrgId, KeyId), Instant>>,
 }
 
 impl Cmk {
@@ -109,6 +119,7 @@ impl Cmk {
                 cache,
                 config,
                 keks: Mutex::new(HashMap::new()),
+                health_written: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -170,6 +181,34 @@ impl Cmk {
             resume: None,
         }])
         .await;
+    }
+
+    /// Plans a running job again, but only if it stalled: neither planned nor advanced by a
+    /// committed batch for `stalled_after`. The decision is a conditional write on the job (the
+    /// store's `claim_replan`), so any number of retries and sweeps, from any number of
+    /// instances, enqueue at most one extra plan per interval; a job whose batches are merely
+    /// queued behind others' is planned again at most once per interval, not on every sweep.
+    /// Returns whether it enqueued a plan.
+    pub async fn replan_if_stalled(
+        &self,
+        org: &OrgId,
+        job: &Job,
+        stalled_after: Duration,
+    ) -> Result<bool, CoreError> {
+        let stalled = chrono::Duration::from_std(stalled_after).unwrap_or(chrono::Duration::MAX);
+        let idle_before = crate::model::now() - stalled;
+        if job.updated_at >= idle_before {
+            return Ok(false);
+        }
+        let claimed = self
+            .inner
+            .store
+            .claim_replan(org, &job.id, job.generation, idle_before)
+            .await?;
+        if claimed {
+            self.enqueue_plan(org, job, job.generation).await;
+        }
+        Ok(claimed)
     }
 
     /// The provider's view of a key, cached (specs are immutable).
@@ -394,14 +433,16 @@ impl Cmk {
         let now = crate::model::now();
         let health = match self.inner.keys.check(&kek).await {
             Ok(_) => Health::ok(now),
-            Err(e) => Health {
-                status: e.kind.health(),
-                checked_at: Some(now),
-                message: Some(e.message),
-            },
+            Err(e) => {
+                // The check's own write below records the health; only the cache reacts here.
+                let _ = self.key_failed(org, key, &e);
+                failure_health(&e)
+            }
         };
         if !key.is_service() {
             self.inner.store.set_key_health(org, key, &health).await?;
+            // A failure after this check records itself again, whatever the debounce said.
+            lock(&self.inner.health_written).remove(&(org.clone(), key.clone()));
         }
         let mut event = AuditEvent::new(actor, "key.check")
             .key(key)
@@ -419,16 +460,23 @@ impl Cmk {
             let s = self.snapshot(org).await?;
             match rules::retry(&s, actor)? {
                 Retry::Replan(job) => {
+                    let replanned = self
+                        .replan_if_stalled(org, &job, self.inner.config.stalled_after)
+                        .await?;
+                    let detail = if replanned {
+                        "re-planned the remaining work of a stalled running job"
+                    } else {
+                        "the running job is progressing or was planned recently; nothing re-planned"
+                    };
                     self.inner
                         .store
                         .append_audit(
                             org,
                             &[AuditEvent::new(actor, "reencryption.retried")
                                 .job(&job.id)
-                                .detail("re-planned the remaining work of a running job")],
+                                .detail(detail)],
                         )
                         .await?;
-                    self.enqueue_plan(org, &job, job.generation).await;
                     return Ok(job);
                 }
                 Retry::Restart(commit, generation) => {
@@ -483,7 +531,9 @@ impl Cmk {
                 .await
             {
                 Ok(()) => {
-                    self.inner.cache.insert(org, &record.id, &plaintext);
+                    self.inner
+                        .cache
+                        .insert(org, &record.id, &kek.key_id, &plaintext);
                     return Ok(record);
                 }
                 // The default changed between the read and the insert: wrap under the new one.
@@ -514,22 +564,17 @@ impl Cmk {
             .unwrap(&kek, &data_key_context(org, id), &record.wrapped)
             .await
             .map_err(|e| self.unavailable(org, &record.key_id, e))?;
-        self.inner.cache.insert(org, id, &plaintext);
+        self.inner.cache.insert(org, id, &record.key_id, &plaintext);
         Ok(plaintext)
     }
 
-    /// Maps a provider failure to `key_unavailable`, and records the key's health on the way.
+    /// Maps a provider failure to `key_unavailable`, and reacts to it (see [`Cmk::key_failed`]).
     fn unavailable(&self, org: &OrgId, key: &KeyId, e: KeyError) -> CoreError {
-        let reason = e.kind.health();
-        if !key.is_service() && !e.kind.is_retryable() {
+        if self.key_failed(org, key, &e) {
             let store = Arc::clone(&self.inner.store);
-            let (org, key, message) = (org.clone(), key.clone(), e.message.clone());
+            let health = failure_health(&e);
+            let (org, key) = (org.clone(), key.clone());
             tokio::spawn(async move {
-                let health = Health {
-                    status: reason,
-                    checked_at: Some(crate::model::now()),
-                    message: Some(message),
-                };
                 if let Err(err) = store.set_key_health(&org, &key, &health).await {
                     tracing::warn!(error = %err, "could not record key health");
                 }
@@ -537,9 +582,47 @@ impl Cmk {
         }
         CoreError::KeyUnavailable {
             key_id: key.clone(),
-            reason,
+            reason: e.kind.health(),
             message: e.message,
         }
+    }
+
+    /// What every failed use of a key does on this instance: a revocation (denied, disabled,
+    /// deleted) wipes the key's cached data keys at once, so it bites within one failed call
+    /// instead of after the cache's TTL. Returns whether the caller should record the key's
+    /// health: only for a customer key's lasting failure, and at most once per key per
+    /// [`ServiceConfig::health_write_interval`].
+    pub(crate) fn key_failed(&self, org: &OrgId, key: &KeyId, e: &KeyError) -> bool {
+        if e.kind.is_revocation() {
+            let wiped = self.inner.cache.evict_key(org, key);
+            if wiped > 0 {
+                tracing::warn!(%org, %key, wiped, reason = e.kind.health().as_str(), "wiped the cached data keys of a key that failed");
+            }
+        }
+        if key.is_service() || e.kind.is_retryable() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut written = lock(&self.inner.health_written);
+        let interval = self.inner.config.health_write_interval;
+        written.retain(|_, at| now.duration_since(*at) < interval);
+        match written.entry((org.clone(), key.clone())) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(now);
+                true
+            }
+        }
+    }
+
+    /// Forgets cached plaintexts of data keys that moved to another key, so the next use goes
+    /// through (and is checked by) the key that wraps them now.
+    pub(crate) fn moved(&self, org: &OrgId, ids: &[DataKeyId]) {
+        self.inner.cache.forget(org, ids);
+    }
+
+    pub fn cache(&self) -> &DataKeyCache {
+        &self.inner.cache
     }
 
     pub async fn encrypt(
@@ -562,6 +645,15 @@ impl Cmk {
         let parsed = crypto::parse(ciphertext)?;
         let key = self.data_key(org, &parsed.data_key_id).await?;
         crypto::decrypt(org, &parsed, &key, ctx)
+    }
+}
+
+/// The health a failed use of a key records.
+pub(crate) fn failure_health(e: &KeyError) -> Health {
+    Health {
+        status: e.kind.health(),
+        checked_at: Some(crate::model::now()),
+        message: Some(e.message.clone()),
     }
 }
 

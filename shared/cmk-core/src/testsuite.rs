@@ -96,6 +96,63 @@ pub async fn store_contract(store: &dyn Store) {
     orgs_are_isolated(store).await;
     audit_pages(store).await;
     the_largest_commits_fit(store).await;
+    one_replan_claim_per_idle_interval(store).await;
+}
+
+async fn one_replan_claim_per_idle_interval(store: &dyn Store) {
+    let org = unique_org("replan");
+    let svc = KeyId::service();
+    store
+        .insert_data_keys(&org, &data_keys(&svc, 3))
+        .await
+        .unwrap();
+    let k = key_record("k", "k");
+    let mut c = commit(0, &k.id);
+    c.upsert_keys.push(k.clone());
+    c.job = Some(JobChange::Start(job(
+        JobKind::Adopt,
+        vec![svc],
+        k.id.clone(),
+    )));
+    let job = store.commit(&org, c).await.unwrap().expect("the job");
+    let planned_at = job.updated_at;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !store
+            .claim_replan(&org, &job.id, job.generation, planned_at)
+            .await
+            .unwrap(),
+        "a job planned at the idle bound is not claimed"
+    );
+    // Idle since its plan: a claimer whose stall interval ended just after it.
+    let idle_before = planned_at + chrono::Duration::milliseconds(5);
+    assert!(
+        !store
+            .claim_replan(&org, &job.id, job.generation + 1, idle_before)
+            .await
+            .unwrap(),
+        "another generation is not claimed"
+    );
+    let wins = futures::future::join_all(
+        (0..8).map(|_| store.claim_replan(&org, &job.id, job.generation, idle_before)),
+    )
+    .await
+    .into_iter()
+    .filter(|r| *r.as_ref().unwrap())
+    .count();
+    assert_eq!(wins, 1, "exactly one of concurrent claimers wins");
+    let claimed = store.get_job(&org, &job.id).await.unwrap().unwrap();
+    assert!(
+        claimed.updated_at > planned_at,
+        "a claim marks the job planned"
+    );
+    assert!(
+        !store
+            .claim_replan(&org, &job.id, job.generation, idle_before)
+            .await
+            .unwrap(),
+        "a claimed job is not claimed again within the interval"
+    );
 }
 
 async fn fresh_org_and_versions(store: &dyn Store) {

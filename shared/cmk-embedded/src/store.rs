@@ -717,6 +717,30 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (org, job) = (org.to_string(), job.to_string());
+        self.db
+            .write(move |conn| {
+                // Timestamps are fixed-width RFC 3339 (microseconds, `Z`): text order is time order.
+                let n = conn
+                    .execute(
+                        "UPDATE jobs SET updated_at = ?5
+                         WHERE org = ?1 AND id = ?2 AND state = 'running' AND generation = ?3
+                           AND updated_at < ?4",
+                        params![org, job, generation, ts(&idle_before), ts(&Utc::now())],
+                    )
+                    .map_err(write_err)?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
     async fn insert_data_keys(
         &self,
         org: &OrgId,

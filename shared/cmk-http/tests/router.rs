@@ -68,6 +68,15 @@ impl Store for StubStore {
     async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
         down()
     }
+    async fn claim_replan(
+        &self,
+        _: &OrgId,
+        _: &JobId,
+        _: u32,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        down()
+    }
     async fn insert_data_keys(&self, _: &OrgId, _: &[DataKeyRecord]) -> Result<(), StoreError> {
         down()
     }

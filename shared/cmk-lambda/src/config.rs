@@ -9,7 +9,8 @@
 //! | `CMK_ROLE_CLAIM` | HTTP functions | `role` | the JWT claim that carries `admin`, `member` or `service` |
 //! | `CMK_BATCH_SIZE` | worker | `500` | data keys per planned batch message |
 //! | `CMK_WORKER_CONCURRENCY` | worker | `10` | SQS messages of one invocation handled at once |
-//! | `CMK_STALLED_AFTER` | worker | `900` | seconds without progress before the scheduled sweep re-plans a running job |
+//! | `CMK_STALLED_AFTER` | keys-write, worker | `900` | seconds without a plan or progress before a retry or the scheduled sweep re-plans a running job |
+//! | `CMK_FAILURE_MEMORY` | all | `10` | seconds a customer key's failure (a refused `AssumeRole`) is remembered; failing calls write a key's health at most once per interval |
 
 use std::time::Duration;
 
@@ -171,6 +172,8 @@ mod tests {
             endpoint_url: None,
             data_key_cache_ttl: Duration::from_secs(300),
             data_key_cache_size: 10,
+            failure_memory: Duration::from_secs(10),
+            stalled_after: Duration::from_secs(900),
         }
     }
 

@@ -179,6 +179,8 @@ async fn each_function_works_with_only_its_template_permissions() {
         endpoint_url: Some(ep.clone()),
         data_key_cache_ttl: Duration::from_secs(300),
         data_key_cache_size: 100,
+        failure_memory: std::time::Duration::from_secs(10),
+        stalled_after: std::time::Duration::from_secs(60),
     };
 
     // IAM enforced from here on.

@@ -25,6 +25,8 @@ pub struct StoreFaults {
     pub batch_after: AtomicU32,
     /// Apply the next N org commits that finish a job, then report a failure.
     pub finish_after: AtomicU32,
+    /// Not a fault: how many key-health writes were made.
+    pub health_writes: AtomicU32,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -65,6 +67,7 @@ impl Store for FaultyStore {
         self.inner.get_key(org, key).await
     }
     async fn set_key_health(&self, org: &OrgId, key: &KeyId, h: &Health) -> Result<(), StoreError> {
+        self.faults.health_writes.fetch_add(1, Ordering::SeqCst);
         self.inner.set_key_health(org, key, h).await
     }
     async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
@@ -72,6 +75,17 @@ impl Store for FaultyStore {
     }
     async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
         self.inner.running_jobs().await
+    }
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .claim_replan(org, job, generation, idle_before)
+            .await
     }
     async fn insert_data_keys(
         &self,

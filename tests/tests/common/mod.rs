@@ -36,6 +36,8 @@ pub struct Options {
     pub batch_size: usize,
     pub visibility: Duration,
     pub cache_ttl: Duration,
+    /// The service's stall interval (retries re-plan a running job only after it).
+    pub stalled_after: Duration,
     /// Wraps the store (e.g. with faults) before the service uses it.
     pub wrap_store: Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>,
     pub wrap_keys: Box<dyn FnOnce(Arc<dyn KeyProvider>) -> Arc<dyn KeyProvider> + Send>,
@@ -49,6 +51,7 @@ impl Default for Options {
             batch_size: 50,
             visibility: Duration::from_millis(500),
             cache_ttl: Duration::ZERO,
+            stalled_after: Duration::from_secs(60),
             wrap_store: Box::new(|s| s),
             wrap_keys: Box::new(|k| k),
             engine: EngineConfig {
@@ -107,7 +110,10 @@ impl TestApp {
             queue.clone() as Arc<dyn RewrapQueue>,
             provider,
             DataKeyCache::new(opts.cache_ttl, 1000),
-            ServiceConfig::default(),
+            ServiceConfig {
+                stalled_after: opts.stalled_after,
+                ..ServiceConfig::default()
+            },
         );
         let engine = Arc::new(RewrapEngine::new(cmk.clone(), opts.engine.clone()));
         let (stop, _) = watch::channel(false);

@@ -160,6 +160,8 @@ fn settings(table: &str, queue_url: &str, service_key: &str, endpoint: &str) -> 
         endpoint_url: Some(endpoint.to_owned()),
         data_key_cache_ttl: Duration::from_secs(300),
         data_key_cache_size: 1_000,
+        failure_memory: std::time::Duration::from_secs(10),
+        stalled_after: std::time::Duration::from_secs(60),
     }
 }
 
