@@ -166,7 +166,10 @@ pub struct KeyDto {
     /// Set for `aws-kms` keys only.
     #[schema(required = true)]
     pub aws: Option<AwsKeyDto>,
-    pub created_at: DateTime<Utc>,
+    /// When an admin added the key. Absent for the service-managed key, which every org has
+    /// from its start and which nobody added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
     pub created_by: String,
 }
 
@@ -200,7 +203,7 @@ impl From<Key> for KeyDto {
                 message: r.health.message,
             },
             aws,
-            created_at: r.created_at,
+            created_at: (!r.id.is_service()).then_some(r.created_at),
             created_by: r.created_by,
         }
     }

@@ -297,6 +297,10 @@ async fn admin_reads_of_a_fresh_org() {
     assert_eq!(key["state"], "active");
     assert_eq!(key["aws"], Value::Null);
     assert!(key["health"]["status"].is_string());
+    assert!(
+        key.get("created_at").is_none(),
+        "the service-managed key was never added: no created_at (not 1970-01-01): {key}"
+    );
 
     let (status, _, json) = send(Method::GET, "/v1/orgs/acme/keys/setup", Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK, "{json}");
