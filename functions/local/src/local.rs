@@ -104,7 +104,7 @@ pub struct TokenArgs {
 pub fn token(data_dir: &Path, args: TokenArgs) -> Result<ExitCode> {
     let org = OrgId::parse(&args.org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
     let secret = token_secret(data_dir)?;
-    println!(
+    out!(
         "{}",
         cmk_http::auth::issue_token(
             &secret,
@@ -148,7 +148,7 @@ pub fn local_key(data_dir: &Path, cmd: LocalKeyCommand) -> Result<ExitCode> {
     provider
         .set_revoked(&org, &key, revoke)
         .with_context(|| format!("cannot change access to key {key}"))?;
-    println!(
+    out!(
         "access to local key {key} of org {org} {}",
         if revoke { "revoked" } else { "restored" }
     );

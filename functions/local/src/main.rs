@@ -2,6 +2,17 @@
 //! tools around it (tokens, seeding, verification, revocation drills, benchmarks), and the admin
 //! CLI that drives a running service over HTTP (`keys`, `reencryption`, `audit`).
 
+/// Prints a line to stdout like `println!`, but returns the write's error instead of panicking,
+/// so that a closed stdout (`cmk keys list --json | head -1`) ends the command quietly.
+macro_rules! out {
+    () => {
+        $crate::write_stdout(format_args!(""))?
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))?
+    };
+}
+
 mod aws;
 mod bench;
 mod bench_aws;
@@ -49,6 +60,22 @@ enum Command {
     Audit(cli::AuditArgs),
 }
 
+/// One line to stdout; see [`out!`].
+fn write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args)?;
+    stdout.write_all(b"\n")
+}
+
+/// Whether `e` is a write to a stdout whose reader went away (a pipe into `head`).
+fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +103,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // The reader has what it wanted: end quietly, as Unix tools do.
+        Err(e) if is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

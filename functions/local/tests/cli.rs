@@ -414,3 +414,74 @@ fn tokens_orgs_and_unreachable_services_are_reported_clearly() {
         "cannot reach the service",
     );
 }
+
+/// Runs `cmk args…` with its stdout a pipe whose reader has already gone (like `| head -1`
+/// after its line) and returns the exit code and stderr.
+fn with_closed_stdout(configure: impl FnOnce(&mut Command)) -> (Option<i32>, String) {
+    let mut cmd = Command::new(CMK);
+    configure(&mut cmd);
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cmk");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_quietly_instead_of_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let token = ok(local(dir.path(), &["token", "--org", "acme"]))
+        .stdout
+        .trim()
+        .to_owned();
+    ok(admin(
+        &server,
+        Some(&token),
+        &["keys", "add", "--name", "prod", "--type", "local"],
+    ));
+    let cases: [&[&str]; 4] = [
+        &["keys", "list", "--json"],
+        &["keys", "list"],
+        &["audit", "--limit", "5"],
+        &["reencryption", "status"],
+    ];
+    for args in cases {
+        let (code, stderr) = with_closed_stdout(|c| {
+            c.args(args)
+                .env("CMK_URL", &server.base)
+                .env("CMK_TOKEN", &token);
+        });
+        assert_eq!(code, Some(0), "cmk {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "cmk {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "cmk {args:?} says nothing: {stderr}");
+    }
+    let (code, stderr) = with_closed_stdout(|c| {
+        c.arg("--data-dir")
+            .arg(dir.path())
+            .args(["token", "--org", "acme"]);
+    });
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
+    // And through a real shell pipeline, as a user types it.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{CMK} keys list --json | head -1"))
+        .env("CMK_URL", &server.base)
+        .env("CMK_TOKEN", &token)
+        .output()
+        .expect("sh");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\n");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

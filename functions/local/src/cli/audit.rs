@@ -40,7 +40,7 @@ pub async fn audit(args: AuditArgs) -> Result<ExitCode> {
     }
     let page = client.get(&path).await?;
     if args.remote.json {
-        print_json(&page);
+        print_json(&page)?;
         return Ok(ExitCode::SUCCESS);
     }
     let events = page["events"].as_array().cloned().unwrap_or_default();
@@ -59,7 +59,7 @@ pub async fn audit(args: AuditArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    println!(
+    out!(
         "{}",
         table::render(
             &["AT", "ACTOR", "ACTION", "OUTCOME", "KEY", "JOB", "DETAIL"],
@@ -67,7 +67,7 @@ pub async fn audit(args: AuditArgs) -> Result<ExitCode> {
         )
     );
     if let Some(next) = page["next_cursor"].as_str() {
-        println!("\nmore: cmk audit --cursor {next}");
+        out!("\nmore: cmk audit --cursor {next}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -166,11 +166,12 @@ impl Client {
 }
 
 /// Prints `value` as pretty JSON.
-pub fn print_json(value: &Value) {
-    println!(
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
+    out!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );
+    Ok(())
 }
 
 /// A string field of a JSON object, or "".

@@ -106,16 +106,18 @@ const KEY_HEADERS: [&str; 7] = [
     "DATA KEYS",
 ];
 
-fn print_keys(keys: &[Value]) {
-    println!("{}", table::render(&KEY_HEADERS, &key_rows(keys)));
+fn print_keys(keys: &[Value]) -> anyhow::Result<()> {
+    out!("{}", table::render(&KEY_HEADERS, &key_rows(keys)));
+    Ok(())
 }
 
 /// Prints a started or unfinished job in one line.
-fn print_job_line(job: &Value) {
+fn print_job_line(job: &Value) -> anyhow::Result<()> {
     if job.is_object() {
-        println!("re-encryption: {}", job_summary(job));
-        println!("  follow it with: cmk reencryption status --watch");
+        out!("re-encryption: {}", job_summary(job));
+        out!("  follow it with: cmk reencryption status --watch");
     }
+    Ok(())
 }
 
 pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
@@ -125,15 +127,15 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
         KeysCommand::List => {
             let listing = client.get("/keys").await?;
             if json {
-                print_json(&listing);
+                print_json(&listing)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let keys = listing["keys"].as_array().cloned().unwrap_or_default();
-            print_keys(&keys);
+            print_keys(&keys)?;
             let job = &listing["reencryption"];
             if matches!(s(job, "state"), "running" | "failed") {
-                println!();
-                print_job_line(job);
+                out!();
+                print_job_line(job)?;
             }
         }
         KeysCommand::Add(add) => {
@@ -155,25 +157,25 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
             };
             let res = client.post("/keys", Some(body)).await?;
             if json {
-                print_json(&res);
+                print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            out!(
                 "added key {} ({})",
                 s(&res["key"], "name"),
                 s(&res["key"], "id")
             );
-            print_keys(std::slice::from_ref(&res["key"]));
-            print_job_line(&res["reencryption"]);
+            print_keys(std::slice::from_ref(&res["key"]))?;
+            print_job_line(&res["reencryption"])?;
         }
         KeysCommand::Default { key } => {
             let id = client.resolve_key(&key).await?;
             let res = client.post(&format!("/keys/{id}/default"), None).await?;
             if json {
-                print_json(&res);
+                print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{} ({id}) is now the default key", s(&res["key"], "name"));
+            out!("{} ({id}) is now the default key", s(&res["key"], "name"));
         }
         KeysCommand::Disable { key, reencrypt_to } => {
             let id = client.resolve_key(&key).await?;
@@ -185,31 +187,31 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 )
                 .await?;
             if json {
-                print_json(&res);
+                print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("disabling {id}: its data keys are re-encrypted with {target}");
-            print_job_line(&res["reencryption"]);
+            out!("disabling {id}: its data keys are re-encrypted with {target}");
+            print_job_line(&res["reencryption"])?;
         }
         KeysCommand::DisableAll => {
             let res = client.post("/keys/disable-all", None).await?;
             if json {
-                print_json(&res);
+                print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            out!(
                 "disabling all customer managed keys: data keys return to the service-managed key"
             );
-            print_job_line(&res["reencryption"]);
+            print_job_line(&res["reencryption"])?;
         }
         KeysCommand::Check { key } => {
             let id = client.resolve_key(&key).await?;
             let res = client.post(&format!("/keys/{id}/check"), None).await?;
             let healthy = s(&res["key"]["health"], "status") == "ok";
             if json {
-                print_json(&res);
+                print_json(&res)?;
             } else {
-                print_keys(std::slice::from_ref(&res["key"]));
+                print_keys(std::slice::from_ref(&res["key"]))?;
             }
             if !healthy {
                 return Ok(ExitCode::FAILURE);

@@ -50,10 +50,10 @@ pub fn job_summary(job: &Value) -> String {
     )
 }
 
-fn print_job(job: &Value) {
+fn print_job(job: &Value) -> anyhow::Result<()> {
     if !job.is_object() {
-        println!("no re-encryption has run in this org");
-        return;
+        out!("no re-encryption has run in this org");
+        return Ok(());
     }
     let total = n(job, "total");
     let done = n(job, "done");
@@ -82,10 +82,10 @@ fn print_job(job: &Value) {
             job["finished_at"].as_str().unwrap_or("-").to_owned(),
         ],
     ];
-    println!("{}", table::render(&["FIELD", "VALUE"], &rows));
+    out!("{}", table::render(&["FIELD", "VALUE"], &rows));
     let errors = job["errors"].as_array().cloned().unwrap_or_default();
     if !errors.is_empty() {
-        println!("\nfirst errors:");
+        out!("\nfirst errors:");
         let rows: Vec<Vec<String>> = errors
             .iter()
             .map(|e| {
@@ -97,14 +97,15 @@ fn print_job(job: &Value) {
                 ]
             })
             .collect();
-        println!(
+        out!(
             "{}",
             table::render(&["DATA KEY", "KEY", "REASON", "MESSAGE"], &rows)
         );
     }
     if s(job, "state") == "failed" {
-        println!("\nfix access to the key, then: cmk reencryption retry (or cancel)");
+        out!("\nfix access to the key, then: cmk reencryption retry (or cancel)");
     }
+    Ok(())
 }
 
 /// Polls until the job is no longer running, drawing a bar on stderr unless `quiet`.
@@ -158,9 +159,9 @@ pub async fn reencryption(args: ReencryptionArgs) -> Result<ExitCode> {
             let interval = Duration::from_secs_f64(interval.clamp(0.05, 60.0));
             let job = watch(&client, interval, json).await?;
             if json {
-                print_json(&serde_json::json!({ "reencryption": job }));
+                print_json(&serde_json::json!({ "reencryption": job }))?;
             } else {
-                print_job(&job);
+                print_job(&job)?;
             }
             let ok = !job.is_object() || s(&job, "state") == "completed";
             return Ok(if ok {
@@ -177,9 +178,9 @@ pub async fn reencryption(args: ReencryptionArgs) -> Result<ExitCode> {
         }
     };
     if json {
-        print_json(&serde_json::json!({ "reencryption": job }));
+        print_json(&serde_json::json!({ "reencryption": job }))?;
     } else {
-        print_job(&job);
+        print_job(&job)?;
     }
     Ok(ExitCode::SUCCESS)
 }
