@@ -11,6 +11,9 @@
 //!   revoked the role costs one STS call per interval, not one per request. An explicit key
 //!   check ignores that memory and asks STS again.
 //! - Every call carries the encryption context (`org`, `data_key_id`).
+//! - KMS keys are regional: a key ARN (or alias ARN) of another region than the service's is
+//!   called in that region, with a client per (session, region) built once and reused, and
+//!   `ReEncrypt` is used only between keys of one region.
 //! - `ReEncrypt` is used when one principal reaches both keys, so the plaintext never leaves
 //!   KMS; otherwise Decrypt then Encrypt.
 //! - KMS and STS errors map to the typed failures of the port, in the customer's terms.
@@ -59,15 +62,28 @@ impl KmsSettings {
     }
 }
 
+/// An assumed role's credentials, and a KMS client per region its keys live in.
 struct Session {
-    client: KmsClient,
+    credentials: Credentials,
     expires: SystemTime,
+    clients: std::sync::Mutex<HashMap<Option<String>, KmsClient>>,
+}
+
+/// The region a KMS key ARN or alias ARN names (`arn:<partition>:kms:<region>:…`); `None` for a
+/// bare key id or alias name, which the configured region serves.
+pub fn arn_region(key: &str) -> Option<&str> {
+    let mut parts = key.splitn(6, ':');
+    if parts.next()? != "arn" {
+        return None;
+    }
+    let region = parts.nth(2)?;
+    (!region.is_empty()).then_some(region)
 }
 
 /// What is known of one (role, external id).
 enum SessionState {
     Empty,
-    Ready(Session),
+    Ready(Arc<Session>),
     /// The last `AssumeRole` failed; answered from memory until `until`.
     Failed {
         error: KeyError,
@@ -83,10 +99,10 @@ struct SessionSlot {
 
 /// What a slot's state says a caller should do.
 enum Lookup {
-    Use(KmsClient),
+    Use(Arc<Session>),
     Fail(KeyError),
     /// Still valid but due for a refresh: refresh if nobody else is, else use this one.
-    Refresh(KmsClient),
+    Refresh(Arc<Session>),
     Create,
 }
 
@@ -95,9 +111,9 @@ impl SessionSlot {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = SystemTime::now();
         match &*state {
-            SessionState::Ready(s) if s.expires > now + margin => Lookup::Use(s.client.clone()),
+            SessionState::Ready(s) if s.expires > now + margin => Lookup::Use(Arc::clone(s)),
             SessionState::Ready(s) if s.expires > now + Duration::from_secs(10) => {
-                Lookup::Refresh(s.client.clone())
+                Lookup::Refresh(Arc::clone(s))
             }
             SessionState::Failed { error, until } if !fresh_check && *until > Instant::now() => {
                 Lookup::Fail(error.clone())
@@ -125,6 +141,8 @@ pub struct KmsKeyProvider {
     settings: KmsSettings,
     /// Locked only to find or add a slot: never across a network call.
     sessions: std::sync::Mutex<HashMap<(String, String), Arc<SessionSlot>>>,
+    /// The service's own KMS clients for regions other than the configured one.
+    service_regions: std::sync::Mutex<HashMap<String, KmsClient>>,
     counters: KmsCounters,
     /// Added to the KMS clients of assumed sessions too (call counting).
     interceptor: Option<aws_sdk_kms::config::SharedInterceptor>,
@@ -190,6 +208,10 @@ where
     KeyError::new(kind, format!("{what}: {why} ({})", describe(&e)))
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A session name naming the service and the org (at most 64 characters).
 fn session_name(org: &str) -> String {
     let mut name = format!("cmk-service-{org}");
@@ -206,6 +228,7 @@ impl KmsKeyProvider {
             config: config.clone(),
             settings,
             sessions: std::sync::Mutex::new(HashMap::new()),
+            service_regions: std::sync::Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
             interceptor: None,
         }
@@ -224,6 +247,7 @@ impl KmsKeyProvider {
             config: config.clone(),
             settings,
             sessions: std::sync::Mutex::new(HashMap::new()),
+            service_regions: std::sync::Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
             interceptor: None,
         }
@@ -259,23 +283,64 @@ impl KmsKeyProvider {
         fresh_check: bool,
     ) -> Result<(KmsClient, String), KeyError> {
         match &kek.spec {
-            KeySpec::ServiceManaged => Ok((self.kms.clone(), self.settings.service_key_id.clone())),
+            KeySpec::ServiceManaged => {
+                let key = self.settings.service_key_id.clone();
+                let client = match self.other_region(arn_region(&key)) {
+                    None => self.kms.clone(),
+                    Some(region) => {
+                        let mut clients = lock(&self.service_regions);
+                        clients
+                            .entry(region.to_owned())
+                            .or_insert_with(|| self.kms_client(None, Some(region)))
+                            .clone()
+                    }
+                };
+                Ok((client, key))
+            }
             KeySpec::AwsKms {
                 role_arn,
                 key_arn,
                 resolved_key_arn,
             } => {
                 let external_id = kek.external_id.clone().unwrap_or_default();
-                let client = self
+                let session = self
                     .session(role_arn, &external_id, kek.org.as_str(), fresh_check)
                     .await?;
-                Ok((client, resolved_key_arn.as_ref().unwrap_or(key_arn).clone()))
+                let key = resolved_key_arn.as_ref().unwrap_or(key_arn).clone();
+                let region = self.other_region(arn_region(&key));
+                let client = lock(&session.clients)
+                    .entry(region.map(str::to_owned))
+                    .or_insert_with(|| self.kms_client(Some(&session.credentials), region))
+                    .clone();
+                Ok((client, key))
             }
             KeySpec::Local => Err(KeyError::new(
                 KeyErrorKind::Unsupported,
                 "local keys exist only when the service runs locally",
             )),
         }
+    }
+
+    /// `region` when it is not the one the provider was configured with (KMS keys are
+    /// regional: a call for a key ARN of another region must be signed for and sent there).
+    fn other_region<'a>(&self, region: Option<&'a str>) -> Option<&'a str> {
+        let configured = self.config.region().map(|r| r.as_ref());
+        region.filter(|r| Some(*r) != configured)
+    }
+
+    /// A KMS client of the provider's configuration, with other credentials or another region.
+    fn kms_client(&self, credentials: Option<&Credentials>, region: Option<&str>) -> KmsClient {
+        let mut conf = aws_sdk_kms::config::Builder::from(&self.config);
+        if let Some(c) = credentials {
+            conf = conf.credentials_provider(c.clone());
+        }
+        if let Some(r) = region {
+            conf = conf.region(aws_config::Region::new(r.to_owned()));
+        }
+        if let Some(i) = &self.interceptor {
+            conf = conf.interceptor(i.clone());
+        }
+        KmsClient::from_conf(conf.build())
     }
 
     /// A KMS client acting as the customer's role: from cache, from the memory of a recent
@@ -286,7 +351,7 @@ impl KmsKeyProvider {
         external_id: &str,
         org: &str,
         fresh_check: bool,
-    ) -> Result<KmsClient, KeyError> {
+    ) -> Result<Arc<Session>, KeyError> {
         let slot = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(
@@ -322,9 +387,9 @@ impl KmsKeyProvider {
         };
         match self.assume_role(role_arn, external_id, org).await {
             Ok(session) => {
-                let client = session.client.clone();
-                slot.set(SessionState::Ready(session));
-                Ok(client)
+                let session = Arc::new(session);
+                slot.set(SessionState::Ready(Arc::clone(&session)));
+                Ok(session)
             }
             Err(error) => {
                 slot.set(SessionState::Failed {
@@ -375,14 +440,10 @@ impl KmsKeyProvider {
             Some(expires),
             "cmk-assumed-role",
         );
-        let mut conf =
-            aws_sdk_kms::config::Builder::from(&self.config).credentials_provider(credentials);
-        if let Some(i) = &self.interceptor {
-            conf = conf.interceptor(i.clone());
-        }
         Ok(Session {
-            client: KmsClient::from_conf(conf.build()),
+            credentials,
             expires,
+            clients: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -410,14 +471,31 @@ impl KmsKeyProvider {
         wrapped_from(out.ciphertext_blob(), out.key_id())
     }
 
-    fn same_principal(a: &Kek, b: &Kek) -> bool {
-        match (&a.spec, &b.spec) {
+    /// Whether one `ReEncrypt` can move a data key from `a` to `b`: one principal reaches both
+    /// keys, and both are in one region (KMS keys are regional).
+    fn same_principal(&self, a: &Kek, b: &Kek) -> bool {
+        let same_caller = match (&a.spec, &b.spec) {
             (KeySpec::ServiceManaged, KeySpec::ServiceManaged) => true,
             (KeySpec::AwsKms { role_arn: ra, .. }, KeySpec::AwsKms { role_arn: rb, .. }) => {
                 ra == rb && a.external_id == b.external_id
             }
             _ => false,
-        }
+        };
+        same_caller && self.region_of(a) == self.region_of(b)
+    }
+
+    /// The region a key's calls go to (`None`: the configured one).
+    fn region_of<'a>(&self, kek: &'a Kek) -> Option<&'a str> {
+        let key = match &kek.spec {
+            KeySpec::AwsKms {
+                key_arn,
+                resolved_key_arn,
+                ..
+            } => resolved_key_arn.as_deref().unwrap_or(key_arn),
+            // The service key has one region; local keys never reach this provider.
+            KeySpec::ServiceManaged | KeySpec::Local => return None,
+        };
+        self.other_region(arn_region(key))
     }
 }
 
@@ -475,7 +553,7 @@ impl KeyProvider for KmsKeyProvider {
         ctx: &EncryptionContext,
         wrapped: &[u8],
     ) -> Result<Option<Wrapped>, KeyError> {
-        if !Self::same_principal(from, to) {
+        if !self.same_principal(from, to) {
             return Ok(None);
         }
         let (client, source_key) = self.client_for(from).await?;
@@ -553,6 +631,21 @@ mod tests {
             KeyErrorKind::KeyNotFound
         );
         assert_eq!(kind_of(None, None), KeyErrorKind::Transient);
+    }
+
+    #[test]
+    fn the_region_comes_from_the_key_arn() {
+        assert_eq!(
+            arn_region("arn:aws:kms:eu-west-1:111122223333:key/abc"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            arn_region("arn:aws-us-gov:kms:us-gov-west-1:111122223333:alias/x"),
+            Some("us-gov-west-1")
+        );
+        assert_eq!(arn_region("alias/cmk-service"), None);
+        assert_eq!(arn_region("1234abcd-12ab-34cd-56ef-1234567890ab"), None);
+        assert_eq!(arn_region("arn:aws:kms::111122223333:key/abc"), None);
     }
 
     #[test]
