@@ -1193,3 +1193,103 @@ async fn a_failed_key_check_answers_422_with_a_reason_and_stores_nothing() {
     app.assert_decrypts(org, &samples).await;
     app.assert_invariants(org).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_in_the_services_own_account_is_refused_before_any_aws_call() {
+    let app = TestApp::with(manual()).await;
+    let service_account = "111122223333";
+    let cmk_with = |allow_same_account_roles| {
+        cmk_core::Cmk::new(
+            Arc::clone(&app.store),
+            app.queue.clone() as Arc<dyn RewrapQueue>,
+            app.keys.clone() as Arc<dyn KeyProvider>,
+            cmk_core::cache::DataKeyCache::disabled(),
+            cmk_core::service::ServiceConfig {
+                allow_aws_keys: true,
+                service_account_id: Some(service_account.to_owned()),
+                allow_same_account_roles,
+                ..cmk_core::service::ServiceConfig::default()
+            },
+        )
+    };
+    let org = OrgId::from_trusted("own-account");
+    let add = |cmk: cmk_core::Cmk, account: &'static str| {
+        let org = org.clone();
+        async move {
+            cmk.add_key(
+            "alice",
+            &org,
+            "prod",
+            cmk_core::service::NewKeySpec::AwsKms {
+                role_arn: format!("arn:aws:iam::{account}:role/cmk"),
+                key_arn:
+                    "arn:aws:kms:us-east-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                        .into(),
+            },
+        )
+        .await
+        }
+    };
+    match add(cmk_with(false), service_account).await {
+        Err(cmk_core::CoreError::KeyCheckFailed { reason, message }) => {
+            assert_eq!(reason, cmk_core::model::HealthStatus::AccessDenied);
+            assert!(message.contains("own AWS account"), "{message}");
+            assert!(message.contains(service_account), "{message}");
+        }
+        other => panic!("expected key_check_failed, got {other:?}"),
+    }
+    // A role in another account, or the same account when allowed, goes on to the provider's
+    // round trip (which this local provider cannot do for aws-kms keys: another reason).
+    for (cmk, account) in [
+        (cmk_with(false), "444455556666"),
+        (cmk_with(true), service_account),
+    ] {
+        match add(cmk, account).await {
+            Err(cmk_core::CoreError::KeyCheckFailed { message, .. }) => {
+                assert!(!message.contains("own AWS account"), "{message}");
+            }
+            other => panic!("expected the provider's refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        app.keys("own-account").await["keys"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_setup_trusts_each_function_role_named_not_an_account_root() {
+    let app = TestApp::with(manual()).await;
+    let roles = [
+        "arn:aws:iam::111122223333:role/cmk-keys-write",
+        "arn:aws:iam::111122223333:role/cmk-data-keys",
+        "arn:aws:iam::111122223333:role/cmk-rewrap-worker",
+    ];
+    let cmk = cmk_core::Cmk::new(
+        Arc::clone(&app.store),
+        app.queue.clone() as Arc<dyn RewrapQueue>,
+        app.keys.clone() as Arc<dyn KeyProvider>,
+        cmk_core::cache::DataKeyCache::disabled(),
+        cmk_core::service::ServiceConfig {
+            service_principal: roles.join(","),
+            ..cmk_core::service::ServiceConfig::default()
+        },
+    );
+    let setup = cmk
+        .setup(&OrgId::from_trusted("setup"))
+        .await
+        .expect("setup");
+    let statement = &setup.trust_policy["Statement"][0];
+    assert_eq!(statement["Principal"]["AWS"], json!(roles));
+    assert_eq!(
+        statement["Condition"]["StringEquals"]["sts:ExternalId"],
+        json!(setup.external_id)
+    );
+    // One principal stays a plain string.
+    let (_, body) = app
+        .admin("GET", "/v1/orgs/setup/keys/setup", "setup", None)
+        .await;
+    assert!(body["trust_policy"]["Statement"][0]["Principal"]["AWS"].is_string());
+}

@@ -102,7 +102,26 @@ pub async fn open(args: &ServeArgs) -> Result<AwsBackend> {
             .clone()
             .context("--queue-url (CMK_QUEUE_URL) is required without --create-resources")?
     };
-    let service_key_id = service_key(&aws_sdk_kms::Client::new(&config), aws).await?;
+    let kms = aws_sdk_kms::Client::new(&config);
+    let service_key_id = service_key(&kms, aws).await?;
+    // The service's account (customer roles in it are refused): the key ARN's.
+    let service_account_id = match cmk_aws::backend::arn_account(&service_key_id) {
+        Some(account) => account.to_owned(),
+        None => {
+            let arn = kms
+                .describe_key()
+                .key_id(&service_key_id)
+                .send()
+                .await
+                .map_err(|e| anyhow!("cannot read the service key {service_key_id}: {e}"))?
+                .key_metadata
+                .and_then(|m| m.arn)
+                .context("the service key has no ARN")?;
+            cmk_aws::backend::arn_account(&arn)
+                .context("the service key's ARN names no account")?
+                .to_owned()
+        }
+    };
     let settings = AwsSettings {
         table: aws.table.clone(),
         queue_url,
@@ -113,6 +132,8 @@ pub async fn open(args: &ServeArgs) -> Result<AwsBackend> {
         data_key_cache_size: args.data_key_cache_size,
         failure_memory: Duration::from_secs(args.failure_memory),
         stalled_after: Duration::from_secs(args.stalled_after.max(1)),
+        service_account_id: Some(service_account_id),
+        allow_same_account_roles: args.allow_same_account_roles,
     };
     Ok(build(&config, &settings))
 }

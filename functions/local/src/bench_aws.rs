@@ -107,6 +107,8 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
             data_key_cache_size: 0,
             failure_memory: Duration::from_secs(10),
             stalled_after: Duration::from_secs(60),
+            service_account_id: None,
+            allow_same_account_roles: true,
         },
         Some(&counter),
     );

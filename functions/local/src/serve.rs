@@ -67,6 +67,10 @@ pub struct ServeArgs {
         default_value = "arn:aws:iam::000000000000:role/cmk-service"
     )]
     pub service_principal: String,
+    /// Allows aws-kms keys whose role is in the service's own AWS account (single-account
+    /// test setups only; customers' roles belong in their own accounts).
+    #[arg(long, env = "CMK_ALLOW_SAME_ACCOUNT_ROLES")]
+    pub allow_same_account_roles: bool,
     /// The org whose admin gets the ready login link printed at start.
     #[arg(long, env = "CMK_ADMIN_ORG", default_value = "acme")]
     pub admin_org: String,
@@ -130,6 +134,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
                     allow_aws_keys: false,
                     health_write_interval: Duration::from_secs(args.failure_memory),
                     stalled_after: Duration::from_secs(args.stalled_after.max(1)),
+                    ..ServiceConfig::default()
                 },
             )?;
             (backends.cmk, format!("data in {}", data_dir.display()))

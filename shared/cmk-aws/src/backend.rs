@@ -37,6 +37,12 @@ pub struct AwsSettings {
     /// A running job is planned again (by a retry or the sweep) only after this long without a
     /// plan or a committed batch (`CMK_STALLED_AFTER`, seconds, default 900).
     pub stalled_after: Duration,
+    /// The service's own AWS account (`CMK_SERVICE_ACCOUNT_ID`; by default the account of
+    /// `CMK_SERVICE_KEY_ID` when that is an ARN). Customer roles in it are refused.
+    pub service_account_id: Option<String>,
+    /// Allows customer roles in the service's own account (`CMK_ALLOW_SAME_ACCOUNT_ROLES`, for
+    /// single-account test setups; off by default).
+    pub allow_same_account_roles: bool,
 }
 
 /// Reads a required environment variable, naming it when missing.
@@ -72,8 +78,32 @@ impl AwsSettings {
             data_key_cache_size: parsed("CMK_DATA_KEY_CACHE_SIZE", 10_000usize)?,
             failure_memory: Duration::from_secs(parsed("CMK_FAILURE_MEMORY", 10u64)?),
             stalled_after: Duration::from_secs(parsed("CMK_STALLED_AFTER", 900u64)?.max(1)),
+            service_account_id: Some(service_account_id()?),
+            allow_same_account_roles: parsed("CMK_ALLOW_SAME_ACCOUNT_ROLES", false)?,
         })
     }
+}
+
+/// The account of an ARN (`arn:<partition>:<service>:<region>:<account>:…`).
+pub fn arn_account(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    (parts.next()? == "arn").then_some(())?;
+    let account = parts.nth(3)?;
+    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
+}
+
+/// The service's account: `CMK_SERVICE_ACCOUNT_ID`, else the service key ARN's. Fails closed:
+/// without it customer roles in the operator's account could not be refused.
+fn service_account_id() -> Result<String, String> {
+    if let Ok(id) = std::env::var("CMK_SERVICE_ACCOUNT_ID") {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_owned());
+        }
+    }
+    let key = required("CMK_SERVICE_KEY_ID")?;
+    arn_account(&key).map(str::to_owned).ok_or_else(|| {
+        "CMK_SERVICE_ACCOUNT_ID is required when CMK_SERVICE_KEY_ID is not a key ARN".to_owned()
+    })
 }
 
 /// Loads the SDK configuration (region and credentials from the environment).
@@ -148,6 +178,11 @@ pub fn build_counted(
             allow_aws_keys: true,
             health_write_interval: settings.failure_memory,
             stalled_after: settings.stalled_after,
+            service_account_id: settings
+                .service_account_id
+                .clone()
+                .or_else(|| arn_account(&settings.service_key_id).map(str::to_owned)),
+            allow_same_account_roles: settings.allow_same_account_roles,
         },
     );
     AwsBackend {

@@ -132,6 +132,8 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
             data_key_cache_size: 0,
             failure_memory: Duration::from_secs(10),
             stalled_after: Duration::from_secs(60),
+            service_account_id: None,
+            allow_same_account_roles: true,
         },
     );
     let cmk = backend.cmk.clone();

@@ -24,7 +24,8 @@ use crate::rules::{self, Retry};
 /// Settings of the use cases.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
-    /// The principal customers trust in their role's trust policy (shown by `keys/setup`).
+    /// The principals customers trust in their role's trust policy (shown by `keys/setup`),
+    /// separated by commas.
     pub service_principal: String,
     /// Whether `local` keys may be added (local runs only).
     pub allow_local_keys: bool,
@@ -36,6 +37,12 @@ pub struct ServiceConfig {
     /// A running job is planned again (by a retry or the sweep) only when neither a plan nor a
     /// committed batch of it is more recent than this: see [`Cmk::replan_if_stalled`].
     pub stalled_after: Duration,
+    /// The AWS account the service runs in. A customer role in it is refused: customers' keys
+    /// live in their own accounts, and a role of the operator's account reached through the
+    /// service would be the operator's, not the customer's (confused deputy).
+    pub service_account_id: Option<String>,
+    /// Allows roles in the service's own account (single-account test setups only).
+    pub allow_same_account_roles: bool,
 }
 
 impl Default for ServiceConfig {
@@ -46,6 +53,8 @@ impl Default for ServiceConfig {
             allow_aws_keys: false,
             health_write_interval: Duration::from_secs(10),
             stalled_after: Duration::from_secs(60),
+            service_account_id: None,
+            allow_same_account_roles: false,
         }
     }
 }
@@ -250,11 +259,21 @@ impl Cmk {
     pub async fn setup(&self, org: &OrgId) -> Result<Setup, CoreError> {
         let external_id = self.external_id(org).await?;
         let principal = self.inner.config.service_principal.clone();
+        // Several principals (the function roles that reach customer keys) are listed.
+        let principals: Vec<&str> = principal
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let trusted = match principals.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        };
         let trust_policy = json!({
             "Version": "2012-10-17",
             "Statement": [{
                 "Effect": "Allow",
-                "Principal": {"AWS": principal},
+                "Principal": {"AWS": trusted},
                 "Action": "sts:AssumeRole",
                 "Condition": {"StringEquals": {"sts:ExternalId": external_id}}
             }]
@@ -324,6 +343,7 @@ impl Cmk {
             NewKeySpec::AwsKms { role_arn, key_arn } => {
                 validate_role_arn(&role_arn)?;
                 validate_kms_key_arn(&key_arn)?;
+                self.refuse_own_account(&role_arn)?;
                 KeySpec::AwsKms {
                     role_arn,
                     key_arn,
@@ -387,6 +407,25 @@ impl Cmk {
             self.enqueue_plan(org, job, job.generation).await;
         }
         Ok((self.get_key(org, &record.id).await?, job))
+    }
+
+    /// A customer role must be in another account than the service's (see
+    /// [`ServiceConfig::service_account_id`]); checked before any AWS call.
+    fn refuse_own_account(&self, role_arn: &str) -> Result<(), CoreError> {
+        let config = &self.inner.config;
+        let account = role_arn.split(':').nth(4).unwrap_or_default();
+        match &config.service_account_id {
+            Some(own) if own == account && !config.allow_same_account_roles => {
+                Err(CoreError::KeyCheckFailed {
+                    reason: crate::model::HealthStatus::AccessDenied,
+                    message: format!(
+                        "role {role_arn} is in the service's own AWS account ({own}); a customer \
+                         managed key must be reached through a role in the customer's account"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     pub async fn set_default(

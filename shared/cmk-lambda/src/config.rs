@@ -5,6 +5,8 @@
 //! | variable | used by | default | what |
 //! | --- | --- | --- | --- |
 //! | `CMK_TABLE`, `CMK_QUEUE_URL`, `CMK_SERVICE_KEY_ID`, `CMK_SERVICE_PRINCIPAL`, `CMK_DATA_KEY_CACHE_TTL`, `CMK_DATA_KEY_CACHE_SIZE`, `AWS_ENDPOINT_URL` | all | see [`AwsSettings::from_env`] | the AWS backend |
+//! | `CMK_SERVICE_ACCOUNT_ID` | all | the account of `CMK_SERVICE_KEY_ID` (required when that is not an ARN) | the service's own account: customer roles in it are refused |
+//! | `CMK_ALLOW_SAME_ACCOUNT_ROLES` | keys-write | `false` | allow customer roles in the service's own account (single-account test setups only) |
 //! | `CMK_ORG_CLAIM` | HTTP functions | `org` | the JWT claim that names the caller's org |
 //! | `CMK_ROLE_CLAIM` | HTTP functions | `role` | the JWT claim that carries `admin`, `member` or `service` |
 //! | `CMK_BATCH_SIZE` | worker | `500` | data keys per planned batch message |
@@ -174,6 +176,8 @@ mod tests {
             data_key_cache_size: 10,
             failure_memory: Duration::from_secs(10),
             stalled_after: Duration::from_secs(900),
+            service_account_id: None,
+            allow_same_account_roles: false,
         }
     }
 

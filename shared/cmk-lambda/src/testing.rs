@@ -179,7 +179,10 @@ impl FakeRuntime {
                 "CMK_QUEUE_URL",
                 "http://127.0.0.1:9/123456789012/cmk-offline".into(),
             ),
-            ("CMK_SERVICE_KEY_ID", "alias/cmk-offline".into()),
+            (
+                "CMK_SERVICE_KEY_ID",
+                "arn:aws:kms:us-east-1:123456789012:key/cmk-offline".into(),
+            ),
             (
                 "CMK_SERVICE_PRINCIPAL",
                 "arn:aws:iam::123456789012:root".into(),

@@ -181,6 +181,8 @@ async fn each_function_works_with_only_its_template_permissions() {
         data_key_cache_size: 100,
         failure_memory: std::time::Duration::from_secs(10),
         stalled_after: std::time::Duration::from_secs(60),
+        service_account_id: None,
+        allow_same_account_roles: true,
     };
 
     // IAM enforced from here on.

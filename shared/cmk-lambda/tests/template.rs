@@ -516,6 +516,35 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
     assert!(!seq(&key["KeyPolicy"]["Statement"]).is_empty());
 }
 
+#[test]
+fn no_function_may_assume_a_role_of_the_operators_own_account() {
+    let t = template();
+    let mut statements = 0;
+    for (role, _) in resources(&t, "AWS::IAM::Role") {
+        for policy in seq(&t["Resources"][role.as_str()]["Properties"]["Policies"]) {
+            for st in seq(&policy["PolicyDocument"]["Statement"]) {
+                let assumes = match &st["Action"] {
+                    Yaml::String(a) => a == "sts:AssumeRole",
+                    list => seq(list).iter().any(|a| s(a) == "sts:AssumeRole"),
+                };
+                if !assumes {
+                    continue;
+                }
+                statements += 1;
+                assert_eq!(
+                    st["Condition"]["StringNotEquals"]["aws:ResourceAccount"],
+                    reference("AWS::AccountId"),
+                    "{role}: sts:AssumeRole must exclude the service's own account"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        statements, 3,
+        "keys-write, data-keys and the worker reach customer keys"
+    );
+}
+
 /// The value a function would see for a template environment value (intrinsics resolved to
 /// plausible deployed values).
 fn resolve(v: &Yaml) -> String {
@@ -529,7 +558,19 @@ fn resolve(v: &Yaml) -> String {
             "RewrapQueue" => "https://sqs.us-east-1.amazonaws.com/123456789012/cmk-rewrap".into(),
             other => format!("{other}-value"),
         },
-        _ if v.get("Fn::GetAtt").is_some() => "arn:aws:kms:us-east-1:123456789012:key/k".into(),
+        _ if v.get("Fn::GetAtt").is_some() => {
+            let resource = s(&seq(&v["Fn::GetAtt"])[0]);
+            if resource.ends_with("Role") {
+                format!("arn:aws:iam::123456789012:role/{resource}")
+            } else {
+                "arn:aws:kms:us-east-1:123456789012:key/k".into()
+            }
+        }
+        _ if v.get("Fn::Join").is_some() => {
+            let join = seq(&v["Fn::Join"]);
+            let parts: Vec<String> = seq(&join[1]).iter().map(resolve).collect();
+            parts.join(s(&join[0]))
+        }
         _ if v.get("Fn::If").is_some() => resolve(&seq(&v["Fn::If"])[2]),
         _ if v.get("Fn::Sub").is_some() => s(&v["Fn::Sub"])
             .replace("${AWS::Partition}", "aws")
@@ -556,7 +597,16 @@ fn the_template_gives_each_function_the_configuration_it_reads() {
     ] {
         assert_eq!(global.get(name), Some(&value), "{name}");
     }
-    assert!(global.get("CMK_SERVICE_PRINCIPAL").is_some());
+    // By default customers trust exactly the three function roles that reach their keys.
+    let principal = resolve(
+        global
+            .get("CMK_SERVICE_PRINCIPAL")
+            .expect("CMK_SERVICE_PRINCIPAL"),
+    );
+    assert_eq!(
+        principal,
+        "arn:aws:iam::123456789012:role/KeysWriteRole,arn:aws:iam::123456789012:role/DataKeysRole,arn:aws:iam::123456789012:role/RewrapWorkerRole"
+    );
 
     // What the worker sees (its own variables over the global ones) parses. The process
     // environment is shared by this binary's tests; no other test here reads these variables.

@@ -162,6 +162,8 @@ fn settings(table: &str, queue_url: &str, service_key: &str, endpoint: &str) -> 
         data_key_cache_size: 1_000,
         failure_memory: std::time::Duration::from_secs(10),
         stalled_after: std::time::Duration::from_secs(60),
+        service_account_id: None,
+        allow_same_account_roles: true,
     }
 }
 
