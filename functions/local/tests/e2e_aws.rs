@@ -78,6 +78,8 @@ fn start(data: &Path, ep: &str, table: &str, queue: &str) -> Server {
             ep,
         ])
         .args(["--stalled-after", "10", "--data-key-cache-ttl", "0"])
+        // The emulator's customer roles are in the service's own account.
+        .arg("--allow-same-account-roles")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("start cmk serve");
