@@ -44,6 +44,10 @@
 //! both done and failed. A batch that later moves a failed data key clears its failure first
 //! (`FAIL#` deleted, `failed -= 1`, only while the data key is still at the move's source and
 //! version), so a crash between the two leaves it merely pending.
+//!
+//! Every transaction carries a `ClientRequestToken` ([`request_token`]): when one succeeded but
+//! its answer was lost, the SDK's retry is recognised by DynamoDB as the same transaction and
+//! answers success, instead of failing its own conditions and reading as a lost race.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -317,6 +321,19 @@ fn failed_conditions(e: &SdkError<TransactWriteItemsError>) -> Option<Vec<bool>>
     )
 }
 
+/// The `ClientRequestToken` of one transaction: a hash of its items, then a nonce of this call.
+/// The SDK sends the same input on each of its retries, so when a transaction succeeded but its
+/// answer was lost, DynamoDB recognises the retry (for 10 minutes) and answers success, instead
+/// of the retry failing its own conditions and reading as a lost race (an `add` answering 409
+/// `name_taken` for the admin's own new key). Our own retries, which follow a definite failure,
+/// are new calls with new tokens.
+pub fn request_token(items: &[TransactWriteItem]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{items:?}").hash(&mut hasher);
+    format!("{:016x}{:016x}", hasher.finish(), rand::random::<u64>())
+}
+
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
@@ -432,8 +449,10 @@ impl DynamoStore {
         &self,
         items: Vec<TransactWriteItem>,
     ) -> Result<(), SdkError<TransactWriteItemsError>> {
+        let token = request_token(&items);
         self.client
             .transact_write_items()
+            .client_request_token(token)
             .set_transact_items(Some(items))
             .send()
             .await
