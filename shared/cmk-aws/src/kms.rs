@@ -460,6 +460,7 @@ impl KmsKeyProvider {
     ) -> Result<Wrapped, KeyError> {
         let (client, key_id) = self.client_for_use(kek, fresh_check).await?;
         self.count();
+        // The SDK owns (and drops, unwiped) the copy it serializes; it offers no way to wipe it.
         let out = client
             .encrypt()
             .key_id(&key_id)
@@ -536,8 +537,10 @@ impl KeyProvider for KmsKeyProvider {
             .send()
             .await
             .map_err(|e| key_error(e, &format!("decrypting with KMS key {key_id}")))?;
-        out.plaintext()
-            .and_then(|p| DataKey::from_slice(p.as_ref()))
+        // Take the SDK's plaintext buffer and wipe it once copied into the data key.
+        out.plaintext
+            .map(|p| zeroize::Zeroizing::new(p.into_inner()))
+            .and_then(|p| DataKey::from_slice(&p))
             .ok_or_else(|| {
                 KeyError::new(
                     KeyErrorKind::InvalidCiphertext,

@@ -26,6 +26,9 @@ const VERSION: u8 = 1;
 #[derive(Clone)]
 pub struct DataKey(Zeroizing<[u8; KEY_LEN]>);
 
+/// Its bytes live in [`Zeroizing`] memory, wiped when dropped.
+impl zeroize::ZeroizeOnDrop for DataKey {}
+
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DataKey(<redacted>)")
@@ -39,9 +42,14 @@ impl DataKey {
         Self(k)
     }
 
+    /// Copies a key straight into zeroizing memory (no stack copy is left behind).
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let arr: [u8; KEY_LEN] = bytes.try_into().ok()?;
-        Some(Self(Zeroizing::new(arr)))
+        if bytes.len() != KEY_LEN {
+            return None;
+        }
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        k.copy_from_slice(bytes);
+        Some(Self(k))
     }
 
     pub fn expose(&self) -> &[u8; KEY_LEN] {
@@ -180,6 +188,25 @@ mod tests {
 
     fn org(s: &str) -> OrgId {
         OrgId::from_trusted(s)
+    }
+
+    /// Compiles only while key material is wiped on drop: data keys, the AES key schedules
+    /// the ciphers build from them, and opened plaintexts.
+    #[test]
+    fn key_material_is_zeroized_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<DataKey>();
+        wiped_on_drop::<aes::Aes256>();
+        wiped_on_drop::<Zeroizing<Vec<u8>>>();
+        let key = DataKey::generate();
+        let sealed = seal(key.expose(), b"aad", b"plain");
+        let opened: Option<Zeroizing<Vec<u8>>> = open(key.expose(), b"aad", &sealed);
+        assert_eq!(opened.as_deref().map(Vec::as_slice), Some(&b"plain"[..]));
+        assert!(DataKey::from_slice(&[1; KEY_LEN - 1]).is_none());
+        assert_eq!(
+            DataKey::from_slice(key.expose()).map(|k| *k.expose()),
+            Some(*key.expose())
+        );
     }
 
     #[test]

@@ -59,17 +59,20 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// a truncated service key must stop the process, not be replaced).
 fn read_key(path: &Path) -> std::io::Result<Zeroizing<[u8; KEY_LEN]>> {
     let bytes = Zeroizing::new(crate::secret_file::read_secret(path, KEY_LEN, "key file")?);
-    let arr: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
-        std::io::Error::new(
+    if bytes.len() != KEY_LEN {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
                 "the key file {} holds {} bytes, not the {KEY_LEN} of a key: refusing to use it",
                 path.display(),
                 bytes.len()
             ),
-        )
-    })?;
-    Ok(Zeroizing::new(arr))
+        ));
+    }
+    // Straight into zeroizing memory: no stack copy of the key is left behind.
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    key.copy_from_slice(&bytes);
+    Ok(key)
 }
 
 fn safe_component(s: &str) -> bool {
