@@ -248,6 +248,13 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     await assertAccessible(page, 'menu-open-desktop');
     await page.keyboard.press('ArrowDown');
     assert.ok(await menu.getByRole('menuitem', { name: 'Check health' }).evaluate((el) => el === document.activeElement));
+    // A local key has no re-encryption rate (only AWS KMS keys do), and the menu says so.
+    await page.keyboard.press('ArrowDown');
+    const rate = menu.getByRole('menuitem', { name: 'Set re-encryption rate' });
+    assert.ok(await rate.evaluate((el) => el === document.activeElement));
+    assert.equal(await rate.getAttribute('aria-disabled'), 'true');
+    const rateWhy = await rate.getAttribute('aria-describedby');
+    assert.match(await page.locator(`#${rateWhy}`).innerText(), /Only AWS KMS keys/);
     await page.keyboard.press('Escape');
     await menu.waitFor({ state: 'hidden' });
     assert.ok(await menuButton.evaluate((el) => el === document.activeElement), 'Escape returns focus');

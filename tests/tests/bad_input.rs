@@ -643,13 +643,15 @@ async fn bad_path_ids_and_query_params_are_refused() {
         cases
             .push(Case::bare("a wrong method", method, &path, a).expect(405, "method_not_allowed"));
     }
-    for path in [
-        f.org_path("nothing-here"),
-        f.key(&f.k2, "delete"),
-        format!("{}/{}", f.keys(), f.k2),
-    ] {
+    for path in [f.org_path("nothing-here"), f.key(&f.k2, "delete")] {
         cases.push(Case::bare("an unknown path", "POST", &path, a).expect(404, "not_found"));
     }
+    // A key's own path takes PATCH only.
+    let key_path = format!("{}/{}", f.keys(), f.k2);
+    cases.push(
+        Case::bare("a key's path with another method", "POST", &key_path, a)
+            .expect(405, "method_not_allowed"),
+    );
     expect_refused(&app, f.org, cases).await;
 
     // The bounds themselves are accepted.

@@ -194,8 +194,17 @@ fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
     r.map_err(|e| StoreError::Corrupt(format!("request: {e}")))
 }
 
+/// An optional number attribute (absent on items written before it existed).
+fn opt_u32(item: &Item, name: &str) -> Result<Option<u32>, StoreError> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| corrupt(name)),
+        Some(_) => Err(corrupt(name)),
+    }
+}
+
 fn key_item(org: &OrgId, k: &KeyRecord, seq: i64) -> Result<Item, StoreError> {
-    Ok(HashMap::from([
+    let mut item = HashMap::from([
         ("pk".into(), s(org_pk(org))),
         ("sk".into(), s(format!("KEY#{}", k.id))),
         ("seq".into(), n(seq)),
@@ -205,7 +214,11 @@ fn key_item(org: &OrgId, k: &KeyRecord, seq: i64) -> Result<Item, StoreError> {
         ("health".into(), s(json(&k.health)?)),
         ("created_at".into(), s(ts(&k.created_at))),
         ("created_by".into(), s(&k.created_by)),
-    ]))
+    ]);
+    if let Some(limit) = k.rewrap_rate_limit {
+        item.insert("rewrap_rate_limit".into(), n(limit));
+    }
+    Ok(item)
 }
 
 fn key_from(item: &Item) -> Result<(i64, KeyRecord), StoreError> {
@@ -221,6 +234,7 @@ fn key_from(item: &Item) -> Result<(i64, KeyRecord), StoreError> {
             health: from_json(get_s(item, "health")?)?,
             created_at: parse_ts(get_s(item, "created_at")?)?,
             created_by: get_s(item, "created_by")?.to_owned(),
+            rewrap_rate_limit: opt_u32(item, "rewrap_rate_limit")?,
         },
     ))
 }
@@ -245,6 +259,7 @@ fn job_from(item: &Item, errors: Vec<JobError>) -> Result<Job, StoreError> {
             .map(parse_ts)
             .transpose()?,
         started_by: get_s(item, "started_by")?.to_owned(),
+        throttled_rate: opt_u32(item, "throttled_rate")?,
     })
 }
 
@@ -1076,6 +1091,39 @@ impl Store for DynamoStore {
 
     async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
         self.read_job(org, job).await
+    }
+
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(format!("JOB#{job}")))
+            .condition_expression("#st = :running AND #gen = :g")
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#gen", "generation")
+            .expression_attribute_names("#rate", "throttled_rate")
+            .expression_attribute_values(":running", s(JobState::Running.as_str()))
+            .expression_attribute_values(":g", n(generation));
+        let update = match rate {
+            Some(r) => update
+                .update_expression("SET #rate = :rate")
+                .expression_attribute_values(":rate", n(r)),
+            None => update.update_expression("REMOVE #rate"),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            // The job moved on: nothing to show on it any more.
+            Err(e) if crate::error_code(&e) == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(sdk_err(e)),
+        }
     }
 
     async fn claim_replan(

@@ -512,6 +512,10 @@ fn wrapped_from(blob: Option<&Blob>, key_id: Option<&str>) -> Result<Wrapped, Ke
 
 #[async_trait]
 impl KeyProvider for KmsKeyProvider {
+    fn rewraps_in_one_call(&self, from: &Kek, to: &Kek) -> bool {
+        self.same_principal(from, to)
+    }
+
     async fn wrap(
         &self,
         kek: &Kek,

@@ -238,6 +238,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
             NewKeySpec::AwsKms {
                 role_arn: wrong,
                 key_arn: local_key.clone(),
+                rewrap_rate_limit: None,
             },
         )
         .await;
@@ -262,6 +263,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
             NewKeySpec::AwsKms {
                 role_arn: good.clone(),
                 key_arn: local_key.clone(),
+                rewrap_rate_limit: None,
             },
         )
         .await
@@ -278,6 +280,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
             NewKeySpec::AwsKms {
                 role_arn: second_role.into(),
                 key_arn: far_alias.clone(),
+                rewrap_rate_limit: None,
             },
         )
         .await
@@ -299,6 +302,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
             NewKeySpec::AwsKms {
                 role_arn: second_role.into(),
                 key_arn: far_key.clone(),
+                rewrap_rate_limit: None,
             },
         )
         .await

@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-use crate::error::{CoreError, KeyError, StoreError};
+use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
 use crate::model::{
     data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Job, JobError, JobId, JobState,
     KeyId, OrgId,
 };
 use crate::ports::{BatchCommit, DataKeyMove, Kek, PlanCursor, RewrapMessage, Wrapped};
+use crate::ratelimit::{Limiter, RateLimits};
 use crate::rules::{self, Finish};
 use crate::service::{backoff, Cmk};
 
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub retry_backoff: Duration,
     /// Batch messages one plan delivery enqueues before it hands the rest to a continuation.
     pub plan_segment: usize,
+    /// How many worker instances at most spend one key's re-encryption rate limit at once;
+    /// each takes this share of it (see [`crate::ratelimit`]). 1 for the one local worker.
+    pub rate_share: u32,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,7 @@ impl Default for EngineConfig {
             retry_backoff: Duration::from_millis(50),
             // 100,000 data keys at the default batch size: seconds of enumeration.
             plan_segment: 200,
+            rate_share: 1,
         }
     }
 }
@@ -66,6 +71,39 @@ pub enum Outcome {
 pub struct RewrapEngine {
     cmk: Cmk,
     config: EngineConfig,
+    /// This worker's re-encryption rate limiters, shared by every batch it runs.
+    limits: Arc<RateLimits>,
+}
+
+/// The limiters of one batch's source and target keys (`None`: not limited).
+#[derive(Clone, Debug, Default)]
+struct BatchLimits {
+    from: Option<Arc<Limiter>>,
+    to: Option<Arc<Limiter>>,
+}
+
+impl BatchLimits {
+    async fn acquire(limiter: &Option<Arc<Limiter>>) {
+        if let Some(l) = limiter {
+            l.acquire().await;
+        }
+    }
+
+    fn throttled(limiter: &Option<Arc<Limiter>>, e: &KeyError) {
+        if let (Some(l), KeyErrorKind::Throttled) = (limiter, e.kind) {
+            l.throttled();
+        }
+    }
+
+    /// The slowest throttled rate of the two, in whole requests per second.
+    fn throttled_rate(&self) -> Option<u32> {
+        [&self.from, &self.to]
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.throttled_rate())
+            .reduce(f64::min)
+            .map(|r| r.round().max(1.0) as u32)
+    }
 }
 
 /// The data keys one batch message names.
@@ -85,7 +123,26 @@ const SEND_CHUNK: usize = 100;
 
 impl RewrapEngine {
     pub fn new(cmk: Cmk, config: EngineConfig) -> Self {
-        Self { cmk, config }
+        let limits = Arc::new(RateLimits::new(config.rate_share));
+        Self {
+            cmk,
+            config,
+            limits,
+        }
+    }
+
+    /// A key's limiter, with its limit as stored now (an admin may change it mid-job).
+    async fn limiter(&self, org: &OrgId, key: &KeyId) -> Result<Option<Arc<Limiter>>, CoreError> {
+        if key.is_service() {
+            return Ok(None);
+        }
+        let limit = self
+            .cmk
+            .store()
+            .get_key(org, key)
+            .await?
+            .and_then(|r| r.rewrap_rate_limit);
+        Ok(self.limits.limiter(org, key, limit))
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -259,6 +316,10 @@ impl RewrapEngine {
         };
         let from = self.cmk.kek(org, source).await?;
         let to = self.cmk.kek(org, &job.target_key_id).await?;
+        let limits = BatchLimits {
+            from: self.limiter(org, source).await?,
+            to: self.limiter(org, &job.target_key_id).await?,
+        };
         let mut after = after.cloned();
         loop {
             // Only what the source still wraps: a redelivered range costs no provider call for
@@ -280,7 +341,8 @@ impl RewrapEngine {
             };
             // The range is exhausted when the page was short or reached its upper bound.
             let more = records.len() >= self.config.batch_size && last < *until;
-            self.rewrap_records(org, &job, &from, &to, records).await?;
+            self.rewrap_records(org, &job, &from, &to, &limits, records)
+                .await?;
             if !more {
                 return Ok(());
             }
@@ -302,6 +364,7 @@ impl RewrapEngine {
         job: &Job,
         from: &Kek,
         to: &Kek,
+        limits: &BatchLimits,
         records: Vec<DataKeyRecord>,
     ) -> Result<(), CoreError> {
         // Once a key fails (access denied, disabled, deleted, or throttled past every retry),
@@ -317,7 +380,7 @@ impl RewrapEngine {
                     let result = match known {
                         Some(failure) => Err(failure),
                         None => {
-                            let r = self.rewrap_one(org, from, to, &record).await;
+                            let r = self.rewrap_one(org, from, to, limits, &record).await;
                             if let Err(f) = &r {
                                 if !f.1.kind.is_data_key_own() {
                                     *broken.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -369,6 +432,7 @@ impl RewrapEngine {
         // One atomic write; if it fails the message is redelivered and the batch redone.
         let progress = self.cmk.store().commit_batch(org, batch).await?;
         self.cmk.moved(org, &moved);
+        self.show_throttling(org, job, limits).await;
         if let Some((key_id, error)) = failed_key {
             self.record_health(org, &key_id, &error).await;
         }
@@ -376,6 +440,27 @@ impl RewrapEngine {
             self.finish(org, &job.id).await?;
         }
         Ok(())
+    }
+
+    /// Shows on the job whether KMS throttling slowed it, and to what rate: written only when
+    /// that changes (throttled or not, or the rate by a quarter), so at most once per batch.
+    async fn show_throttling(&self, org: &OrgId, job: &Job, limits: &BatchLimits) {
+        let now = limits.throttled_rate();
+        let changed = match (job.throttled_rate, now) {
+            (None, None) => false,
+            (Some(a), Some(b)) => a.abs_diff(b) * 4 > a,
+            _ => true,
+        };
+        if changed {
+            if let Err(e) = self
+                .cmk
+                .store()
+                .set_job_throttle(org, &job.id, job.generation, now)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the job's throttling");
+            }
+        }
     }
 
     /// Records a key's health after a failure, at most once per key per interval; wipes the
@@ -396,12 +481,16 @@ impl RewrapEngine {
         org: &OrgId,
         from: &Kek,
         to: &Kek,
+        limits: &BatchLimits,
         record: &DataKeyRecord,
     ) -> RewrapResult {
         let ctx = data_key_context(org, &record.id);
         let mut attempt = 0;
         loop {
-            match self.move_once(from, to, &ctx, &record.wrapped).await {
+            match self
+                .move_once(from, to, limits, &ctx, &record.wrapped)
+                .await
+            {
                 Err((_, ref e))
                     if e.kind.is_retryable() && attempt + 1 < self.config.max_attempts =>
                 {
@@ -422,29 +511,45 @@ impl RewrapEngine {
     /// where the provider has one. If it is refused, unwrap then wrap is tried: that still moves
     /// the key when only the one-call permission is missing, and otherwise tells which of the
     /// two keys failed (a refused `ReEncrypt` does not say whether the source or the target did).
+    ///
+    /// Every provider call first takes a slot of the rate limit of each key it uses, and a
+    /// throttled call halves that limiter's rate.
     async fn move_once(
         &self,
         from: &Kek,
         to: &Kek,
+        limits: &BatchLimits,
         ctx: &EncryptionContext,
         wrapped: &[u8],
     ) -> RewrapResult {
         let keys = self.cmk.key_provider();
-        match keys.rewrap(from, to, ctx, wrapped).await {
-            Ok(Some(w)) => return Ok(w),
-            Err(e) if e.kind.is_retryable() => return Err((from.key_id.clone(), e)),
-            Err(e) => {
-                tracing::debug!(error = %e.message, "one-call rewrap refused; trying unwrap then wrap");
+        if keys.rewraps_in_one_call(from, to) {
+            BatchLimits::acquire(&limits.from).await;
+            BatchLimits::acquire(&limits.to).await;
+            match keys.rewrap(from, to, ctx, wrapped).await {
+                Ok(Some(w)) => return Ok(w),
+                Err(e) if e.kind.is_retryable() => {
+                    // One call on both keys: either may have been throttled.
+                    BatchLimits::throttled(&limits.from, &e);
+                    BatchLimits::throttled(&limits.to, &e);
+                    return Err((from.key_id.clone(), e));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "one-call rewrap refused; trying unwrap then wrap");
+                }
+                Ok(None) => {}
             }
-            Ok(None) => {}
         }
-        let plaintext = keys
-            .unwrap(from, ctx, wrapped)
-            .await
-            .map_err(|e| (from.key_id.clone(), e))?;
-        keys.wrap(to, ctx, &plaintext)
-            .await
-            .map_err(|e| (to.key_id.clone(), e))
+        BatchLimits::acquire(&limits.from).await;
+        let plaintext = keys.unwrap(from, ctx, wrapped).await.map_err(|e| {
+            BatchLimits::throttled(&limits.from, &e);
+            (from.key_id.clone(), e)
+        })?;
+        BatchLimits::acquire(&limits.to).await;
+        keys.wrap(to, ctx, &plaintext).await.map_err(|e| {
+            BatchLimits::throttled(&limits.to, &e);
+            (to.key_id.clone(), e)
+        })
     }
 
     /// Completes, fails or re-plans a job whose data keys have all been processed.

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod ports;
+pub mod ratelimit;
 pub mod rules;
 pub mod service;
 #[cfg(feature = "testsuite")]

@@ -276,6 +276,29 @@ pub struct KeyRecord {
     pub health: Health,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
+    /// KMS requests per second a re-encryption may spend on this key, summed over every
+    /// worker ([`REWRAP_RATE_LIMITS`]); `None`: no limit (the service-managed and `local` keys).
+    /// The data plane is never limited by it.
+    #[serde(default)]
+    pub rewrap_rate_limit: Option<u32>,
+}
+
+/// The re-encryption rate limit of a new `aws-kms` key, in KMS requests per second.
+pub const DEFAULT_REWRAP_RATE_LIMIT: u32 = 250;
+/// The rate limits an admin may set.
+pub const REWRAP_RATE_LIMITS: std::ops::RangeInclusive<u32> = 1..=10_000;
+
+/// Checks a rate limit an admin asked for.
+pub fn validate_rewrap_rate_limit(limit: u32) -> Result<u32, CoreError> {
+    if REWRAP_RATE_LIMITS.contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(CoreError::InvalidRequest(format!(
+            "rewrap_rate_limit must be from {} to {} KMS requests per second",
+            REWRAP_RATE_LIMITS.start(),
+            REWRAP_RATE_LIMITS.end()
+        )))
+    }
 }
 
 /// A key as the admin sees it: the record plus what derives from the org's state.
@@ -385,6 +408,9 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub started_by: String,
+    /// While KMS throttles the re-encryption: the rate (requests per second, per worker) it
+    /// adapted down to. `None` when it runs at its keys' limits.
+    pub throttled_rate: Option<u32>,
 }
 
 /// One audit record: every admin action and every job transition.

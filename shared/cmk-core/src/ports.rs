@@ -148,6 +148,16 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs in state `running`, across orgs (for the worker's recovery sweep).
     async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError>;
 
+    /// Records the rate a running job's re-encryption adapted down to while KMS throttles it
+    /// (`None`: back at its keys' limits), if the job still runs at `generation`.
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError>;
+
     /// Claims the right to plan a running job again: sets its `updated_at` to now, only if it
     /// is running at `generation` and its `updated_at` (the later of its last plan and its last
     /// committed batch) is before `idle_before`. `true` for the one caller that won; every
@@ -324,6 +334,14 @@ pub trait KeyProvider: Send + Sync + 'static {
         ctx: &EncryptionContext,
         wrapped: &[u8],
     ) -> Result<DataKey, KeyError>;
+
+    /// Whether [`KeyProvider::rewrap`] moves a data key from `from` to `to` in one call (so a
+    /// re-encryption spends one request of each key's rate limit on it, not an unwrap and a
+    /// wrap).
+    fn rewraps_in_one_call(&self, from: &Kek, to: &Kek) -> bool {
+        let _ = (from, to);
+        false
+    }
 
     /// Re-wraps without exposing the plaintext when one principal can use both keys; `None`
     /// when not supported, and the caller unwraps then wraps.

@@ -33,6 +33,7 @@ fn service_record() -> KeyRecord {
         },
         created_at: DateTime::<Utc>::UNIX_EPOCH,
         created_by: "system".to_owned(),
+        rewrap_rate_limit: None,
     }
 }
 
@@ -105,6 +106,7 @@ fn new_job(kind: JobKind, sources: Vec<KeyId>, target: KeyId, actor: &str) -> Jo
         updated_at: now,
         finished_at: None,
         started_by: actor.to_owned(),
+        throttled_rate: None,
     }
 }
 
@@ -181,6 +183,41 @@ pub fn add_key(s: &OrgSnapshot, actor: &str, record: KeyRecord) -> Result<OrgCom
         c.events.push(started_event(actor, &job));
         c.job = Some(JobChange::Start(job));
     }
+    c.upsert_keys.push(record);
+    Ok(c)
+}
+
+/// Set a key's re-encryption rate limit: only a customer's `aws-kms` key has one (the
+/// service-managed key is the operator's, and `local` keys have no KMS quota to protect). Any
+/// state: a running job picks the new limit up at its next batch.
+pub fn set_rate_limit(
+    s: &OrgSnapshot,
+    actor: &str,
+    key: &KeyId,
+    limit: u32,
+) -> Result<OrgCommit, CoreError> {
+    if key.is_service() {
+        return Err(CoreError::ServiceKeyLocked);
+    }
+    let limit = crate::model::validate_rewrap_rate_limit(limit)?;
+    let mut record = find_key(s, key).ok_or_else(|| not_found(key))?;
+    if !matches!(record.spec, KeySpec::AwsKms { .. }) {
+        return Err(CoreError::InvalidRequest(format!(
+            "key {key} is a {} key, which has no re-encryption rate limit",
+            record.spec.key_type().as_str()
+        )));
+    }
+    let before = record.rewrap_rate_limit;
+    record.rewrap_rate_limit = Some(limit);
+    let mut c = base_commit(s);
+    c.events.push(
+        AuditEvent::new(actor, "key.rate_limit_set")
+            .key(key)
+            .detail(match before {
+                Some(b) => format!("{b} to {limit} KMS requests per second"),
+                None => format!("{limit} KMS requests per second"),
+            }),
+    );
     c.upsert_keys.push(record);
     Ok(c)
 }
@@ -492,6 +529,7 @@ mod tests {
             health: Health::unknown(),
             created_at: crate::model::now(),
             created_by: "t".into(),
+            rewrap_rate_limit: None,
         }
     }
 
@@ -535,6 +573,45 @@ mod tests {
                 "{taken}"
             );
         }
+    }
+
+    #[test]
+    fn only_an_aws_kms_key_has_a_rate_limit_within_bounds() {
+        let mut s = snapshot();
+        let mut aws = record("k1", "prod", KeyState::Active);
+        aws.spec = KeySpec::AwsKms {
+            role_arn: "arn:aws:iam::111122223333:role/r".into(),
+            key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+            resolved_key_arn: None,
+        };
+        aws.rewrap_rate_limit = Some(250);
+        s.keys.push(aws);
+        s.keys.push(record("k2", "local", KeyState::Active));
+        let c = set_rate_limit(&s, "alice", &KeyId::from_trusted("k1"), 500).expect("set");
+        assert_eq!(c.upsert_keys[0].rewrap_rate_limit, Some(500));
+        assert_eq!(c.events[0].action, "key.rate_limit_set");
+        assert_eq!(
+            c.events[0].detail.as_deref(),
+            Some("250 to 500 KMS requests per second")
+        );
+        for bad in [0, 10_001] {
+            assert!(matches!(
+                set_rate_limit(&s, "alice", &KeyId::from_trusted("k1"), bad),
+                Err(CoreError::InvalidRequest(_))
+            ));
+        }
+        assert!(matches!(
+            set_rate_limit(&s, "alice", &KeyId::from_trusted("k2"), 10),
+            Err(CoreError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            set_rate_limit(&s, "alice", &KeyId::service(), 10),
+            Err(CoreError::ServiceKeyLocked)
+        ));
+        assert!(matches!(
+            set_rate_limit(&s, "alice", &KeyId::from_trusted("nope"), 10),
+            Err(CoreError::NotFound(_))
+        ));
     }
 
     #[test]

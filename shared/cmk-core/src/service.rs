@@ -79,7 +79,12 @@ pub struct Setup {
 /// A key to add, as the admin asked for it.
 #[derive(Clone, Debug)]
 pub enum NewKeySpec {
-    AwsKms { role_arn: String, key_arn: String },
+    AwsKms {
+        role_arn: String,
+        key_arn: String,
+        /// `None`: [`crate::model::DEFAULT_REWRAP_RATE_LIMIT`].
+        rewrap_rate_limit: Option<u32>,
+    },
     Local,
 }
 
@@ -328,6 +333,7 @@ impl Cmk {
         spec: NewKeySpec,
     ) -> Result<(Key, Option<Job>), CoreError> {
         let name = validate_key_name(name)?;
+        let mut rate_limit = None;
         let spec = match spec {
             NewKeySpec::Local if !self.inner.config.allow_local_keys => {
                 return Err(CoreError::InvalidRequest(
@@ -340,10 +346,17 @@ impl Cmk {
                     "aws-kms keys need the AWS backend; this service runs on embedded backends (use type \"local\")".into(),
                 ))
             }
-            NewKeySpec::AwsKms { role_arn, key_arn } => {
+            NewKeySpec::AwsKms {
+                role_arn,
+                key_arn,
+                rewrap_rate_limit,
+            } => {
                 validate_role_arn(&role_arn)?;
                 validate_kms_key_arn(&key_arn)?;
                 self.refuse_own_account(&role_arn)?;
+                rate_limit = Some(crate::model::validate_rewrap_rate_limit(
+                    rewrap_rate_limit.unwrap_or(crate::model::DEFAULT_REWRAP_RATE_LIMIT),
+                )?);
                 KeySpec::AwsKms {
                     role_arn,
                     key_arn,
@@ -388,6 +401,7 @@ impl Cmk {
             health: Health::ok(crate::model::now()),
             created_at: crate::model::now(),
             created_by: actor.to_owned(),
+            rewrap_rate_limit: rate_limit,
         };
         let committed = self
             .commit_rule(org, |s| rules::add_key(s, actor, record.clone()))
@@ -435,6 +449,19 @@ impl Cmk {
         key: &KeyId,
     ) -> Result<Key, CoreError> {
         self.commit_rule(org, |s| rules::set_default(s, actor, key))
+            .await?;
+        self.get_key(org, key).await
+    }
+
+    /// Sets an `aws-kms` key's re-encryption rate limit (see [`rules::set_rate_limit`]).
+    pub async fn set_rate_limit(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        key: &KeyId,
+        limit: u32,
+    ) -> Result<Key, CoreError> {
+        self.commit_rule(org, |s| rules::set_rate_limit(s, actor, key, limit))
             .await?;
         self.get_key(org, key).await
     }

@@ -29,6 +29,7 @@ fn key_record(id: &str, name: &str) -> KeyRecord {
         health: Health::unknown(),
         created_at: crate::model::now(),
         created_by: "contract".into(),
+        rewrap_rate_limit: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn job(kind: JobKind, sources: Vec<KeyId>, target: KeyId) -> Job {
         updated_at: crate::model::now(),
         finished_at: None,
         started_by: "contract".into(),
+        throttled_rate: None,
     }
 }
 
@@ -97,6 +99,67 @@ pub async fn store_contract(store: &dyn Store) {
     audit_pages(store).await;
     the_largest_commits_fit(store).await;
     one_replan_claim_per_idle_interval(store).await;
+    rate_limits_and_throttling_are_kept(store).await;
+}
+
+async fn rate_limits_and_throttling_are_kept(store: &dyn Store) {
+    let org = unique_org("rates");
+    let svc = KeyId::service();
+    store
+        .insert_data_keys(&org, &data_keys(&svc, 2))
+        .await
+        .unwrap();
+    let mut k = key_record("k", "k");
+    k.rewrap_rate_limit = Some(300);
+    let mut c = commit(0, &k.id);
+    c.upsert_keys.push(k.clone());
+    c.job = Some(JobChange::Start(job(
+        JobKind::Adopt,
+        vec![svc],
+        k.id.clone(),
+    )));
+    let job = store.commit(&org, c).await.unwrap().expect("the job");
+    assert_eq!(job.throttled_rate, None, "a new job is not throttled");
+    let s = store.load_org(&org).await.unwrap();
+    assert_eq!(
+        s.keys[0].rewrap_rate_limit,
+        Some(300),
+        "a key keeps its rate limit"
+    );
+    k.rewrap_rate_limit = Some(500);
+    let mut c = commit(s.version, &k.id);
+    c.upsert_keys.push(k.clone());
+    store.commit(&org, c).await.unwrap();
+    let got = store.get_key(&org, &k.id).await.unwrap().unwrap();
+    assert_eq!(
+        got.rewrap_rate_limit,
+        Some(500),
+        "an update changes the limit"
+    );
+
+    store
+        .set_job_throttle(&org, &job.id, job.generation, Some(42))
+        .await
+        .unwrap();
+    let throttled_rate = || async {
+        let job = store.get_job(&org, &job.id).await.unwrap();
+        job.expect("the job").throttled_rate
+    };
+    assert_eq!(throttled_rate().await, Some(42));
+    store
+        .set_job_throttle(&org, &job.id, job.generation + 1, Some(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        throttled_rate().await,
+        Some(42),
+        "another generation changes nothing"
+    );
+    store
+        .set_job_throttle(&org, &job.id, job.generation, None)
+        .await
+        .unwrap();
+    assert_eq!(throttled_rate().await, None, "back at its limits");
 }
 
 async fn one_replan_claim_per_idle_interval(store: &dyn Store) {

@@ -141,6 +141,27 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Columns added after the first release, added in place to a database made before them
+/// (SQLite adds a nullable column without rewriting the table).
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("keys", "rewrap_rate_limit", "INTEGER"),
+    ("jobs", "throttled_rate", "INTEGER"),
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 impl Database {
     /// Opens (creating if needed) the database at `path` and applies the schema.
     pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
@@ -150,6 +171,7 @@ impl Database {
             .map_err(unavailable)?;
         configure(&writer).map_err(unavailable)?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        migrate(&writer).map_err(unavailable)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let conn = Connection::open_with_flags(
@@ -212,5 +234,53 @@ impl Database {
     /// Runs `f` on the writer connection on the current thread (for tools that own the thread).
     pub fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         f(&mut Self::lock(&self.writer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_the_previous_release_gains_the_new_columns_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cmk.db");
+        {
+            // The schema as the previous release made it, with a key and a job in it.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("old schema");
+            conn.execute(
+                "INSERT INTO keys (org, id, seq, name, name_folded, spec, state, health,
+                                   created_at, created_by)
+                 VALUES ('acme', 'k1', 1, 'prod', 'prod', '\"local\"', 'active',
+                         '{\"status\":\"ok\",\"checked_at\":null,\"message\":null}',
+                         '2026-01-01T00:00:00.000000Z', 'alice')",
+                [],
+            )
+            .expect("an old key");
+        }
+        for _ in 0..2 {
+            // Opening migrates once; opening again finds nothing to do.
+            let db = Database::open(&path).expect("open and migrate");
+            let conn = Database::lock(&db.writer);
+            for (table, column, _) in ADDED_COLUMNS {
+                let n: i64 = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                        [table, column],
+                        |r| r.get(0),
+                    )
+                    .expect("table info");
+                assert_eq!(n, 1, "{table}.{column}");
+            }
+            let limit: Option<i64> = conn
+                .query_row(
+                    "SELECT rewrap_rate_limit FROM keys WHERE id = 'k1'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("the old key");
+            assert_eq!(limit, None, "an old key has no limit");
+        }
     }
 }

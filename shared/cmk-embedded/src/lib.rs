@@ -7,12 +7,14 @@ mod keys;
 mod queue;
 mod samples;
 pub mod secret_file;
+mod simulated_kms;
 mod store;
 
 pub use db::Database;
 pub use keys::LocalKeyProvider;
 pub use queue::{QueueConfig, SqliteQueue};
 pub use samples::{Sample, SampleStore};
+pub use simulated_kms::{Request as SimulatedRequest, SimulatedKms, SimulatedKmsConfig};
 pub use store::SqliteStore;
 
 use std::path::Path;

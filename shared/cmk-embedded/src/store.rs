@@ -101,8 +101,8 @@ fn org_row(conn: &Connection, org: &str) -> Result<Option<OrgRow>, StoreError> {
 fn read_keys(conn: &Connection, org: &str) -> Result<Vec<KeyRecord>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, name, spec, state, health, created_at, created_by FROM keys
-             WHERE org = ?1 ORDER BY seq",
+            "SELECT id, name, spec, state, health, created_at, created_by, rewrap_rate_limit
+             FROM keys WHERE org = ?1 ORDER BY seq",
         )
         .map_err(unavailable)?;
     let rows = stmt
@@ -115,12 +115,14 @@ fn read_keys(conn: &Connection, org: &str) -> Result<Vec<KeyRecord>, StoreError>
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
                 r.get::<_, String>(6)?,
+                r.get::<_, Option<i64>>(7)?,
             ))
         })
         .map_err(unavailable)?;
     let mut keys = Vec::new();
     for row in rows {
-        let (id, name, spec, state, health, created_at, created_by) = row.map_err(unavailable)?;
+        let (id, name, spec, state, health, created_at, created_by, rate_limit) =
+            row.map_err(unavailable)?;
         keys.push(KeyRecord {
             id: KeyId::from_trusted(id),
             name,
@@ -129,6 +131,7 @@ fn read_keys(conn: &Connection, org: &str) -> Result<Vec<KeyRecord>, StoreError>
             health: from_json(&health)?,
             created_at: parse_ts(&created_at)?,
             created_by,
+            rewrap_rate_limit: rate_limit.map(|n| n as u32),
         });
     }
     Ok(keys)
@@ -144,7 +147,7 @@ fn read_job(conn: &Connection, org: &str, id: &str) -> Result<Option<Job>, Store
     let row = conn
         .prepare_cached(
             "SELECT kind, state, sources, target, total, done, failed, generation, started_at,
-                    updated_at, finished_at, started_by
+                    updated_at, finished_at, started_by, throttled_rate
              FROM jobs WHERE org = ?1 AND id = ?2",
         )
         .map_err(unavailable)?
@@ -162,6 +165,7 @@ fn read_job(conn: &Connection, org: &str, id: &str) -> Result<Option<Job>, Store
                 r.get::<_, String>(9)?,
                 r.get::<_, Option<String>>(10)?,
                 r.get::<_, String>(11)?,
+                r.get::<_, Option<i64>>(12)?,
             ))
         })
         .optional()
@@ -179,6 +183,7 @@ fn read_job(conn: &Connection, org: &str, id: &str) -> Result<Option<Job>, Store
         updated_at,
         finished_at,
         started_by,
+        throttled_rate,
     )) = row
     else {
         return Ok(None);
@@ -224,6 +229,7 @@ fn read_job(conn: &Connection, org: &str, id: &str) -> Result<Option<Job>, Store
         updated_at: parse_ts(&updated_at)?,
         finished_at: finished_at.as_deref().map(parse_ts).transpose()?,
         started_by,
+        throttled_rate: throttled_rate.map(|n| n as u32),
     }))
 }
 
@@ -321,10 +327,12 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
     .map_err(write_err)?;
     for k in &c.upsert_keys {
         tx.prepare_cached(
-            "INSERT INTO keys (org, id, seq, name, name_folded, spec, state, health, created_at, created_by)
-             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys WHERE org = ?1), ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO keys (org, id, seq, name, name_folded, spec, state, health, created_at, created_by,
+                               rewrap_rate_limit)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys WHERE org = ?1), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (org, id) DO UPDATE SET name = excluded.name, name_folded = excluded.name_folded,
-                 spec = excluded.spec, state = excluded.state, health = excluded.health",
+                 spec = excluded.spec, state = excluded.state, health = excluded.health,
+                 rewrap_rate_limit = excluded.rewrap_rate_limit",
         )
         .map_err(unavailable)?
         .execute(params![
@@ -337,6 +345,7 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
             json(&k.health)?,
             ts(&k.created_at),
             k.created_by,
+            k.rewrap_rate_limit,
         ])
         .map_err(write_err)?;
     }
@@ -737,6 +746,27 @@ impl Store for SqliteStore {
                     )
                     .map_err(write_err)?;
                 Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let (org, job) = (org.to_string(), job.to_string());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE jobs SET throttled_rate = ?4
+                     WHERE org = ?1 AND id = ?2 AND generation = ?3 AND state = 'running'",
+                    params![org, job, generation, rate],
+                )
+                .map_err(write_err)?;
+                Ok(())
             })
             .await
     }

@@ -60,6 +60,7 @@ export function createApi({ org, token, onAuthFailure }) {
     setup: () => call('GET', '/keys/setup'),
     addKey: (body) => call('POST', '/keys', body),
     setDefault: (id) => call('POST', `/keys/${enc(id)}/default`),
+    setRate: (id, limit) => call('PATCH', `/keys/${enc(id)}`, { rewrap_rate_limit: limit }),
     disable: (id, reencryptTo) => call('POST', `/keys/${enc(id)}/disable`, { reencrypt_to: reencryptTo }),
     disableAll: () => call('POST', '/keys/disable-all'),
     check: (id) => call('POST', `/keys/${enc(id)}/check`),

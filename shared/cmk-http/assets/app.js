@@ -267,6 +267,12 @@ function whyNoDisable(k) {
   return null;
 }
 
+/** Why the re-encryption rate of `k` cannot be set, or null. */
+function whyNoRate(k) {
+  if (k.type !== 'aws-kms') return 'Only AWS KMS keys have a re-encryption rate.';
+  return null;
+}
+
 function whyNoDisableAll() {
   if (jobUnfinished()) return 'Unavailable until the current re-encryption finishes.';
   const active = (state.listing?.keys || []).filter(
@@ -290,6 +296,9 @@ function rowFor(k) {
     { role: 'cell', 'data-label': 'Type' },
     el('span', { class: 'type-label' }, TYPE_LABELS[k.type] || k.type),
     k.aws ? el('span', { class: 'sub wrap' }, k.aws.key_arn) : null,
+    k.rewrap_rate_limit
+      ? el('span', { class: 'sub' }, `Re-encrypts at up to ${formatCount(k.rewrap_rate_limit)} requests/s`)
+      : null,
   );
   const healthTone = HEALTH_TONES[k.health.status] || 'bad';
   const healthCell = el(
@@ -354,11 +363,33 @@ function rowFor(k) {
     },
     el('span', { class: 'menu-label' }, 'Check health'),
   );
+  const noRate = whyNoRate(k);
+  const rateWhyId = `why-rate-${id}`;
+  const rateItem = el(
+    'button',
+    {
+      type: 'button',
+      role: 'menuitem',
+      class: 'menu-item',
+      'aria-disabled': noRate ? 'true' : null,
+      'aria-describedby': noRate ? rateWhyId : null,
+      title: noRate,
+      tabindex: '-1',
+      onclick: () => {
+        if (noRate) return;
+        closeMenu();
+        openRate(k);
+      },
+    },
+    el('span', { class: 'menu-label' }, 'Set re-encryption rate'),
+    noRate ? el('span', { class: 'menu-why', id: rateWhyId, 'aria-hidden': 'true' }, noRate) : null,
+  );
   const menu = el(
     'div',
     { class: 'menu', id: menuId, role: 'menu', 'aria-label': `Actions for ${k.name}`, hidden: true },
     disableItem,
     checkItem,
+    rateItem,
   );
   const menuButton = el(
     'button',
@@ -783,6 +814,46 @@ async function submitDisable(e) {
   }
 }
 
+// ---- re-encryption rate
+
+function openRate(k) {
+  state.rateKey = k;
+  $('rate-title').textContent = `Re-encryption rate of “${k.name}”`;
+  $('rate-limit').value = String(k.rewrap_rate_limit || '');
+  $('rate-limit-error').textContent = '';
+  $('rate-error').textContent = '';
+  $('rate-submit').disabled = false;
+  openDialog($('rate-dialog'));
+  $('rate-limit').focus();
+}
+
+async function submitRate(e) {
+  e.preventDefault();
+  const k = state.rateKey;
+  const raw = $('rate-limit').value.trim();
+  const limit = Number(raw);
+  $('rate-error').textContent = '';
+  if (!/^[0-9]+$/.test(raw) || limit < 1 || limit > 10000) {
+    $('rate-limit-error').textContent = 'Enter a whole number from 1 to 10,000.';
+    $('rate-limit').focus();
+    return;
+  }
+  $('rate-limit-error').textContent = '';
+  $('rate-submit').disabled = true;
+  try {
+    await state.api.setRate(k.id, limit);
+    $('rate-dialog').close();
+    notice(`“${k.name}” now re-encrypts at up to ${formatCount(limit)} requests per second.`);
+    await refresh();
+  } catch (err) {
+    if (err.status !== 401 && err.status !== 403) {
+      $('rate-error').textContent = describeError(err, 'Setting the rate');
+    }
+  } finally {
+    $('rate-submit').disabled = false;
+  }
+}
+
 // ---- disable all
 
 function openDisableAll() {
@@ -873,6 +944,13 @@ function renderBanner() {
   $('banner-fill').style.width = `${pct}%`;
   $('banner-count').textContent = `${formatCount(done)} of ${formatCount(total)} data keys re-encrypted (${pct}%).`;
   $('banner-failed').textContent = job.failed ? `${plural(job.failed, 'data key', 'data keys')} failed.` : '';
+  const throttled = $('banner-throttled');
+  throttled.hidden = !job.throttled;
+  throttled.textContent = job.throttled
+    ? `Your key management system is throttling this re-encryption: it runs at ${formatCount(
+        job.throttled_rate || 0,
+      )} requests per second and speeds up again by itself.`
+    : '';
 
   const errorsBox = $('banner-errors');
   if (job.errors?.length) {
@@ -947,6 +1025,7 @@ function init() {
   }
   $('disable-form').addEventListener('submit', submitDisable);
   $('disable-all-form').addEventListener('submit', submitDisableAll);
+  $('rate-form').addEventListener('submit', submitRate);
   $('banner-retry').addEventListener('click', onRetry);
   $('banner-cancel').addEventListener('click', onCancel);
   $('sign-out').addEventListener('click', () => signOut('You signed out.'));

@@ -166,6 +166,10 @@ pub struct KeyDto {
     /// Set for `aws-kms` keys only.
     #[schema(required = true)]
     pub aws: Option<AwsKeyDto>,
+    /// KMS requests per second a re-encryption may spend on this key (`aws-kms` keys only;
+    /// `null` for the service-managed and `local` keys, which have no limit).
+    #[schema(required = true)]
+    pub rewrap_rate_limit: Option<u32>,
     /// When an admin added the key. Absent for the service-managed key, which every org has
     /// from its start and which nobody added.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,6 +207,7 @@ impl From<Key> for KeyDto {
                 message: r.health.message,
             },
             aws,
+            rewrap_rate_limit: r.rewrap_rate_limit,
             created_at: (!r.id.is_service()).then_some(r.created_at),
             created_by: r.created_by,
         }
@@ -253,6 +258,12 @@ pub struct JobDto {
     /// Grows with every retry.
     pub generation: u32,
     pub updated_at: DateTime<Utc>,
+    /// Whether KMS is throttling the re-encryption, which then runs slower than its keys'
+    /// rate limits allow.
+    pub throttled: bool,
+    /// While throttled: the KMS requests per second (per worker) it adapted down to.
+    #[schema(required = true)]
+    pub throttled_rate: Option<u32>,
 }
 
 impl From<Job> for JobDto {
@@ -272,6 +283,8 @@ impl From<Job> for JobDto {
             started_by: j.started_by,
             generation: j.generation,
             updated_at: j.updated_at,
+            throttled: j.throttled_rate.is_some(),
+            throttled_rate: j.throttled_rate,
         }
     }
 }
@@ -461,6 +474,18 @@ pub struct AddKeyRequest {
     pub role_arn: Option<String>,
     #[serde(default)]
     pub key_arn: Option<String>,
+    /// `aws-kms` only: KMS requests per second a re-encryption may spend on the key, 1 to
+    /// 10,000 (default 250).
+    #[serde(default)]
+    pub rewrap_rate_limit: Option<u32>,
+}
+
+/// The settings of a key an admin may change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    /// KMS requests per second a re-encryption may spend on this `aws-kms` key, 1 to 10,000.
+    pub rewrap_rate_limit: u32,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -20,7 +20,7 @@ use crate::dto::{
     AddKeyRequest, AddKeyResponse, AuditQuery, AuditResponse, Context, DataKeyResponse,
     DecryptRequest, DecryptResponse, DisableRequest, EmptyObject, EncryptRequest, EncryptResponse,
     HealthzResponse, JobResponse, KeyResponse, KeysResponse, NewKeyType,
-    ReencryptionStatusResponse, SetupResponse,
+    ReencryptionStatusResponse, SetupResponse, UpdateKeyRequest,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, DataKeyPath, Empty, JsonOrEmpty, KeyPath};
@@ -171,12 +171,19 @@ pub async fn add_key(
     ApiJson(body): ApiJson<AddKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<AddKeyResponse>)> {
     let spec = match (body.key_type, body.role_arn, body.key_arn) {
-        (NewKeyType::AwsKms, Some(role_arn), Some(key_arn)) => {
-            NewKeySpec::AwsKms { role_arn, key_arn }
-        }
+        (NewKeyType::AwsKms, Some(role_arn), Some(key_arn)) => NewKeySpec::AwsKms {
+            role_arn,
+            key_arn,
+            rewrap_rate_limit: body.rewrap_rate_limit,
+        },
         (NewKeyType::AwsKms, _, _) => {
             return Err(ApiError::invalid_request(
                 "type aws-kms needs role_arn and key_arn",
+            ))
+        }
+        (NewKeyType::Local, None, None) if body.rewrap_rate_limit.is_some() => {
+            return Err(ApiError::invalid_request(
+                "type local has no re-encryption rate limit (rewrap_rate_limit)",
             ))
         }
         (NewKeyType::Local, None, None) => NewKeySpec::Local,
@@ -197,6 +204,33 @@ pub async fn add_key(
             reencryption: job.map(Into::into),
         }),
     ))
+}
+
+/// Changes a key's settings: the re-encryption rate limit of an `aws-kms` key.
+#[utoipa::path(patch, path = "/v1/orgs/{org}/keys/{key_id}", tag = "keys", params(KeyParams),
+    request_body = UpdateKeyRequest,
+    responses(
+        (status = 200, description = "The key with its new settings", body = KeyResponse),
+        (status = 400, description = "A limit out of range, or a key type without one", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`key_is_service_managed`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_key(
+    admin: Admin,
+    KeyPath(key): KeyPath,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<UpdateKeyRequest>,
+) -> ApiResult<Json<KeyResponse>> {
+    let key = s
+        .cmk
+        .set_rate_limit(
+            &admin.principal.subject,
+            &admin.org,
+            &key,
+            body.rewrap_rate_limit,
+        )
+        .await?;
+    Ok(Json(KeyResponse { key: key.into() }))
 }
 
 /// Makes an active, non-busy key the default: it wraps every new data key.

@@ -64,6 +64,10 @@ pub fn admin_write_routes() -> Router<AppState> {
         .route("/v1/orgs/{org}/keys/setup", get(handlers::setup))
         .route("/v1/orgs/{org}/keys", post(handlers::add_key))
         .route(
+            "/v1/orgs/{org}/keys/{key_id}",
+            axum::routing::patch(handlers::update_key),
+        )
+        .route(
             "/v1/orgs/{org}/keys/{key_id}/default",
             post(handlers::set_default),
         )

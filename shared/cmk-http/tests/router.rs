@@ -68,6 +68,15 @@ impl Store for StubStore {
     async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
         down()
     }
+    async fn set_job_throttle(
+        &self,
+        _: &OrgId,
+        _: &JobId,
+        _: u32,
+        _: Option<u32>,
+    ) -> Result<(), StoreError> {
+        down()
+    }
     async fn claim_replan(
         &self,
         _: &OrgId,

@@ -11,6 +11,7 @@
 //! | `CMK_ROLE_CLAIM` | HTTP functions | `role` | the JWT claim that carries `admin`, `member` or `service` |
 //! | `CMK_BATCH_SIZE` | worker | `500` | data keys per planned batch message |
 //! | `CMK_WORKER_CONCURRENCY` | worker | `10` | SQS messages of one invocation handled at once |
+//! | `CMK_WORKER_MAX_CONCURRENCY` | worker | `10` | the most worker instances at once (the template's `WorkerMaxConcurrency`): each spends this share of a key's re-encryption rate limit |
 //! | `CMK_STALLED_AFTER` | keys-write, worker | `900` | seconds without a plan or progress before a retry or the scheduled sweep re-plans a running job |
 //! | `CMK_FAILURE_MEMORY` | all | `10` | seconds a customer key's failure (a refused `AssumeRole`) is remembered; failing calls write a key's health at most once per interval |
 
@@ -134,6 +135,10 @@ pub struct WorkerSettings {
     /// A running job without progress for this long is re-planned by the scheduled sweep. Longer
     /// than the queue's visibility timeout, so a batch still in flight is not planned twice.
     pub stalled_after: Duration,
+    /// The most worker instances the queue runs at once: each spends this share of a key's
+    /// re-encryption rate limit (`CMK_WORKER_MAX_CONCURRENCY`, the template's
+    /// `WorkerMaxConcurrency`).
+    pub max_instances: u32,
 }
 
 impl WorkerSettings {
@@ -147,6 +152,7 @@ impl WorkerSettings {
             batch_size: number(var, "CMK_BATCH_SIZE", 500, 1..=10_000)? as usize,
             concurrency: number(var, "CMK_WORKER_CONCURRENCY", 10, 1..=100)? as usize,
             stalled_after: Duration::from_secs(number(var, "CMK_STALLED_AFTER", 900, 1..=86_400)?),
+            max_instances: number(var, "CMK_WORKER_MAX_CONCURRENCY", 10, 1..=1_000)? as u32,
         })
     }
 }

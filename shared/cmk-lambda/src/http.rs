@@ -46,6 +46,7 @@ const KEYS_READ_ROUTES: &[RouteSpec] = &[
 const KEYS_WRITE_ROUTES: &[RouteSpec] = &[
     ("GET", "/v1/orgs/{org}/keys/setup"),
     ("POST", "/v1/orgs/{org}/keys"),
+    ("PATCH", "/v1/orgs/{org}/keys/{key_id}"),
     ("POST", "/v1/orgs/{org}/keys/{key_id}/default"),
     ("POST", "/v1/orgs/{org}/keys/{key_id}/disable"),
     ("POST", "/v1/orgs/{org}/keys/disable-all"),

@@ -145,6 +145,7 @@ pub fn engine(cmk: cmk_core::Cmk, settings: &WorkerSettings) -> RewrapEngine {
         cmk,
         EngineConfig {
             batch_size: settings.batch_size,
+            rate_share: settings.max_instances,
             ..EngineConfig::default()
         },
     )

@@ -555,6 +555,7 @@ fn resolve(v: &Yaml) -> String {
         _ if v.get("Ref").is_some() => match s(&v["Ref"]) {
             "JwtOrgClaim" => "org".into(),
             "JwtRoleClaim" => "role".into(),
+            "WorkerMaxConcurrency" => "10".into(),
             "RewrapQueue" => "https://sqs.us-east-1.amazonaws.com/123456789012/cmk-rewrap".into(),
             other => format!("{other}-value"),
         },
@@ -632,6 +633,10 @@ fn the_template_gives_each_function_the_configuration_it_reads() {
                 .as_u64()
                 .expect("visibility"),
         "the sweep must not re-plan a batch still in flight"
+    );
+    assert_eq!(
+        w.max_instances, 10,
+        "the worker takes its share of each key's rate limit by the template's concurrency"
     );
 
     // The outputs an operator and customers need.

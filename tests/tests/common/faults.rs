@@ -76,6 +76,17 @@ impl Store for FaultyStore {
     async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
         self.inner.running_jobs().await
     }
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_job_throttle(org, job, generation, rate)
+            .await
+    }
     async fn claim_replan(
         &self,
         org: &OrgId,
@@ -209,6 +220,9 @@ pub struct RefusedOneCallRewrap {
 
 #[async_trait]
 impl KeyProvider for RefusedOneCallRewrap {
+    fn rewraps_in_one_call(&self, _from: &Kek, _to: &Kek) -> bool {
+        true
+    }
     async fn prepare(&self, kek: &Kek) -> Result<(), KeyError> {
         self.inner.prepare(kek).await
     }

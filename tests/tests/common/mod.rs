@@ -38,6 +38,8 @@ pub struct Options {
     pub cache_ttl: Duration,
     /// The service's stall interval (retries re-plan a running job only after it).
     pub stalled_after: Duration,
+    /// Whether `aws-kms` keys may be added (with a provider that serves them).
+    pub allow_aws_keys: bool,
     /// Wraps the store (e.g. with faults) before the service uses it.
     pub wrap_store: Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>,
     pub wrap_keys: Box<dyn FnOnce(Arc<dyn KeyProvider>) -> Arc<dyn KeyProvider> + Send>,
@@ -52,6 +54,7 @@ impl Default for Options {
             visibility: Duration::from_millis(500),
             cache_ttl: Duration::ZERO,
             stalled_after: Duration::from_secs(60),
+            allow_aws_keys: false,
             wrap_store: Box::new(|s| s),
             wrap_keys: Box::new(|k| k),
             engine: EngineConfig {
@@ -61,6 +64,7 @@ impl Default for Options {
                 retry_backoff: Duration::from_millis(5),
                 // Small segments: every job of these tests is planned in several deliveries.
                 plan_segment: 2,
+                rate_share: 1,
             },
         }
     }
@@ -112,6 +116,7 @@ impl TestApp {
             DataKeyCache::new(opts.cache_ttl, 1000),
             ServiceConfig {
                 stalled_after: opts.stalled_after,
+                allow_aws_keys: opts.allow_aws_keys,
                 ..ServiceConfig::default()
             },
         );

@@ -1,4 +1,4 @@
-//! `cmk keys list | add | default | disable | disable-all | check`.
+//! `cmk keys list | add | default | set-rate | disable | disable-all | check`.
 
 use std::process::ExitCode;
 
@@ -29,6 +29,13 @@ enum KeysCommand {
     Default {
         /// Key id or name.
         key: String,
+    },
+    /// Set how many KMS requests per second a re-encryption may spend on an aws-kms key.
+    SetRate {
+        /// Key id or name.
+        key: String,
+        /// KMS requests per second, 1 to 10,000, summed over every worker.
+        requests_per_second: u32,
     },
     /// Disable a key, re-encrypting its data keys with another active key.
     Disable {
@@ -69,6 +76,9 @@ struct AddArgs {
     /// The KMS key ARN or alias ARN.
     #[arg(long)]
     key_arn: Option<String>,
+    /// aws-kms only: KMS requests per second a re-encryption may spend on the key (default 250).
+    #[arg(long)]
+    rewrap_rate_limit: Option<u32>,
 }
 
 /// One line per key.
@@ -151,7 +161,14 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                     let (Some(role_arn), Some(key_arn)) = (add.role_arn, add.key_arn) else {
                         bail!("--type aws-kms needs --role-arn and --key-arn");
                     };
-                    json!({"name": add.name, "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn})
+                    let mut body = json!({"name": add.name, "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn});
+                    if let Some(limit) = add.rewrap_rate_limit {
+                        body["rewrap_rate_limit"] = json!(limit);
+                    }
+                    body
+                }
+                KeyTypeArg::Local if add.rewrap_rate_limit.is_some() => {
+                    bail!("--rewrap-rate-limit is for aws-kms keys; local keys have no limit")
                 }
                 KeyTypeArg::Local => json!({"name": add.name, "type": "local"}),
             };
@@ -176,6 +193,28 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             out!("{} ({id}) is now the default key", s(&res["key"], "name"));
+        }
+        KeysCommand::SetRate {
+            key,
+            requests_per_second,
+        } => {
+            let id = client.resolve_key(&key).await?;
+            let res = client
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/keys/{id}"),
+                    Some(json!({"rewrap_rate_limit": requests_per_second})),
+                )
+                .await?;
+            if json {
+                print_json(&res)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            out!(
+                "{} ({id}) re-encrypts at most {} KMS requests per second",
+                s(&res["key"], "name"),
+                n(&res["key"], "rewrap_rate_limit")
+            );
         }
         KeysCommand::Disable { key, reencrypt_to } => {
             let id = client.resolve_key(&key).await?;
