@@ -27,6 +27,9 @@ use crate::local::open_backends;
 pub enum BenchCommand {
     /// Re-encryption throughput: the engine beside the floor of the same work.
     Rewrap(RewrapArgs),
+    /// A re-encryption against a KMS stand-in: the requests it sends per second against the
+    /// key's rate limit, and how it adapts when KMS throttles.
+    RateLimit(crate::bench_rate::RateLimitArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +63,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
             crate::bench_aws::rewrap(args.data_keys, args.endpoint_url).await
         }
         BenchCommand::Rewrap(args) => rewrap(args).await,
+        BenchCommand::RateLimit(args) => crate::bench_rate::rate_limit(args).await,
     }
 }
 
@@ -184,7 +188,7 @@ async fn rewrap(args: RewrapArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn seed(
+pub(crate) async fn seed(
     store: &dyn Store,
     keys: &LocalKeyProvider,
     org: &OrgId,

@@ -16,6 +16,7 @@ macro_rules! out {
 mod aws;
 mod bench;
 mod bench_aws;
+mod bench_rate;
 mod cli;
 mod local;
 mod seed;
