@@ -41,3 +41,39 @@ pub fn unique(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// On an emulator of a suite's own: the service's identity, an IAM user allowed everything in
+/// the operator's account (what the functions' roles are, with IAM enforced).
+pub async fn service_identity(emu: &cmk_aws::emulator::Emulator) -> SdkConfig {
+    let iam = aws_sdk_iam::Client::new(&emu.root_config().await);
+    iam.create_user()
+        .user_name("cmk-service")
+        .send()
+        .await
+        .expect("user");
+    iam.put_user_policy()
+        .user_name("cmk-service")
+        .policy_name("all")
+        .policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        )
+        .send()
+        .await
+        .expect("user policy");
+    let key = iam
+        .create_access_key()
+        .user_name("cmk-service")
+        .send()
+        .await
+        .expect("access key")
+        .access_key
+        .expect("access key");
+    emu.config(Credentials::new(
+        key.access_key_id(),
+        key.secret_access_key(),
+        None,
+        None,
+        "static",
+    ))
+    .await
+}

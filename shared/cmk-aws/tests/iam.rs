@@ -71,35 +71,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
     let iam = aws_sdk_iam::Client::new(&root);
 
     // The service's own identity: an IAM user allowed everything in the operator's account.
-    iam.create_user()
-        .user_name("cmk-service")
-        .send()
-        .await
-        .expect("user");
-    iam.put_user_policy()
-        .user_name("cmk-service")
-        .policy_name("all")
-        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#)
-        .send()
-        .await
-        .expect("user policy");
-    let key = iam
-        .create_access_key()
-        .user_name("cmk-service")
-        .send()
-        .await
-        .expect("key")
-        .access_key
-        .expect("key");
-    let service_config = emu
-        .config(Credentials::new(
-            key.access_key_id(),
-            key.secret_access_key(),
-            None,
-            None,
-            "static",
-        ))
-        .await;
+    let service_config = common::service_identity(&emu).await;
 
     let table = common::unique("cmk");
     cmk_aws::resources::ensure_table(&aws_sdk_dynamodb::Client::new(&root), &table)

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_credential_types::Credentials;
 use cmk_aws::emulator::Emulator;
 use cmk_aws::{KmsKeyProvider, KmsSettings};
 use cmk_core::crypto::DataKey;
@@ -81,35 +80,7 @@ async fn a_revoked_org_costs_one_sts_call_per_interval_and_never_slows_another_o
     };
     let root = emu.root_config().await;
     let iam = aws_sdk_iam::Client::new(&root);
-    iam.create_user()
-        .user_name("cmk-service")
-        .send()
-        .await
-        .expect("user");
-    iam.put_user_policy()
-        .user_name("cmk-service")
-        .policy_name("all")
-        .policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#)
-        .send()
-        .await
-        .expect("user policy");
-    let access = iam
-        .create_access_key()
-        .user_name("cmk-service")
-        .send()
-        .await
-        .expect("access key")
-        .access_key
-        .expect("access key");
-    let service = emu
-        .config(Credentials::new(
-            access.access_key_id(),
-            access.secret_access_key(),
-            None,
-            None,
-            "static",
-        ))
-        .await;
+    let service = common::service_identity(&emu).await;
     let kms = aws_sdk_kms::Client::new(&root);
     let mut key_arns = Vec::new();
     for _ in 0..2 {

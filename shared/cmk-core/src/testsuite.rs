@@ -102,23 +102,30 @@ pub async fn store_contract(store: &dyn Store) {
     rate_limits_and_throttling_are_kept(store).await;
 }
 
-async fn rate_limits_and_throttling_are_kept(store: &dyn Store) {
-    let org = unique_org("rates");
+/// A new org with three data keys under the service key, and `key` added as its first key:
+/// the adopt job running.
+async fn adopting(store: &dyn Store, prefix: &str, key: &KeyRecord) -> (OrgId, Job) {
+    let org = unique_org(prefix);
     let svc = KeyId::service();
     store
-        .insert_data_keys(&org, &data_keys(&svc, 2))
+        .insert_data_keys(&org, &data_keys(&svc, 3))
         .await
         .unwrap();
-    let mut k = key_record("k", "k");
-    k.rewrap_rate_limit = Some(300);
-    let mut c = commit(0, &k.id);
-    c.upsert_keys.push(k.clone());
+    let mut c = commit(0, &key.id);
+    c.upsert_keys.push(key.clone());
     c.job = Some(JobChange::Start(job(
         JobKind::Adopt,
         vec![svc],
-        k.id.clone(),
+        key.id.clone(),
     )));
     let job = store.commit(&org, c).await.unwrap().expect("the job");
+    (org, job)
+}
+
+async fn rate_limits_and_throttling_are_kept(store: &dyn Store) {
+    let mut k = key_record("k", "k");
+    k.rewrap_rate_limit = Some(300);
+    let (org, job) = adopting(store, "rates", &k).await;
     assert_eq!(job.throttled_rate, None, "a new job is not throttled");
     let s = store.load_org(&org).await.unwrap();
     assert_eq!(
@@ -163,21 +170,7 @@ async fn rate_limits_and_throttling_are_kept(store: &dyn Store) {
 }
 
 async fn one_replan_claim_per_idle_interval(store: &dyn Store) {
-    let org = unique_org("replan");
-    let svc = KeyId::service();
-    store
-        .insert_data_keys(&org, &data_keys(&svc, 3))
-        .await
-        .unwrap();
-    let k = key_record("k", "k");
-    let mut c = commit(0, &k.id);
-    c.upsert_keys.push(k.clone());
-    c.job = Some(JobChange::Start(job(
-        JobKind::Adopt,
-        vec![svc],
-        k.id.clone(),
-    )));
-    let job = store.commit(&org, c).await.unwrap().expect("the job");
+    let (org, job) = adopting(store, "replan", &key_record("k", "k")).await;
     let planned_at = job.updated_at;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
