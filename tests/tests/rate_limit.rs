@@ -47,6 +47,7 @@ fn engine(max_attempts: u32, retry_backoff: Duration) -> EngineConfig {
         retry_backoff,
         plan_segment: 200,
         rate_share: 1,
+        message_budget: Duration::from_secs(20),
     }
 }
 
@@ -291,4 +292,70 @@ async fn an_admin_sets_a_keys_rate_limit_within_bounds() {
         .iter()
         .any(|e| e["action"] == "key.rate_limit_set"
             && e["detail"] == "250 to 1200 KMS requests per second"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_slowed_by_its_limit_hands_the_rest_on_within_its_time_budget() {
+    use cmk_core::ports::RewrapQueue;
+    let budget = Duration::from_millis(300);
+    let (mut app, kms) = app_with_kms(
+        SimulatedKmsConfig {
+            latency: Duration::from_millis(1),
+            quota: None,
+        },
+        EngineConfig {
+            message_budget: budget,
+            ..engine(3, Duration::from_millis(5))
+        },
+    )
+    .await;
+    app.kill_worker();
+    let org = "budget";
+    data_keys(&app, org, 150).await;
+    // 100 data keys per batch at 50 per second would hold a delivery for two seconds.
+    let added = add_kms_key(&app, org, "prod", 50).await;
+    let key = KeyId::from_trusted(added["key"]["id"].as_str().expect("id"));
+    let mut longest = Duration::ZERO;
+    let mut deliveries = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let batch = app
+            .queue
+            .receive(10, Duration::from_millis(50))
+            .await
+            .expect("receive");
+        if batch.is_empty() {
+            let (_, body) = app
+                .admin("GET", &format!("/v1/orgs/{org}/reencryption"), org, None)
+                .await;
+            if body["reencryption"]["state"] != "running" {
+                break;
+            }
+        }
+        for d in batch {
+            let t = Instant::now();
+            app.engine.handle(&d.body).await.expect("handled");
+            longest = longest.max(t.elapsed());
+            deliveries += 1;
+            app.queue.ack(&d.receipt).await.expect("ack");
+        }
+        assert!(Instant::now() < deadline, "the job did not end");
+    }
+    let job = app.wait_job(org).await;
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(150))
+    );
+    println!(
+        "{deliveries} deliveries, the longest {longest:?}, {} requests",
+        kms.requests(&key).len()
+    );
+    assert!(
+        longest < budget + Duration::from_millis(250),
+        "a delivery took {longest:?} with a budget of {budget:?}"
+    );
+    assert!(
+        deliveries > 3,
+        "the batches were continued: {deliveries} deliveries"
+    );
 }

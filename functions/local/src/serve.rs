@@ -149,6 +149,11 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         cmk.clone(),
         EngineConfig {
             batch_size: args.batch_size.clamp(1, 10_000),
+            // A delivery ends well inside the queue's visibility timeout.
+            message_budget: Duration::from_secs(args.visibility_timeout.max(1) * 2 / 3).clamp(
+                Duration::from_secs(1),
+                EngineConfig::default().message_budget,
+            ),
             ..EngineConfig::default()
         },
     ));

@@ -44,6 +44,10 @@ pub struct EngineConfig {
     /// How many worker instances at most spend one key's re-encryption rate limit at once;
     /// each takes this share of it (see [`crate::ratelimit`]). 1 for the one local worker.
     pub rate_share: u32,
+    /// The most time one batch message may take. A batch that a rate limit slows down commits
+    /// what it moved and hands the rest of its range to a new message when this runs out, so
+    /// no delivery outlives the queue's visibility timeout or the worker Lambda's timeout.
+    pub message_budget: Duration,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +60,7 @@ impl Default for EngineConfig {
             // 100,000 data keys at the default batch size: seconds of enumeration.
             plan_segment: 200,
             rate_share: 1,
+            message_budget: Duration::from_secs(20),
         }
     }
 }
@@ -75,17 +80,24 @@ pub struct RewrapEngine {
     limits: Arc<RateLimits>,
 }
 
-/// The limiters of one batch's source and target keys (`None`: not limited).
-#[derive(Clone, Debug, Default)]
+/// The pace of one batch: its source's and target's limiters (`None`: not limited), and the
+/// end of its message's time budget.
+#[derive(Clone, Debug)]
 struct BatchLimits {
     from: Option<Arc<Limiter>>,
     to: Option<Arc<Limiter>>,
+    deadline: tokio::time::Instant,
 }
 
 impl BatchLimits {
-    async fn acquire(limiter: &Option<Arc<Limiter>>) {
-        if let Some(l) = limiter {
-            l.acquire().await;
+    /// A slot of `limiter` before `deadline`, or [`Failure::Deferred`].
+    async fn acquire(
+        limiter: &Option<Arc<Limiter>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Failure> {
+        match limiter {
+            Some(l) if !l.acquire_before(Some(deadline)).await => Err(Failure::Deferred),
+            _ => Ok(()),
         }
     }
 
@@ -115,8 +127,17 @@ struct Range<'a> {
     until: &'a DataKeyId,
 }
 
-/// The rewrapped key, or the key whose use failed and why.
-type RewrapResult = Result<Wrapped, (KeyId, KeyError)>;
+/// Why a data key did not move in this delivery.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// Using this key failed, for this reason.
+    Key(KeyId, KeyError),
+    /// The message's time budget ran out first: the data key waits for the next delivery.
+    Deferred,
+}
+
+/// The rewrapped key, or why it did not move.
+type RewrapResult = Result<Wrapped, Failure>;
 
 /// How many planned batch messages are sent at once.
 const SEND_CHUNK: usize = 100;
@@ -316,9 +337,11 @@ impl RewrapEngine {
         };
         let from = self.cmk.kek(org, source).await?;
         let to = self.cmk.kek(org, &job.target_key_id).await?;
+        let deadline = tokio::time::Instant::now() + self.config.message_budget;
         let limits = BatchLimits {
             from: self.limiter(org, source).await?,
             to: self.limiter(org, &job.target_key_id).await?,
+            deadline,
         };
         let mut after = after.cloned();
         loop {
@@ -341,8 +364,27 @@ impl RewrapEngine {
             };
             // The range is exhausted when the page was short or reached its upper bound.
             let more = records.len() >= self.config.batch_size && last < *until;
-            self.rewrap_records(org, &job, &from, &to, &limits, records)
+            let deferred = self
+                .rewrap_records(org, &job, &from, &to, &limits, records)
                 .await?;
+            if deferred || (more && tokio::time::Instant::now() >= limits.deadline) {
+                // Out of time: what moved is committed; a new message takes the rest of the
+                // range from this page on (what moved is no longer listed there).
+                self.cmk
+                    .queue()
+                    .send(&[RewrapMessage::Batch {
+                        org: org.clone(),
+                        job_id: job_id.clone(),
+                        generation,
+                        source: source.clone(),
+                        partition,
+                        after: after.clone(),
+                        until: until.clone(),
+                    }])
+                    .await?;
+                tracing::info!(%org, job = %job_id, "a batch ran out of its time budget; the rest of its range continues in another message");
+                return Ok(());
+            }
             if !more {
                 return Ok(());
             }
@@ -366,12 +408,12 @@ impl RewrapEngine {
         to: &Kek,
         limits: &BatchLimits,
         records: Vec<DataKeyRecord>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<bool, CoreError> {
         // Once a key fails (access denied, disabled, deleted, or throttled past every retry),
         // the rest of the batch fails fast with the same reason instead of calling the
         // provider again: a batch stays short even while KMS throttles. Only a failure of one
         // data key's own bytes (a bad ciphertext) stays that data key's.
-        let broken: Mutex<Option<(KeyId, KeyError)>> = Mutex::new(None);
+        let broken: Mutex<Option<Failure>> = Mutex::new(None);
         let results: Vec<(DataKeyRecord, RewrapResult)> = stream::iter(records)
             .map(|record| {
                 let broken = &broken;
@@ -381,8 +423,8 @@ impl RewrapEngine {
                         Some(failure) => Err(failure),
                         None => {
                             let r = self.rewrap_one(org, from, to, limits, &record).await;
-                            if let Err(f) = &r {
-                                if !f.1.kind.is_data_key_own() {
+                            if let Err(f @ Failure::Key(_, e)) = &r {
+                                if !e.kind.is_data_key_own() {
                                     *broken.lock().unwrap_or_else(|e| e.into_inner()) =
                                         Some(f.clone());
                                 }
@@ -405,6 +447,7 @@ impl RewrapEngine {
             failures: Vec::new(),
         };
         let mut failed_key: Option<(KeyId, KeyError)> = None;
+        let mut deferred = false;
         for (record, result) in results {
             match result {
                 Ok(wrapped) => batch.moves.push(DataKeyMove {
@@ -414,7 +457,8 @@ impl RewrapEngine {
                     to_key_id: to.key_id.clone(),
                     wrapped: wrapped.blob,
                 }),
-                Err((key_id, error)) => {
+                Err(Failure::Deferred) => deferred = true,
+                Err(Failure::Key(key_id, error)) => {
                     batch.failures.push(JobError {
                         data_key_id: record.id,
                         key_id: key_id.clone(),
@@ -439,7 +483,7 @@ impl RewrapEngine {
         if progress.state == JobState::Running && progress.all_processed() {
             self.finish(org, &job.id).await?;
         }
-        Ok(())
+        Ok(deferred)
     }
 
     /// Shows on the job whether KMS throttling slowed it, and to what rate: written only when
@@ -491,16 +535,19 @@ impl RewrapEngine {
                 .move_once(from, to, limits, &ctx, &record.wrapped)
                 .await
             {
-                Err((_, ref e))
+                Err(Failure::Key(_, ref e))
                     if e.kind.is_retryable() && attempt + 1 < self.config.max_attempts =>
                 {
                     let delay = self.config.retry_backoff * 2u32.saturating_pow(attempt);
+                    if tokio::time::Instant::now() + delay > limits.deadline {
+                        return Err(Failure::Deferred);
+                    }
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err((key, mut e)) if e.kind.is_retryable() => {
+                Err(Failure::Key(key, mut e)) if e.kind.is_retryable() => {
                     e.message = format!("{} (gave up after {} attempts)", e.message, attempt + 1);
-                    return Err((key, e));
+                    return Err(Failure::Key(key, e));
                 }
                 other => return other,
             }
@@ -524,15 +571,15 @@ impl RewrapEngine {
     ) -> RewrapResult {
         let keys = self.cmk.key_provider();
         if keys.rewraps_in_one_call(from, to) {
-            BatchLimits::acquire(&limits.from).await;
-            BatchLimits::acquire(&limits.to).await;
+            BatchLimits::acquire(&limits.from, limits.deadline).await?;
+            BatchLimits::acquire(&limits.to, limits.deadline).await?;
             match keys.rewrap(from, to, ctx, wrapped).await {
                 Ok(Some(w)) => return Ok(w),
                 Err(e) if e.kind.is_retryable() => {
                     // One call on both keys: either may have been throttled.
                     BatchLimits::throttled(&limits.from, &e);
                     BatchLimits::throttled(&limits.to, &e);
-                    return Err((from.key_id.clone(), e));
+                    return Err(Failure::Key(from.key_id.clone(), e));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e.message, "one-call rewrap refused; trying unwrap then wrap");
@@ -540,15 +587,15 @@ impl RewrapEngine {
                 Ok(None) => {}
             }
         }
-        BatchLimits::acquire(&limits.from).await;
+        BatchLimits::acquire(&limits.from, limits.deadline).await?;
         let plaintext = keys.unwrap(from, ctx, wrapped).await.map_err(|e| {
             BatchLimits::throttled(&limits.from, &e);
-            (from.key_id.clone(), e)
+            Failure::Key(from.key_id.clone(), e)
         })?;
-        BatchLimits::acquire(&limits.to).await;
+        BatchLimits::acquire(&limits.to, limits.deadline).await?;
         keys.wrap(to, ctx, &plaintext).await.map_err(|e| {
             BatchLimits::throttled(&limits.to, &e);
-            (to.key_id.clone(), e)
+            Failure::Key(to.key_id.clone(), e)
         })
     }
 

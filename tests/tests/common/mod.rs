@@ -65,6 +65,7 @@ impl Default for Options {
                 // Small segments: every job of these tests is planned in several deliveries.
                 plan_segment: 2,
                 rate_share: 1,
+                message_budget: Duration::from_secs(20),
             },
         }
     }
