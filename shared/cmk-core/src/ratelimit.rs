@@ -6,9 +6,11 @@
 //! instance takes its share (the limit divided by the most instances that run at once), and
 //! spends it through one [`Limiter`] per key, which every batch of that instance shares.
 //!
-//! A limiter is a token bucket with a burst of 50 ms of its rate (at least one request), so
-//! over any window of T seconds it allows at most `rate × T` plus that burst: within 1 % of the
-//! limit over 10 s. Callers reserve a slot and wait for it, so waiters never stampede.
+//! A limiter books each request an absolute slot, `1 / rate` after the previous one, with a
+//! burst of 50 ms of its rate (at least one request), so over any window of T seconds it allows
+//! at most `rate × T` plus that burst: within 1 % of the limit over 10 s. Callers wait for their
+//! own slot, so waiters never stampede, and a caller with a deadline (the end of a message's
+//! time budget) books no slot past it.
 //!
 //! On throttling the rate adapts (AIMD): it halves (at most once a second, so one burst of
 //! throttled calls counts once) and then recovers additively, back to the limit in
@@ -23,9 +25,10 @@ use tokio::time::Instant;
 
 use crate::model::{KeyId, OrgId};
 
-/// The lowest rate a limiter adapts down to, in requests per second.
-const MIN_RATE: f64 = 1.0;
-/// Seconds of rate a limiter may spend at once.
+/// The lowest rate a limiter adapts down to, in requests per second (a limit below the number
+/// of workers gives each a share below one per second, never more than the limit in total).
+const MIN_RATE: f64 = 0.01;
+/// Seconds of rate a limiter may spend at once (at least one request).
 const BURST: f64 = 0.05;
 /// How long a halved rate takes to climb back to the limit when nothing throttles.
 pub const RECOVERY: Duration = Duration::from_secs(10);
@@ -61,7 +64,9 @@ impl RateLimits {
     }
 }
 
-/// A token bucket whose rate adapts to throttling.
+/// A rate limiter that books each request an absolute slot in time (the generic cell rate
+/// algorithm): slots are `1 / rate` apart, with a tolerance of the burst, so a change of rate
+/// applies to the slots booked after it and no burst builds up while callers wait.
 #[derive(Debug)]
 pub struct Limiter {
     state: Mutex<State>,
@@ -73,36 +78,40 @@ struct State {
     ceiling: f64,
     /// The rate now: the ceiling, or less after throttling.
     rate: f64,
-    /// Tokens available; below zero while callers wait for reserved slots.
-    tokens: f64,
-    at: Instant,
+    /// The earliest time the next slot may be booked at.
+    next: Instant,
+    /// When `rate` last recovered.
+    recovered: Instant,
     last_cut: Option<Instant>,
 }
 
 impl State {
-    fn advance(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+    /// Additive increase: back to the ceiling over [`RECOVERY`].
+    fn recover(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.recovered).as_secs_f64();
         if self.rate < self.ceiling {
             self.rate = (self.rate + self.ceiling * dt / RECOVERY.as_secs_f64()).min(self.ceiling);
         }
-        self.tokens = (self.tokens + self.rate * dt).min(self.burst());
-        self.at = now;
+        self.recovered = now;
     }
 
-    fn burst(&self) -> f64 {
-        (self.rate * BURST).max(1.0)
+    /// How far behind now the next slot may lag: the burst, less the request itself.
+    fn tolerance(&self) -> Duration {
+        let burst = (self.rate * BURST).max(1.0);
+        Duration::from_secs_f64((burst - 1.0) / self.rate)
     }
 }
 
 impl Limiter {
     pub fn new(rate: f64) -> Self {
         let rate = rate.max(MIN_RATE);
+        let now = Instant::now();
         Self {
             state: Mutex::new(State {
                 ceiling: rate,
                 rate,
-                tokens: 1.0,
-                at: Instant::now(),
+                next: now,
+                recovered: now,
                 last_cut: None,
             }),
         }
@@ -111,7 +120,7 @@ impl Limiter {
     fn set_ceiling(&self, ceiling: f64) {
         let mut s = lock(&self.state);
         if s.ceiling != ceiling {
-            s.advance(Instant::now());
+            s.recover(Instant::now());
             s.ceiling = ceiling;
             s.rate = s.rate.min(ceiling);
         }
@@ -119,30 +128,38 @@ impl Limiter {
 
     /// Waits for the next request slot.
     pub async fn acquire(&self) {
-        let wait = {
+        self.acquire_before(None).await;
+    }
+
+    /// Waits for the next request slot, unless it would come after `deadline`: then books
+    /// nothing and returns `false` at once.
+    pub async fn acquire_before(&self, deadline: Option<Instant>) -> bool {
+        let slot = {
             let mut s = lock(&self.state);
-            s.advance(Instant::now());
-            s.tokens -= 1.0;
-            if s.tokens >= 0.0 {
-                return;
+            let now = Instant::now();
+            s.recover(now);
+            let earliest = now.checked_sub(s.tolerance()).unwrap_or(now);
+            let slot = s.next.max(earliest);
+            if deadline.is_some_and(|d| slot > d) {
+                return false;
             }
-            Duration::from_secs_f64(-s.tokens / s.rate)
+            s.next = slot + Duration::from_secs_f64(1.0 / s.rate);
+            slot
         };
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep_until(slot).await;
+        true
     }
 
     /// KMS throttled a request: halve the rate (at most once per second). Returns the rate.
     pub fn throttled(&self) -> f64 {
         let now = Instant::now();
         let mut s = lock(&self.state);
-        s.advance(now);
+        s.recover(now);
         if s.last_cut
             .is_none_or(|t| now.duration_since(t) >= CUT_EVERY)
         {
             s.rate = (s.rate / 2.0).max(MIN_RATE);
             s.last_cut = Some(now);
-            // Slots reserved at the old rate are kept; no new burst at the new one.
-            s.tokens = s.tokens.min(s.burst());
         }
         s.rate
     }
@@ -150,7 +167,7 @@ impl Limiter {
     /// The rate now, if throttling has brought it below the ceiling.
     pub fn throttled_rate(&self) -> Option<f64> {
         let mut s = lock(&self.state);
-        s.advance(Instant::now());
+        s.recover(Instant::now());
         (s.rate < s.ceiling).then_some(s.rate)
     }
 }
@@ -204,6 +221,25 @@ mod tests {
         assert_eq!(limiter.throttled_rate(), None, "back at the limit");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn no_slot_is_booked_past_a_deadline() {
+        let limiter = Limiter::new(10.0);
+        let deadline = Instant::now() + Duration::from_millis(250);
+        let mut got = 0;
+        while limiter.acquire_before(Some(deadline)).await {
+            got += 1;
+        }
+        // Slots at 0, 100 and 200 ms; the one at 300 ms is past the deadline and not booked.
+        assert_eq!(got, 3);
+        assert!(Instant::now() <= deadline);
+        limiter.acquire().await;
+        assert_eq!(
+            Instant::now(),
+            deadline + Duration::from_millis(50),
+            "the refused slot was not booked: the next one is at 300 ms"
+        );
+    }
+
     #[test]
     fn each_worker_takes_its_share_and_a_new_limit_applies_at_once() {
         let limits = RateLimits::new(10);
@@ -218,8 +254,8 @@ mod tests {
         assert!(Arc::ptr_eq(&l, &again));
         assert_eq!(
             lock(&l.state).ceiling,
-            MIN_RATE,
-            "never below one per second"
+            0.5,
+            "a share below one per second: ten workers never send more than the limit"
         );
     }
 }
