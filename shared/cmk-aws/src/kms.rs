@@ -7,9 +7,11 @@
 //!   (role, external id) and refreshed before they expire: STS is never called per data key.
 //! - No org can slow another: sessions are created single-flight per (role, external id), the
 //!   map of sessions is locked only to find an entry (never across a network call), and a
-//!   failed `AssumeRole` is remembered for [`KmsSettings::failure_memory`], so a customer who
-//!   revoked the role costs one STS call per interval, not one per request. An explicit key
-//!   check ignores that memory and asks STS again.
+//!   refused `AssumeRole` (denied, not found) is remembered for
+//!   [`KmsSettings::failure_memory`], so a customer who revoked the role costs one STS call per
+//!   interval, not one per request. An explicit key check ignores that memory and asks STS
+//!   again; a throttled or failed STS call is never remembered, and a session whose early
+//!   refresh fails is used until it expires.
 //! - Every call carries the encryption context (`org`, `data_key_id`).
 //! - KMS keys are regional: a key ARN (or alias ARN) of another region than the service's is
 //!   called in that region, with a client per (session, region) built once and reused, and
@@ -79,6 +81,9 @@ pub fn arn_region(key: &str) -> Option<&str> {
     let region = parts.nth(2)?;
     (!region.is_empty()).then_some(region)
 }
+
+/// The longest one `AssumeRole` may take while its callers wait on it.
+const ASSUME_ROLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What is known of one (role, external id).
 enum SessionState {
@@ -366,13 +371,17 @@ impl KmsKeyProvider {
             )
         };
         let margin = self.settings.refresh_margin;
+        let mut still_valid = None;
         let _gate = match slot.lookup(margin, fresh_check) {
             Lookup::Use(client) => return Ok(client),
             Lookup::Fail(error) => return Err(error),
-            Lookup::Refresh(client) => match slot.refresh.try_lock() {
-                Ok(gate) => gate,
+            Lookup::Refresh(session) => match slot.refresh.try_lock() {
+                Ok(gate) => {
+                    still_valid = Some(session);
+                    gate
+                }
                 // Another caller is refreshing: the current session is still valid.
-                Err(_) => return Ok(client),
+                Err(_) => return Ok(session),
             },
             Lookup::Create => {
                 let gate = slot.refresh.lock().await;
@@ -385,17 +394,36 @@ impl KmsKeyProvider {
                 }
             }
         };
-        match self.assume_role(role_arn, external_id, org).await {
+        let assumed = tokio::time::timeout(
+            ASSUME_ROLE_TIMEOUT,
+            self.assume_role(role_arn, external_id, org),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(KeyError::new(
+                KeyErrorKind::Transient,
+                format!("assuming role {role_arn}: STS did not answer in time"),
+            ))
+        });
+        match assumed {
             Ok(session) => {
                 let session = Arc::new(session);
                 slot.set(SessionState::Ready(Arc::clone(&session)));
                 Ok(session)
             }
+            // An early refresh that failed: the session still works until it expires.
+            Err(_) if still_valid.is_some() => still_valid.ok_or_else(|| {
+                KeyError::new(KeyErrorKind::Transient, "no session to fall back on")
+            }),
             Err(error) => {
-                slot.set(SessionState::Failed {
-                    error: error.clone(),
-                    until: Instant::now() + self.settings.failure_memory,
-                });
+                // Only a lasting refusal is remembered: a throttled or failed STS call is
+                // asked again by the next caller, or one burst would cost every org seconds.
+                if !error.kind.is_retryable() {
+                    slot.set(SessionState::Failed {
+                        error: error.clone(),
+                        until: Instant::now() + self.settings.failure_memory,
+                    });
+                }
                 Err(error)
             }
         }
