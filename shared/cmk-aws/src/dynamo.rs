@@ -1005,13 +1005,14 @@ impl Store for DynamoStore {
                         .expression_attribute_names("#failed", "failed")
                         .expression_attribute_values(":zero", n(0));
                 }
+                // Every change of state or generation starts unthrottled.
                 if u.state == JobState::Running {
-                    expr.push_str(", gsi2pk = :running, gsi2sk = :g2");
+                    expr.push_str(", gsi2pk = :running, gsi2sk = :g2 REMOVE throttled_rate");
                     update = update
                         .expression_attribute_values(":running", s("RUNNING"))
                         .expression_attribute_values(":g2", s(format!("{org}#{}", u.job_id)));
                 } else {
-                    expr.push_str(" REMOVE gsi2pk, gsi2sk");
+                    expr.push_str(" REMOVE gsi2pk, gsi2sk, throttled_rate");
                 }
                 items.push(
                     TransactWriteItem::builder()

@@ -167,6 +167,29 @@ async fn rate_limits_and_throttling_are_kept(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(throttled_rate().await, None, "back at its limits");
+    // A change of state starts unthrottled (a completed job is never shown throttled).
+    store
+        .set_job_throttle(&org, &job.id, job.generation, Some(9))
+        .await
+        .unwrap();
+    let s = store.load_org(&org).await.unwrap();
+    let mut c = commit(s.version, &k.id);
+    c.job = Some(JobChange::Update(JobUpdate {
+        job_id: job.id.clone(),
+        expected_state: JobState::Running,
+        expected_generation: job.generation,
+        state: JobState::Cancelled,
+        generation: job.generation,
+        finished: true,
+        total: None,
+        reset_failures: false,
+    }));
+    store.commit(&org, c).await.unwrap();
+    assert_eq!(
+        throttled_rate().await,
+        None,
+        "a change of state clears the throttled rate"
+    );
 }
 
 async fn one_replan_claim_per_idle_interval(store: &dyn Store) {

@@ -393,7 +393,8 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
                     "UPDATE jobs SET state = ?5, generation = ?6, updated_at = ?7,
                          finished_at = CASE WHEN ?8 THEN ?7 ELSE NULL END,
                          total = COALESCE(?9, total),
-                         failed = CASE WHEN ?10 THEN 0 ELSE failed END
+                         failed = CASE WHEN ?10 THEN 0 ELSE failed END,
+                         throttled_rate = NULL
                      WHERE org = ?1 AND id = ?2 AND state = ?3 AND generation = ?4",
                     params![
                         org,

@@ -268,6 +268,10 @@ pub struct JobDto {
 
 impl From<Job> for JobDto {
     fn from(j: Job) -> Self {
+        // Only a running job can be slowed down by throttling.
+        let running_throttle = j
+            .throttled_rate
+            .filter(|_| j.state == cmk_core::model::JobState::Running);
         Self {
             id: j.id.to_string(),
             kind: j.kind.into(),
@@ -283,8 +287,8 @@ impl From<Job> for JobDto {
             started_by: j.started_by,
             generation: j.generation,
             updated_at: j.updated_at,
-            throttled: j.throttled_rate.is_some(),
-            throttled_rate: j.throttled_rate,
+            throttled: running_throttle.is_some(),
+            throttled_rate: running_throttle,
         }
     }
 }
