@@ -42,12 +42,14 @@ struct Entry {
     expires: Instant,
 }
 
-/// One shard: entries from least to most recently used, and how many each wrapping key has.
+/// One shard: entries from least to most recently used, how many each wrapping key has, and
+/// how many times each wrapping key's entries were wiped.
 #[derive(Debug, Default)]
 struct Shard {
     capacity: usize,
     entries: LinkedHashMap<CacheKey, Entry>,
     per_key: HashMap<WrappingKey, usize>,
+    wipes: HashMap<WrappingKey, u64>,
 }
 
 impl Shard {
@@ -96,6 +98,7 @@ impl Shard {
 
     fn evict_key(&mut self, org: &OrgId, key: &KeyId) -> usize {
         let wk = (org.clone(), key.clone());
+        *self.wipes.entry(wk.clone()).or_insert(0) += 1;
         let Some(n) = self.per_key.remove(&wk) else {
             return 0;
         };
@@ -171,6 +174,43 @@ impl DataKeyCache {
     /// Caches `key`, the plaintext of data key `id` as wrapped by `wrapped_by`.
     pub fn insert(&self, org: &OrgId, id: &DataKeyId, wrapped_by: &KeyId, key: &DataKey) {
         self.insert_at(org, id, wrapped_by, key, Instant::now());
+    }
+
+    /// How many times `wrapped_by`'s data keys were wiped, as the shard of `id` knows it: read
+    /// before a provider call, and given to [`DataKeyCache::insert_unless_wiped`] after it.
+    pub fn wipes(&self, org: &OrgId, id: &DataKeyId, wrapped_by: &KeyId) -> u64 {
+        let k = (org.clone(), id.clone());
+        self.shard(&k).map_or(0, |s| {
+            s.wipes
+                .get(&(org.clone(), wrapped_by.clone()))
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Caches `key` unless `wrapped_by`'s data keys were wiped since [`DataKeyCache::wipes`]
+    /// read `wipes`: a plaintext unwrapped just before a revocation must not be cached after
+    /// the wipe it caused (checked and inserted under one shard lock).
+    pub fn insert_unless_wiped(
+        &self,
+        org: &OrgId,
+        id: &DataKeyId,
+        wrapped_by: &KeyId,
+        key: &DataKey,
+        wipes: u64,
+    ) {
+        let k = (org.clone(), id.clone());
+        let expires = Instant::now() + self.ttl;
+        if let Some(mut shard) = self.shard(&k) {
+            let now = shard
+                .wipes
+                .get(&(org.clone(), wrapped_by.clone()))
+                .copied()
+                .unwrap_or(0);
+            if now == wipes {
+                shard.insert(k, wrapped_by, key, expires);
+            }
+        }
     }
 
     fn insert_at(
@@ -352,6 +392,24 @@ mod tests {
         cache.forget(&org(), &ids[1..2]);
         assert!(cache.get(&org(), &ids[1]).is_none());
         assert_eq!(cache.len(), 149 + 300);
+    }
+
+    #[test]
+    fn a_plaintext_unwrapped_before_a_wipe_is_not_cached_after_it() {
+        let cache = DataKeyCache::new(Duration::from_secs(60), 100);
+        let kek = KeyId::generate();
+        let (a, b) = (DataKeyId::generate(), DataKeyId::generate());
+        // Request A reads the count, unwraps (succeeds just before the revocation)...
+        let seen = cache.wipes(&org(), &a, &kek);
+        // ...request B fails through the same key, which wipes it...
+        cache.evict_key(&org(), &kek);
+        // ...then A tries to cache its plaintext: refused.
+        cache.insert_unless_wiped(&org(), &a, &kek, &DataKey::generate(), seen);
+        assert!(cache.get(&org(), &a).is_none());
+        // A request that started after the wipe caches as usual.
+        let seen = cache.wipes(&org(), &b, &kek);
+        cache.insert_unless_wiped(&org(), &b, &kek, &DataKey::generate(), seen);
+        assert!(cache.get(&org(), &b).is_some());
     }
 
     #[test]

@@ -577,6 +577,7 @@ impl Cmk {
             let kek = kek_of(&snapshot, &snapshot.default_key_id)?;
             let id = DataKeyId::generate();
             let plaintext = DataKey::generate();
+            let wipes = self.inner.cache.wipes(org, &id, &kek.key_id);
             let wrapped = self
                 .inner
                 .keys
@@ -597,9 +598,13 @@ impl Cmk {
                 .await
             {
                 Ok(()) => {
-                    self.inner
-                        .cache
-                        .insert(org, &record.id, &kek.key_id, &plaintext);
+                    self.inner.cache.insert_unless_wiped(
+                        org,
+                        &record.id,
+                        &kek.key_id,
+                        &plaintext,
+                        wipes,
+                    );
                     return Ok(record);
                 }
                 // The default changed between the read and the insert: wrap under the new one.
@@ -624,13 +629,16 @@ impl Cmk {
                 CoreError::NotFound(format!("data key {id} not found in this organization"))
             })?;
         let kek = self.kek(org, &record.key_id).await?;
+        let wipes = self.inner.cache.wipes(org, id, &record.key_id);
         let plaintext = self
             .inner
             .keys
             .unwrap(&kek, &data_key_context(org, id), &record.wrapped)
             .await
             .map_err(|e| self.unavailable(org, &record.key_id, e))?;
-        self.inner.cache.insert(org, id, &record.key_id, &plaintext);
+        self.inner
+            .cache
+            .insert_unless_wiped(org, id, &record.key_id, &plaintext, wipes);
         Ok(plaintext)
     }
 
