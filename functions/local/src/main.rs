@@ -61,20 +61,28 @@ enum Command {
     Audit(cli::AuditArgs),
 }
 
+/// Stdout's reader went away (a pipe into `head`): only a write to stdout reports this, so a
+/// broken pipe anywhere else (a request to the service) stays an error.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+struct StdoutClosed;
+
 /// One line to stdout; see [`out!`].
-fn write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_fmt(args)?;
-    stdout.write_all(b"\n")
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("cannot write to stdout"),
+        })
 }
 
-/// Whether `e` is a write to a stdout whose reader went away (a pipe into `head`).
+/// Whether `e` is [`StdoutClosed`].
 fn is_closed_stdout(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.downcast_ref::<StdoutClosed>().is_some()
 }
 
 fn main() -> ExitCode {

@@ -96,8 +96,15 @@ pub fn arn_account(arn: &str) -> Option<&str> {
 /// without it customer roles in the operator's account could not be refused.
 fn service_account_id() -> Result<String, String> {
     if let Ok(id) = std::env::var("CMK_SERVICE_ACCOUNT_ID") {
-        if !id.trim().is_empty() {
-            return Ok(id.trim().to_owned());
+        let id = id.trim();
+        if !id.is_empty() {
+            // A wrong value would silently turn the refusal of own-account roles off.
+            if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "CMK_SERVICE_ACCOUNT_ID={id:?} is not an AWS account id (12 digits)"
+                ));
+            }
+            return Ok(id.to_owned());
         }
     }
     let key = required("CMK_SERVICE_KEY_ID")?;

@@ -156,7 +156,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             |r| r.get(0),
         )?;
         if !exists {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")) {
+                // Another process opening the same database added it first.
+                Err(e) if e.to_string().contains("duplicate column name") => {}
+                other => other?,
+            }
         }
     }
     Ok(())

@@ -73,16 +73,14 @@ pub fn short(path: &Path, what: &str, len: usize, min_len: usize) -> io::Error {
     )
 }
 
-/// A temporary name beside `path`, unique to this process and call.
+/// A temporary name beside `path`, random: a file left by a crashed run (whose process id a
+/// container reuses) never collides with it.
 fn temp_name(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()))
 }
 
 /// Makes a new directory entry durable (a no-op where directories cannot be opened).
