@@ -1138,6 +1138,7 @@ impl Fixture {
 /// (path, body) and says which could succeed. Nothing observable may change.
 async fn run_bodies(
     what: &str,
+    method: &str,
     f: &Fixture,
     role: Role,
     paths: BoxedStrategy<String>,
@@ -1158,7 +1159,7 @@ async fn run_bodies(
         let outcome = f
             .api
             .send(
-                "POST",
+                method,
                 &path,
                 f.token(role),
                 body.content_type.as_deref(),
@@ -1167,7 +1168,7 @@ async fn run_bodies(
             .await;
         tally.record(outcome, expect, || {
             format!(
-                "POST {path} ({:?}) {}",
+                "{method} {path} ({:?}) {}",
                 body.content_type,
                 short(&body.bytes)
             )
@@ -1329,6 +1330,7 @@ async fn generated_add_key_bodies_never_panic_and_always_answer_4xx_problem_json
     // The org is full: a valid body is refused too (key_limit_reached), so every case is.
     run_bodies(
         "add key bodies (POST keys)",
+        "POST",
         &f,
         Role::Admin,
         Just(format!("/v1/orgs/{ORG}/keys")).boxed(),
@@ -1363,6 +1365,7 @@ async fn generated_disable_bodies_never_panic_and_always_answer_4xx_problem_json
     let k2_path = paths[1].clone();
     run_bodies(
         "disable bodies (POST keys/{key_id}/disable)",
+        "POST",
         &f,
         Role::Admin,
         select(paths).boxed(),
@@ -1384,11 +1387,43 @@ async fn generated_disable_bodies_never_panic_and_always_answer_4xx_problem_json
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_key_settings_bodies_never_panic_and_always_answer_4xx_problem_json() {
+    let f = Fixture::start().await;
+    let limits = one_of(vec![
+        (3, (-5i64..20_000).prop_map(Value::from).boxed()),
+        (1, any::<i64>().prop_map(Value::from).boxed()),
+        (1, any::<f64>().prop_map(Value::from).boxed()),
+        (2, json_value()),
+    ]);
+    let fields = vec![("rewrap_rate_limit", limits)];
+    // The fixture's keys are local (no rate limit), the service key has none and an unknown
+    // key is not found: every generated body is refused, whatever it holds.
+    let paths: Vec<String> = f
+        .keys
+        .iter()
+        .map(String::as_str)
+        .chain(["service", "key_00000000000000000000000000000000"])
+        .map(|k| format!("/v1/orgs/{ORG}/keys/{k}"))
+        .collect();
+    run_bodies(
+        "key settings bodies (PATCH keys/{key_id})",
+        "PATCH",
+        &f,
+        Role::Admin,
+        select(paths).boxed(),
+        bodies(fields, false),
+        |_, _| Expect::Refused,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_data_key_bodies_never_panic_and_always_answer_4xx_problem_json() {
     let f = Fixture::start().await;
     // The route takes `{}` or nothing; whatever else is refused.
     run_bodies(
         "data key bodies (POST data-keys)",
+        "POST",
         &f,
         Role::Service,
         Just(format!("/v1/orgs/{ORG}/data-keys")).boxed(),
@@ -1438,6 +1473,7 @@ async fn generated_encrypt_bodies_never_panic_and_answer_4xx_problem_json_unless
     // its context or its form; any other is refused.
     run_bodies(
         "encrypt bodies (POST data-keys/{id}/encrypt)",
+        "POST",
         &f,
         Role::Service,
         Just(format!("/v1/orgs/{ORG}/data-keys/{}/encrypt", f.data_key)).boxed(),
@@ -1474,6 +1510,7 @@ async fn generated_decrypt_bodies_never_panic_and_answer_4xx_problem_json_unless
     let real = f.ciphertext.clone();
     run_bodies(
         "decrypt bodies (POST decrypt)",
+        "POST",
         &f,
         Role::Service,
         Just(format!("/v1/orgs/{ORG}/decrypt")).boxed(),
