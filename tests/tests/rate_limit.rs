@@ -351,7 +351,9 @@ async fn a_batch_slowed_by_its_limit_hands_the_rest_on_within_its_time_budget() 
         kms.requests(&key).len()
     );
     assert!(
-        longest < budget + Duration::from_millis(250),
+        // Slack for one provider call and one commit on a loaded machine; without the budget
+        // a delivery here takes two seconds.
+        longest < budget + Duration::from_millis(500),
         "a delivery took {longest:?} with a budget of {budget:?}"
     );
     assert!(
