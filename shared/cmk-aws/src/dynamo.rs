@@ -116,6 +116,17 @@ fn dk_pk(org: &OrgId, id: &DataKeyId) -> String {
     format!("DK#{org}#{id}")
 }
 
+/// The sort key of a data key item (its partition key names it).
+const DK_SK: &str = "DK";
+
+fn job_sk(job: &JobId) -> String {
+    format!("JOB#{job}")
+}
+
+fn key_sk(key: &KeyId) -> String {
+    format!("KEY#{key}")
+}
+
 /// A stable hash (FNV-1a) of a data key id, for its index partition.
 pub fn partition_of(id: &DataKeyId) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -190,8 +201,9 @@ fn parse_ts(v: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|_| corrupt("timestamp"))
 }
 
+/// A request builder's refusal (a required field left out): our bug, not corrupt data.
 fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
-    r.map_err(|e| StoreError::Corrupt(format!("request: {e}")))
+    r.map_err(|e| StoreError::Unavailable(format!("cannot build a DynamoDB request: {e}")))
 }
 
 /// An optional number attribute (absent on items written before it existed).
@@ -206,7 +218,7 @@ fn opt_u32(item: &Item, name: &str) -> Result<Option<u32>, StoreError> {
 fn key_item(org: &OrgId, k: &KeyRecord, seq: i64) -> Result<Item, StoreError> {
     let mut item = HashMap::from([
         ("pk".into(), s(org_pk(org))),
-        ("sk".into(), s(format!("KEY#{}", k.id))),
+        ("sk".into(), s(key_sk(&k.id))),
         ("seq".into(), n(seq)),
         ("name".into(), s(&k.name)),
         ("spec".into(), s(json(&k.spec)?)),
@@ -452,7 +464,7 @@ impl DynamoStore {
     }
 
     async fn read_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
-        let Some(item) = self.get(org_pk(org), &format!("JOB#{job}")).await? else {
+        let Some(item) = self.get(org_pk(org), &job_sk(job)).await? else {
             return Ok(None);
         };
         let generation = get_n(&item, "generation")? as u32;
@@ -498,7 +510,7 @@ impl DynamoStore {
         let now = ts(&cmk_core::model::now());
         let mut item = HashMap::from([
             ("pk".into(), s(org_pk(org))),
-            ("sk".into(), s(format!("JOB#{}", job.id))),
+            ("sk".into(), s(job_sk(&job.id))),
             ("kind".into(), s(job.kind.as_str())),
             ("state".into(), s(job.state.as_str())),
             ("sources".into(), s(json(&job.source_key_ids)?)),
@@ -526,7 +538,7 @@ impl DynamoStore {
         mut moves: Vec<&DataKeyMove>,
     ) -> Result<Option<u64>, StoreError> {
         let pk = org_pk(org);
-        let job_sk = format!("JOB#{}", batch.job_id);
+        let job_sk = job_sk(&batch.job_id);
         loop {
             if moves.is_empty() {
                 return Ok(Some(0));
@@ -565,7 +577,7 @@ impl DynamoStore {
                             Update::builder()
                                 .table_name(&self.table)
                                 .key("pk", s(dk_pk(org, &m.id)))
-                                .key("sk", s("DK"))
+                                .key("sk", s(DK_SK))
                                 .condition_expression("#kid = :from AND #ver = :v")
                                 .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1")
                                 .expression_attribute_names("#kid", "key_id")
@@ -627,7 +639,7 @@ impl DynamoStore {
                         Update::builder()
                             .table_name(&self.table)
                             .key("pk", s(dk_pk(org, &f.data_key_id)))
-                            .key("sk", s("DK"))
+                            .key("sk", s(DK_SK))
                             .condition_expression("#kid = :src")
                             .update_expression("ADD #ver :one")
                             .expression_attribute_names("#kid", "key_id")
@@ -674,7 +686,7 @@ impl DynamoStore {
                         ConditionCheck::builder()
                             .table_name(&self.table)
                             .key("pk", s(dk_pk(org, &m.id)))
-                            .key("sk", s("DK"))
+                            .key("sk", s(DK_SK))
                             .condition_expression("#kid = :from AND #ver = :v")
                             .expression_attribute_names("#kid", "key_id")
                             .expression_attribute_names("#ver", "version")
@@ -713,7 +725,7 @@ impl DynamoStore {
                 Update::builder()
                     .table_name(&self.table)
                     .key("pk", s(org_pk(org)))
-                    .key("sk", s(format!("JOB#{}", batch.job_id)))
+                    .key("sk", s(job_sk(&batch.job_id)))
                     .condition_expression("#st = :running AND #gen = :g")
                     .update_expression("ADD #failed :d")
                     .expression_attribute_names("#st", "state")
@@ -758,7 +770,7 @@ impl DynamoStore {
         applied: u64,
     ) -> Result<JobProgress, StoreError> {
         let item = self
-            .get(org_pk(org), &format!("JOB#{job}"))
+            .get(org_pk(org), &job_sk(job))
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("job {job} not found")))?;
         Ok(JobProgress {
@@ -979,7 +991,7 @@ impl Store for DynamoStore {
                 let mut update = Update::builder()
                     .table_name(&self.table)
                     .key("pk", s(pk.clone()))
-                    .key("sk", s(format!("JOB#{}", u.job_id)))
+                    .key("sk", s(job_sk(&u.job_id)))
                     .condition_expression("#st = :est AND #gen = :eg")
                     .expression_attribute_names("#st", "state")
                     .expression_attribute_names("#gen", "generation")
@@ -1059,7 +1071,7 @@ impl Store for DynamoStore {
     }
 
     async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.get(org_pk(org), &format!("KEY#{key}"))
+        self.get(org_pk(org), &key_sk(key))
             .await?
             .map(|i| key_from(&i).map(|(_, k)| k))
             .transpose()
@@ -1076,7 +1088,7 @@ impl Store for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(org_pk(org)))
-            .key("sk", s(format!("KEY#{key}")))
+            .key("sk", s(key_sk(key)))
             .update_expression("SET #h = :h")
             .expression_attribute_names("#h", "health")
             .condition_expression("attribute_exists(pk)")
@@ -1106,7 +1118,7 @@ impl Store for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(org_pk(org)))
-            .key("sk", s(format!("JOB#{job}")))
+            .key("sk", s(job_sk(job)))
             .condition_expression("#st = :running AND #gen = :g")
             .expression_attribute_names("#st", "state")
             .expression_attribute_names("#gen", "generation")
@@ -1140,7 +1152,7 @@ impl Store for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(org_pk(org)))
-            .key("sk", s(format!("JOB#{job}")))
+            .key("sk", s(job_sk(job)))
             .update_expression("SET #upd = :now")
             .condition_expression("#st = :running AND #gen = :g AND #upd < :before")
             .expression_attribute_names("#upd", "updated_at")
@@ -1231,7 +1243,7 @@ impl Store for DynamoStore {
                             Put::builder()
                                 .table_name(&self.table)
                                 .item("pk", s(dk_pk(org, &k.id)))
-                                .item("sk", s("DK"))
+                                .item("sk", s(DK_SK))
                                 .item("org", s(org.as_str()))
                                 .item("id", s(k.id.as_str()))
                                 .item("key_id", s(k.key_id.as_str()))
@@ -1264,7 +1276,7 @@ impl Store for DynamoStore {
         org: &OrgId,
         id: &DataKeyId,
     ) -> Result<Option<DataKeyRecord>, StoreError> {
-        self.get(dk_pk(org, id), "DK")
+        self.get(dk_pk(org, id), DK_SK)
             .await?
             .map(|i| data_key_from(&i))
             .transpose()
@@ -1289,7 +1301,7 @@ impl Store for DynamoStore {
             for id in chunk {
                 request = request.keys(HashMap::from([
                     ("pk".to_owned(), s(dk_pk(org, id))),
-                    ("sk".to_owned(), s("DK")),
+                    ("sk".to_owned(), s(DK_SK)),
                 ]));
             }
             let mut pending = Some(HashMap::from([(
@@ -1466,5 +1478,57 @@ impl DynamoStore {
                 _ => return Ok(ids),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `partition_of` is persisted in every data key's index entry: changing its values would
+    /// silently orphan them. These are the values the table holds.
+    #[test]
+    fn partition_of_keeps_its_values() {
+        const PINNED: [(&str, u32); 4] = [
+            ("00000000-0000-7000-8000-000000000000", 14),
+            ("0192f3a4-5b6c-7d8e-9f00-112233445566", 0),
+            ("01939a1e-7c2a-7b1c-a3f4-deadbeefcafe", 13),
+            ("x", 7),
+        ];
+        for (id, partition) in PINNED {
+            assert_eq!(
+                partition_of(&DataKeyId::from_trusted(id)),
+                partition,
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_items_round_trip() {
+        let record = KeyRecord {
+            id: KeyId::from_trusted("key_1"),
+            name: "prod".into(),
+            spec: cmk_core::model::KeySpec::AwsKms {
+                role_arn: "arn:aws:iam::111122223333:role/r".into(),
+                key_arn: "arn:aws:kms:eu-west-1:111122223333:key/k".into(),
+                resolved_key_arn: Some("arn:aws:kms:eu-west-1:111122223333:key/k".into()),
+            },
+            state: KeyState::Reencrypting,
+            health: Health::unknown(),
+            created_at: DateTime::parse_from_rfc3339("2026-11-30T10:00:00.123456Z")
+                .expect("time")
+                .with_timezone(&Utc),
+            created_by: "alice".into(),
+            rewrap_rate_limit: Some(300),
+        };
+        let item = key_item(&OrgId::from_trusted("acme"), &record, 7).expect("item");
+        assert_eq!(get_s(&item, "sk").expect("sk"), "KEY#key_1");
+        assert_eq!(key_from(&item).expect("record"), (7, record.clone()));
+        let mut unlimited = record;
+        unlimited.rewrap_rate_limit = None;
+        let item = key_item(&OrgId::from_trusted("acme"), &unlimited, 7).expect("item");
+        assert!(!item.contains_key("rewrap_rate_limit"));
+        assert_eq!(key_from(&item).expect("record").1, unlimited);
     }
 }
