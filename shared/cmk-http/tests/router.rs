@@ -1,6 +1,6 @@
 //! Router-level checks that need no real backend: auth order, roles, fallbacks, body handling and
 //! the problem+json rendering. The ports are stubs that answer a fresh org and fail otherwise;
-//! the behaviour of the use cases is tested against real adapters in /work/main/tests.
+//! the behaviour of the use cases is tested against real adapters in the workspace's `tests/`.
 
 use std::sync::Arc;
 use std::time::Duration;
