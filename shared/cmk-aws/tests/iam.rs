@@ -19,36 +19,6 @@ use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
 use cmk_core::model::{EncryptionContext, HealthStatus, JobState, OrgId};
 use cmk_core::service::NewKeySpec;
 use cmk_core::{Cmk, CoreError};
-use serde_json::json;
-
-const ALLOW_KMS: &str =
-    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
-
-async fn role(iam: &aws_sdk_iam::Client, name: &str, external_id: &str) -> String {
-    let trust = json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-                       "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]
-    });
-    let arn = iam
-        .create_role()
-        .role_name(name)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("role")
-        .role
-        .expect("role")
-        .arn;
-    iam.put_role_policy()
-        .role_name(name)
-        .policy_name("kms")
-        .policy_document(ALLOW_KMS)
-        .send()
-        .await
-        .expect("policy");
-    arn
-}
 
 async fn wait_job(cmk: &Cmk, org: &OrgId) -> cmk_core::model::Job {
     for _ in 0..600 {
@@ -114,8 +84,8 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
 
     // Customer roles in the operator's account (trust policies are checked there), and a key in a
     // second account, reached by assuming a role there.
-    let good = role(&iam, "customer", &external_id).await;
-    let wrong = role(&iam, "someone-else", "not-this-orgs-external-id").await;
+    let good = common::customer_role(&iam, "customer", &external_id).await;
+    let wrong = common::customer_role(&iam, "someone-else", "not-this-orgs-external-id").await;
     let kms_root = aws_sdk_kms::Client::new(&root);
     let local_key = kms_root
         .create_key()
@@ -150,7 +120,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
     // The customer's role in the second account (trusting the service with the org's external
     // id; the emulator does not check trust policies across accounts).
     let iam_second = aws_sdk_iam::Client::new(&second);
-    let created = role(&iam_second, "customer-second", &external_id).await;
+    let created = common::customer_role(&iam_second, "customer-second", &external_id).await;
     assert_eq!(created, second_role);
     let kms_second = aws_sdk_kms::Client::new(&second);
     let far_meta = kms_second
@@ -377,7 +347,7 @@ async fn customer_roles_external_ids_second_accounts_and_revocation() {
         .put_role_policy()
         .role_name("customer-second")
         .policy_name("kms")
-        .policy_document(ALLOW_KMS)
+        .policy_document(common::ALLOW_KMS)
         .send()
         .await
         .expect("restore the permission");

@@ -19,35 +19,6 @@ use cmk_core::crypto::DataKey;
 use cmk_core::error::KeyErrorKind;
 use cmk_core::model::{EncryptionContext, KeyId, KeySpec, OrgId};
 use cmk_core::ports::{Kek, KeyProvider};
-use serde_json::json;
-
-async fn customer_role(iam: &aws_sdk_iam::Client, name: &str, trusted_external_id: &str) -> String {
-    let trust = json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-                       "Condition": {"StringEquals": {"sts:ExternalId": trusted_external_id}}}]
-    });
-    let arn = iam
-        .create_role()
-        .role_name(name)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("role")
-        .role
-        .expect("role")
-        .arn;
-    iam.put_role_policy()
-        .role_name(name)
-        .policy_name("kms")
-        .policy_document(
-            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
-        )
-        .send()
-        .await
-        .expect("policy");
-    arn
-}
 
 fn p99(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -96,8 +67,8 @@ async fn a_revoked_org_costs_one_sts_call_per_interval_and_never_slows_another_o
         );
     }
     // Org A's customer changed the trust policy: org A's external id is no longer trusted.
-    let role_a = customer_role(&iam, "customer-a", "cmk-someone-else").await;
-    let role_b = customer_role(&iam, "customer-b", "cmk-ext-b").await;
+    let role_a = common::customer_role(&iam, "customer-a", "cmk-someone-else").await;
+    let role_b = common::customer_role(&iam, "customer-b", "cmk-ext-b").await;
     emu.enforce_iam(true).await;
 
     let failure_memory = Duration::from_secs(10);
