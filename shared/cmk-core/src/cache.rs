@@ -30,7 +30,6 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 pub struct DataKeyCache {
     ttl: Duration,
-    capacity: usize,
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
 }
@@ -136,7 +135,6 @@ impl DataKeyCache {
             .collect();
         Self {
             ttl,
-            capacity,
             hasher: RandomState::new(),
             shards,
         }
@@ -144,14 +142,6 @@ impl DataKeyCache {
 
     pub fn disabled() -> Self {
         Self::new(Duration::ZERO, 0)
-    }
-
-    pub fn capacity(&self) -> usize {
-        if self.shards.is_empty() {
-            0
-        } else {
-            self.capacity
-        }
     }
 
     fn shard(&self, k: &CacheKey) -> Option<std::sync::MutexGuard<'_, Shard>> {
@@ -171,8 +161,10 @@ impl DataKeyCache {
         self.shard(&k)?.get(&k, now)
     }
 
-    /// Caches `key`, the plaintext of data key `id` as wrapped by `wrapped_by`.
-    pub fn insert(&self, org: &OrgId, id: &DataKeyId, wrapped_by: &KeyId, key: &DataKey) {
+    /// Caches `key` whatever was wiped meanwhile (tests; the service uses
+    /// [`DataKeyCache::insert_unless_wiped`]).
+    #[cfg(test)]
+    fn insert(&self, org: &OrgId, id: &DataKeyId, wrapped_by: &KeyId, key: &DataKey) {
         self.insert_at(org, id, wrapped_by, key, Instant::now());
     }
 
@@ -213,6 +205,7 @@ impl DataKeyCache {
         }
     }
 
+    #[cfg(test)]
     fn insert_at(
         &self,
         org: &OrgId,

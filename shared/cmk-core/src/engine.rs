@@ -96,7 +96,7 @@ impl BatchLimits {
         deadline: tokio::time::Instant,
     ) -> Result<(), Failure> {
         match limiter {
-            Some(l) if !l.acquire_before(Some(deadline)).await => Err(Failure::Deferred),
+            Some(l) if !l.acquire_before(deadline).await => Err(Failure::Deferred),
             _ => Ok(()),
         }
     }

@@ -126,21 +126,16 @@ impl Limiter {
         }
     }
 
-    /// Waits for the next request slot.
-    pub async fn acquire(&self) {
-        self.acquire_before(None).await;
-    }
-
     /// Waits for the next request slot, unless it would come after `deadline`: then books
     /// nothing and returns `false` at once.
-    pub async fn acquire_before(&self, deadline: Option<Instant>) -> bool {
+    pub async fn acquire_before(&self, deadline: Instant) -> bool {
         let slot = {
             let mut s = lock(&self.state);
             let now = Instant::now();
             s.recover(now);
             let earliest = now.checked_sub(s.tolerance()).unwrap_or(now);
             let slot = s.next.max(earliest);
-            if deadline.is_some_and(|d| slot > d) {
+            if slot > deadline {
                 return false;
             }
             s.next = slot + Duration::from_secs_f64(1.0 / s.rate);
@@ -179,6 +174,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Limiter {
+        /// A slot, however late.
+        async fn acquire(&self) {
+            self.acquire_before(Instant::now() + Duration::from_secs(86_400))
+                .await;
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_limiter_spends_at_most_its_rate_over_any_window() {
@@ -226,7 +229,7 @@ mod tests {
         let limiter = Limiter::new(10.0);
         let deadline = Instant::now() + Duration::from_millis(250);
         let mut got = 0;
-        while limiter.acquire_before(Some(deadline)).await {
+        while limiter.acquire_before(deadline).await {
             got += 1;
         }
         // Slots at 0, 100 and 200 ms; the one at 300 ms is past the deadline and not booked.

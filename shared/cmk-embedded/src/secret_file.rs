@@ -62,7 +62,7 @@ pub fn read_secret(path: &Path, min_len: usize, what: &str) -> io::Result<Vec<u8
 }
 
 /// The error for a secret file shorter than it must be.
-pub fn short(path: &Path, what: &str, len: usize, min_len: usize) -> io::Error {
+fn short(path: &Path, what: &str, len: usize, min_len: usize) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!(
