@@ -1,8 +1,9 @@
 //! No org can slow another: with org A's customer role refusing the service (its trust policy
 //! no longer names org A's external id) and 32 callers looping on org A's decrypts, org B's
 //! decrypts through its cached session keep their latency (p99 within 2x of its p99 alone),
-//! and org A costs one `AssumeRole` per failure-memory interval, not one per call. On an
-//! emulator of its own with IAM enforced (trust policies are checked only then); needs
+//! and org A costs one `AssumeRole` per failure-memory interval, not one per call, while an
+//! admin's explicit check of its key always asks STS again. On an emulator of its own with IAM
+//! enforced (trust policies are checked only then); needs
 //! `CMK_MOTO_SERVER`, and skips without it unless `CMK_REQUIRE_AWS_TESTS` is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -153,4 +154,20 @@ async fn a_revoked_org_costs_one_sts_call_per_interval_and_never_slows_another_o
         loaded <= alone * 2 + Duration::from_millis(1),
         "org B's p99 went from {alone:?} alone to {loaded:?} under org A's load"
     );
+
+    // Org A's decrypts still answer from memory, but an admin's explicit check asks STS again.
+    let sts = || provider.counters().sts_calls.load(Ordering::Relaxed);
+    let before = sts();
+    let e = provider
+        .unwrap(&kek_a, &ctx, b"any wrapped bytes")
+        .await
+        .expect_err("still refused");
+    assert_eq!(
+        (e.kind, sts()),
+        (KeyErrorKind::AccessDenied, before),
+        "from memory"
+    );
+    let e = provider.check(&kek_a).await.expect_err("still refused");
+    assert_eq!(e.kind, KeyErrorKind::AccessDenied);
+    assert_eq!(sts(), before + 1, "a check is never answered from memory");
 }
