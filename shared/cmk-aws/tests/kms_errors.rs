@@ -1,6 +1,7 @@
 //! KMS failures the emulator cannot produce (throttling, a disabled key, a key pending
 //! deletion), injected with `aws-smithy-mocks` into the real SDK client, map to the typed
-//! failures of the port with messages that say what happened.
+//! failures of the port with messages that say what happened; and STS refusing `AssumeRole`
+//! is remembered when lasting (denied) but not when throttled.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,4 +122,61 @@ async fn throttling_is_throttled_and_retryable() {
     assert_eq!(err.kind, KeyErrorKind::Throttled);
     assert!(err.kind.is_retryable());
     assert!(err.message.contains("Rate exceeded"), "{}", err.message);
+}
+
+/// A provider whose STS answers every `AssumeRole` with `code`, and a customer key behind it.
+async fn refused_by_sts(code: &'static str) -> (KmsKeyProvider, Kek) {
+    let rule = mock!(aws_sdk_sts::Client::assume_role)
+        .sequence()
+        .error(move || {
+            aws_sdk_sts::operation::assume_role::AssumeRoleError::generic(
+                ErrorMetadata::builder().code(code).message(code).build(),
+            )
+        })
+        .repeatedly()
+        .build();
+    let sts = mock_client!(aws_sdk_sts, RuleMode::MatchAny, [&rule]);
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .build();
+    let provider = KmsKeyProvider::from_clients(
+        &config,
+        aws_sdk_kms::Client::new(&config),
+        sts,
+        KmsSettings::new("alias/cmk-service"),
+    );
+    let kek = Kek {
+        org: OrgId::from_trusted("acme"),
+        key_id: KeyId::generate(),
+        spec: KeySpec::AwsKms {
+            role_arn: "arn:aws:iam::111122223333:role/cmk".into(),
+            key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+            resolved_key_arn: None,
+        },
+        external_id: Some("cmk-ext".into()),
+    };
+    (provider, kek)
+}
+
+#[tokio::test]
+async fn a_refused_assume_role_is_remembered_but_sts_throttling_is_not() {
+    for (code, kind, remembered) in [
+        ("AccessDenied", KeyErrorKind::AccessDenied, true),
+        ("Throttling", KeyErrorKind::Throttled, false),
+    ] {
+        let (provider, kek) = refused_by_sts(code).await;
+        let ctx = data_key_context(&kek.org, &DataKeyId::generate());
+        for _ in 0..3 {
+            let err = provider.unwrap(&kek, &ctx, b"wrapped").await.unwrap_err();
+            assert_eq!(err.kind, kind, "{code}");
+        }
+        let calls = provider
+            .counters()
+            .sts_calls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // A lasting refusal costs one STS call per failure-memory interval; a throttled STS
+        // is asked again by the next caller, so one burst never costs an org seconds.
+        assert_eq!(calls, if remembered { 1 } else { 3 }, "{code}");
+    }
 }
