@@ -264,8 +264,7 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
 
     // The emulator's ceiling for the adopt job's calls: per data key a Decrypt and an Encrypt
     // (as many in flight as the engine keeps), per 96 data keys one transaction of 96
-    // conditional writes, one at a time (the emulator copies the whole table for each
-    // transaction and fails concurrent ones at random).
+    // conditional writes, one at a time (the emulator runs one DynamoDB operation at a time).
     let t = Instant::now();
     let ctx: std::collections::HashMap<String, String> = [("org".to_owned(), "bench".to_owned())]
         .into_iter()
