@@ -11,7 +11,8 @@
 //! | key | `ORG#{org}` | `KEY#{key}` | `seq`, `name`, `spec` (JSON), `state`, `health` (JSON), `created_at`, `created_by` |
 //! | key name | `ORG#{org}` | `NAME#{lowercased name}` | `key_id` (uniqueness guard) |
 //! | data-key count | `ORG#{org}` | `COUNT#{key}#{shard}` | `n` (N) — sharded, summed on read |
-//! | job | `ORG#{org}` | `JOB#{job}` | `kind`, `state`, `sources`, `target`, `total`, `done`, `failed`, `generation`, times; `gsi2pk` = `RUNNING` while running |
+//! | job | `ORG#{org}` | `JOB#{job}` | `kind`, `state`, `sources`, `target`, `total`, `done`, `failed`, `generation`, `progress_shards`, times; `gsi2pk` = `RUNNING` while running |
+//! | job progress | `ORG#{org}` | `PROG#{job}#{shard:02}` | `state`, `generation` (copies of the job's), `done`, `failed`, `updated_at` (last batch) — summed on read |
 //! | job failure | `ORG#{org}` | `FAIL#{job}#{generation:08}#{data key}` | `key_id`, `reason`, `message` |
 //! | audit event | `AUDIT#{org}` | `{event id}` (UUIDv7, sorts by time) | the event |
 //! | data key | `DK#{org}#{id}` | `DK` | `key_id`, `wrapped` (B), `version`, `created_at`, `gsi1pk` = `{org}#{key}#{partition}`, `gsi1sk` = id |
@@ -26,20 +27,31 @@
 //! [`PARTITIONS`], so the index writes of a large org's rewrap (each move changes `gsi1pk`)
 //! spread over `PARTITIONS` index partitions per key instead of one (each index partition takes
 //! about 1,000 writes/s), and workers enumerate the partitions in parallel. Counters are
-//! sharded ([`COUNT_SHARDS`]) for the same reason: data-key inserts and moves pick a random
-//! shard. The org head is written only by admin actions, never per data key.
+//! sharded for the same reason: data-key inserts pick one of [`COUNT_SHARDS`], a job's moves
+//! one of [`PROGRESS_SHARDS`] others. The org head is written only by admin actions, never per
+//! data key.
+//!
+//! DynamoDB cancels a transaction that touches an item another transaction is writing
+//! (`TransactionConflict`), so an item that every batch of a job wrote would let one batch
+//! commit at a time, a few thousand data keys per second at most. No item is on every batch's
+//! path: each batch transaction writes one progress shard of its job and the move-counter
+//! shards beside it, all picked at random per transaction, and the job item is written only by
+//! the job's state changes. The shards carry the job's state and generation (every state change
+//! writes all of them in the same transaction as the job item), so a batch's condition needs
+//! only the shard it writes. A transaction that still collides is tried again on another shard.
 //!
 //! # Exactly-once progress
 //!
 //! A batch commit is one `TransactWriteItems` of up to [`MOVES_PER_TRANSACTION`] conditional
-//! moves (each: still wrapped by the source at the version read), the job's `done` increment
-//! (conditional on the job still running at the batch's generation) and the counter updates. A
+//! moves (each: still wrapped by the source at the version read), a `done` increment on a
+//! progress shard (conditional on the job still running at the batch's generation) and the
+//! counter updates. A
 //! duplicate or stale move cancels the transaction; the adapter drops the moves whose condition
 //! failed (the cancellation reasons say which) and commits the rest, so each data key is counted
 //! once. About 1.03 item writes per moved data key.
 //!
 //! A failure is one transaction per data key: the `FAIL#` item (only if absent), `failed += 1`
-//! (job running at the generation) and a version bump of the data key (only if still at the
+//! on a progress shard (job running at the generation) and a version bump of the data key (only if still at the
 //! source), so a concurrent duplicate that moved it at the old version loses, and no data key is
 //! both done and failed. A batch that later moves a failed data key clears its failure first
 //! (`FAIL#` deleted, `failed -= 1`, only while the data key is still at the move's source and
@@ -67,7 +79,7 @@ use cmk_core::model::{
     JobState, KeyId, KeyRecord, KeyState, OrgId, SERVICE_KEY_ID,
 };
 use cmk_core::ports::{
-    BatchCommit, DataKeyMove, JobChange, JobProgress, OrgCommit, OrgSnapshot, Store,
+    BatchCommit, DataKeyMove, JobChange, JobProgress, JobUpdate, OrgCommit, OrgSnapshot, Store,
 };
 use rand::Rng;
 
@@ -75,17 +87,20 @@ use crate::describe;
 
 /// Index partitions of a wrapping key's data keys.
 pub const PARTITIONS: u32 = 16;
-/// Shards of each data-key counter.
+/// Shards of each data-key counter that data-key inserts write (and a job's start checks).
 pub const COUNT_SHARDS: u32 = 4;
-/// Data-key moves per transaction (100 items at most, minus the job and two counters).
+/// Shards of a job's progress, and of each data-key counter that the job's moves write: the
+/// batches of one job spread their commits over this many items instead of colliding on one.
+pub const PROGRESS_SHARDS: u32 = 16;
+/// Data-key moves per transaction (100 items at most, minus a progress shard and two counters).
 pub const MOVES_PER_TRANSACTION: usize = 96;
 /// Index names.
 pub const BY_WRAPPING_KEY: &str = "by_wrapping_key";
 pub const RUNNING_JOBS: &str = "running_jobs";
 const HEAD: &str = "#HEAD";
 const ERRORS_SHOWN: i32 = 100;
-/// Tries of a small transaction that collides with concurrent ones (same items).
-const TRANSACTION_ATTEMPTS: u32 = 5;
+/// Tries of a transaction that collides with concurrent ones on the same items.
+const TRANSACTION_ATTEMPTS: u32 = 8;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -127,6 +142,15 @@ fn key_sk(key: &KeyId) -> String {
     format!("KEY#{key}")
 }
 
+/// The sort key of one progress shard of a job.
+fn progress_sk(job: &JobId, shard: u32) -> String {
+    format!("{}{shard:02}", progress_prefix(job))
+}
+
+fn progress_prefix(job: &JobId) -> String {
+    format!("PROG#{job}#")
+}
+
 /// A stable hash (FNV-1a) of a data key id, for its index partition.
 pub fn partition_of(id: &DataKeyId) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -148,6 +172,13 @@ fn random_shard() -> u32 {
 /// A counter item's key, for one shard.
 fn count_sk(key: &KeyId, shard: u32) -> String {
     format!("COUNT#{key}#{shard}")
+}
+
+/// The counter shard that a job's moves write beside progress shard `shard`: apart from the
+/// shards inserts write, so moves and inserts never collide, and a job's start needs to check
+/// only the insert shards (no job runs then, so nothing moves).
+fn move_count_sk(key: &KeyId, shard: u32) -> String {
+    count_sk(key, COUNT_SHARDS + shard)
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -206,6 +237,14 @@ fn build<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
     r.map_err(|e| StoreError::Unavailable(format!("cannot build a DynamoDB request: {e}")))
 }
 
+/// A number attribute that counts from zero when absent.
+fn opt_n(item: &Item, name: &str) -> Result<i64, StoreError> {
+    match item.get(name) {
+        None => Ok(0),
+        Some(_) => get_n(item, name),
+    }
+}
+
 /// An optional number attribute (absent on items written before it existed).
 fn opt_u32(item: &Item, name: &str) -> Result<Option<u32>, StoreError> {
     match item.get(name) {
@@ -251,8 +290,84 @@ fn key_from(item: &Item) -> Result<(i64, KeyRecord), StoreError> {
     ))
 }
 
-fn job_from(item: &Item, errors: Vec<JobError>) -> Result<Job, StoreError> {
+/// Data keys per wrapping key, from all of an org's counter items. Shards may go negative one
+/// by one (a move decrements a random shard); their sum is the count.
+fn count_sums(counters: &[Item]) -> Result<HashMap<KeyId, u64>, StoreError> {
+    let mut sums: HashMap<KeyId, i64> = HashMap::new();
+    for item in counters {
+        let sk = get_s(item, "sk")?;
+        let key = sk
+            .strip_prefix("COUNT#")
+            .and_then(|r| r.rsplit_once('#'))
+            .map(|(k, _)| k)
+            .ok_or_else(|| corrupt("count sk"))?;
+        *sums.entry(KeyId::from_trusted(key)).or_default() += get_n(item, "n")?;
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(k, v)| (k, v.max(0) as u64))
+        .collect())
+}
+
+/// A new job's item, with `total` as counted at its start.
+fn job_item(org: &OrgId, job: &Job, total: u64) -> Result<Item, StoreError> {
+    let now = ts(&cmk_core::model::now());
+    let mut item = HashMap::from([
+        ("pk".into(), s(org_pk(org))),
+        ("sk".into(), s(job_sk(&job.id))),
+        ("kind".into(), s(job.kind.as_str())),
+        ("state".into(), s(job.state.as_str())),
+        ("sources".into(), s(json(&job.source_key_ids)?)),
+        ("target".into(), s(job.target_key_id.as_str())),
+        ("total".into(), n(total)),
+        ("done".into(), n(0)),
+        ("failed".into(), n(0)),
+        ("generation".into(), n(job.generation)),
+        ("progress_shards".into(), n(PROGRESS_SHARDS)),
+        ("started_at".into(), s(now.clone())),
+        ("updated_at".into(), s(now)),
+        ("started_by".into(), s(&job.started_by)),
+    ]);
+    if job.state == JobState::Running {
+        item.insert("gsi2pk".into(), s("RUNNING"));
+        item.insert("gsi2sk".into(), s(format!("{org}#{}", job.id)));
+    }
+    Ok(item)
+}
+
+/// What a job's progress shards add up to (see [`PROGRESS_SHARDS`]).
+#[derive(Debug, Default)]
+struct Tally {
+    done: i64,
+    failed: i64,
+    /// The latest batch commit's time (fixed-width RFC 3339: string order is time order).
+    last_commit: Option<String>,
+}
+
+impl Tally {
+    fn of(shards: &[Item]) -> Result<Self, StoreError> {
+        let mut tally = Self::default();
+        for shard in shards {
+            tally.done += opt_n(shard, "done")?;
+            tally.failed += opt_n(shard, "failed")?;
+            if let Some(at) = opt_s(shard, "updated_at") {
+                if tally.last_commit.as_ref().is_none_or(|last| at > *last) {
+                    tally.last_commit = Some(at);
+                }
+            }
+        }
+        Ok(tally)
+    }
+}
+
+/// A job from its item and its progress shards. Jobs started before the shards existed
+/// counted on the job item itself; both are summed.
+fn job_from(item: &Item, tally: &Tally, errors: Vec<JobError>) -> Result<Job, StoreError> {
     let sk = get_s(item, "sk")?;
+    let updated_at = match &tally.last_commit {
+        Some(last) if last.as_str() > get_s(item, "updated_at")? => last.as_str(),
+        _ => get_s(item, "updated_at")?,
+    };
     Ok(Job {
         id: JobId::from_trusted(sk.strip_prefix("JOB#").ok_or_else(|| corrupt("job sk"))?),
         kind: JobKind::parse(get_s(item, "kind")?).ok_or_else(|| corrupt("kind"))?,
@@ -260,12 +375,12 @@ fn job_from(item: &Item, errors: Vec<JobError>) -> Result<Job, StoreError> {
         source_key_ids: from_json(get_s(item, "sources")?)?,
         target_key_id: KeyId::from_trusted(get_s(item, "target")?),
         total: get_n(item, "total")? as u64,
-        done: get_n(item, "done")? as u64,
-        failed: get_n(item, "failed")? as u64,
+        done: (get_n(item, "done")? + tally.done).max(0) as u64,
+        failed: (get_n(item, "failed")? + tally.failed).max(0) as u64,
         errors,
         generation: get_n(item, "generation")? as u32,
         started_at: parse_ts(get_s(item, "started_at")?)?,
-        updated_at: parse_ts(get_s(item, "updated_at")?)?,
+        updated_at: parse_ts(updated_at)?,
         finished_at: opt_s(item, "finished_at")
             .as_deref()
             .map(parse_ts)
@@ -348,6 +463,26 @@ fn failed_conditions(e: &SdkError<TransactWriteItemsError>) -> Option<Vec<bool>>
     )
 }
 
+/// Whether a transaction was cancelled because a concurrent one held one of its items.
+fn collided(e: &SdkError<TransactWriteItemsError>) -> bool {
+    let SdkError::ServiceError(se) = e else {
+        return false;
+    };
+    let TransactWriteItemsError::TransactionCanceledException(tc) = se.err() else {
+        return false;
+    };
+    tc.cancellation_reasons()
+        .iter()
+        .any(|r| r.code() == Some("TransactionConflict"))
+}
+
+/// The pause before trying again a transaction that collided for the `attempt`-th time:
+/// exponential from 20 ms, with jitter so that the colliding callers spread out.
+async fn collision_backoff(attempt: u32) {
+    let jitter = rand::thread_rng().gen_range(0..20u64);
+    tokio::time::sleep(Duration::from_millis((10 << attempt.min(6)) + jitter)).await;
+}
+
 /// The `ClientRequestToken` of one transaction: a hash of its items, then a nonce of this call.
 /// The SDK sends the same input on each of its retries, so when a transaction succeeded but its
 /// answer was lost, DynamoDB recognises the retry (for 10 minutes) and answers success, instead
@@ -413,22 +548,7 @@ impl DynamoStore {
     }
 
     async fn counts(&self, org: &OrgId) -> Result<HashMap<KeyId, u64>, StoreError> {
-        // Shards may go negative one by one (a move decrements a random shard); their sum is
-        // the count.
-        let mut sums: HashMap<KeyId, i64> = HashMap::new();
-        for item in self.query_prefix(org_pk(org), "COUNT#").await? {
-            let sk = get_s(&item, "sk")?;
-            let key = sk
-                .strip_prefix("COUNT#")
-                .and_then(|r| r.rsplit_once('#'))
-                .map(|(k, _)| k)
-                .ok_or_else(|| corrupt("count sk"))?;
-            *sums.entry(KeyId::from_trusted(key)).or_default() += get_n(&item, "n")?;
-        }
-        Ok(sums
-            .into_iter()
-            .map(|(k, v)| (k, v.max(0) as u64))
-            .collect())
+        count_sums(&self.query_prefix(org_pk(org), "COUNT#").await?)
     }
 
     async fn job_errors(
@@ -467,9 +587,20 @@ impl DynamoStore {
         let Some(item) = self.get(org_pk(org), &job_sk(job)).await? else {
             return Ok(None);
         };
+        let tally = self.tally(org, job).await?;
         let generation = get_n(&item, "generation")? as u32;
         let errors = self.job_errors(org, job, generation).await?;
-        job_from(&item, errors).map(Some)
+        job_from(&item, &tally, errors).map(Some)
+    }
+
+    /// A job's progress shards, summed (one query; each shard's counts only grow between a
+    /// job's state changes, except `failed` when a failure is cleared).
+    async fn tally(&self, org: &OrgId, job: &JobId) -> Result<Tally, StoreError> {
+        Tally::of(
+            &self
+                .query_prefix(org_pk(org), &progress_prefix(job))
+                .await?,
+        )
     }
 
     async fn transact(
@@ -486,10 +617,11 @@ impl DynamoStore {
             .map(|_| ())
     }
 
+    /// `n += delta` on one counter shard.
     fn counter_update(
         &self,
         org: &OrgId,
-        key: &KeyId,
+        count_sk: String,
         delta: i64,
     ) -> Result<TransactWriteItem, StoreError> {
         Ok(TransactWriteItem::builder()
@@ -497,7 +629,7 @@ impl DynamoStore {
                 Update::builder()
                     .table_name(&self.table)
                     .key("pk", s(org_pk(org)))
-                    .key("sk", s(count_sk(key, random_shard())))
+                    .key("sk", s(count_sk))
                     .update_expression("ADD #n :d")
                     .expression_attribute_names("#n", "n")
                     .expression_attribute_values(":d", n(delta))
@@ -506,131 +638,160 @@ impl DynamoStore {
             .build())
     }
 
-    fn job_put(&self, org: &OrgId, job: &Job, total: u64) -> Result<Item, StoreError> {
-        let now = ts(&cmk_core::model::now());
-        let mut item = HashMap::from([
-            ("pk".into(), s(org_pk(org))),
-            ("sk".into(), s(job_sk(&job.id))),
-            ("kind".into(), s(job.kind.as_str())),
-            ("state".into(), s(job.state.as_str())),
-            ("sources".into(), s(json(&job.source_key_ids)?)),
-            ("target".into(), s(job.target_key_id.as_str())),
-            ("total".into(), n(total)),
-            ("done".into(), n(0)),
-            ("failed".into(), n(0)),
-            ("generation".into(), n(job.generation)),
-            ("started_at".into(), s(now.clone())),
-            ("updated_at".into(), s(now)),
-            ("started_by".into(), s(&job.started_by)),
-        ]);
-        if job.state == JobState::Running {
-            item.insert("gsi2pk".into(), s("RUNNING"));
-            item.insert("gsi2sk".into(), s(format!("{org}#{}", job.id)));
-        }
-        Ok(item)
-    }
-
-    /// Moves one chunk; returns how many moved. Drops moves whose condition failed and retries.
+    /// Moves one chunk; returns how many moved (`None`: the job moved on). Drops moves whose
+    /// condition failed and tries the rest again; a transaction that collided with another
+    /// (`TransactionConflict`) is tried again on another progress shard after a short backoff.
     async fn commit_moves(
         &self,
         org: &OrgId,
         batch: &BatchCommit,
+        counting: Counting,
         mut moves: Vec<&DataKeyMove>,
     ) -> Result<Option<u64>, StoreError> {
-        let pk = org_pk(org);
-        let job_sk = job_sk(&batch.job_id);
+        let mut collisions = 0u32;
         loop {
             if moves.is_empty() {
                 return Ok(Some(0));
             }
             let count = moves.len() as i64;
+            let (progress, shard) = counting.pick(&batch.job_id);
             let mut items = Vec::with_capacity(moves.len() + 3);
-            items.push(
-                TransactWriteItem::builder()
-                    .update(build(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .key("pk", s(pk.clone()))
-                            .key("sk", s(job_sk.clone()))
-                            .condition_expression("#st = :running AND #gen = :g")
-                            .update_expression("ADD #done :n SET #upd = :now")
-                            .expression_attribute_names("#st", "state")
-                            .expression_attribute_names("#gen", "generation")
-                            .expression_attribute_names("#done", "done")
-                            .expression_attribute_names("#upd", "updated_at")
-                            .expression_attribute_values(":running", s("running"))
-                            .expression_attribute_values(":g", n(batch.generation))
-                            .expression_attribute_values(":n", n(count))
-                            .expression_attribute_values(":now", s(ts(&cmk_core::model::now())))
-                            .build(),
-                    )?)
-                    .build(),
-            );
+            items.push(self.progress_update(org, batch, progress, "done", count)?);
             // All moves of a batch go from one source to one target.
             let to = moves[0].to_key_id.clone();
-            items.push(self.counter_update(org, &batch.source, -count)?);
-            items.push(self.counter_update(org, &to, count)?);
+            items.push(self.counter_update(org, move_count_sk(&batch.source, shard), -count)?);
+            items.push(self.counter_update(org, move_count_sk(&to, shard), count)?);
             for m in &moves {
-                items.push(
-                    TransactWriteItem::builder()
-                        .update(build(
-                            Update::builder()
-                                .table_name(&self.table)
-                                .key("pk", s(dk_pk(org, &m.id)))
-                                .key("sk", s(DK_SK))
-                                .condition_expression("#kid = :from AND #ver = :v")
-                                .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1")
-                                .expression_attribute_names("#kid", "key_id")
-                                .expression_attribute_names("#ver", "version")
-                                .expression_attribute_names("#w", "wrapped")
-                                .expression_attribute_names("#g1", "gsi1pk")
-                                .expression_attribute_values(":from", s(m.from_key_id.as_str()))
-                                .expression_attribute_values(":v", n(m.from_version))
-                                .expression_attribute_values(":to", s(m.to_key_id.as_str()))
-                                .expression_attribute_values(
-                                    ":w",
-                                    AttributeValue::B(Blob::new(m.wrapped.clone())),
-                                )
-                                .expression_attribute_values(":v1", n(m.from_version + 1))
-                                .expression_attribute_values(
-                                    ":g1",
-                                    s(gsi1pk(org, &m.to_key_id, partition_of(&m.id))),
-                                )
-                                .build(),
-                        )?)
-                        .build(),
-                );
+                items.push(self.move_update(org, m)?);
             }
-            match self.transact(items).await {
-                Ok(()) => return Ok(Some(count as u64)),
-                Err(e) => {
-                    let Some(failed) = failed_conditions(&e) else {
-                        return Err(sdk_err(e));
-                    };
-                    if failed.first().copied().unwrap_or(false) {
-                        return Ok(None); // the job moved on: a stale message
-                    }
-                    // Index 0 is the job, 1-2 the counters, then the moves.
-                    let before = moves.len();
-                    moves = moves
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(i, _)| !failed.get(i + 3).copied().unwrap_or(false))
-                        .map(|(_, m)| m)
-                        .collect();
-                    if moves.len() == before {
-                        // Cancelled for another reason (a conflicting concurrent transaction).
-                        return Err(sdk_err(e));
-                    }
+            let Err(e) = self.transact(items).await else {
+                return Ok(Some(count as u64));
+            };
+            let Some(failed) = failed_conditions(&e) else {
+                return Err(sdk_err(e));
+            };
+            if failed.first().copied().unwrap_or(false) {
+                return Ok(None); // the job moved on: a stale message
+            }
+            // Index 0 is the progress item, 1-2 the counters, then the moves.
+            let before = moves.len();
+            moves = moves
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !failed.get(i + 3).copied().unwrap_or(false))
+                .map(|(_, m)| m)
+                .collect();
+            if moves.len() == before {
+                // Cancelled by a concurrent transaction on one of its items.
+                collisions += 1;
+                if !collided(&e) || collisions >= TRANSACTION_ATTEMPTS {
+                    return Err(sdk_err(e));
                 }
+                collision_backoff(collisions).await;
             }
         }
+    }
+
+    /// `ADD {counter} :n` on a progress item, only while the job runs in the batch's
+    /// generation; the item records the time of the batch's commit.
+    fn progress_update(
+        &self,
+        org: &OrgId,
+        batch: &BatchCommit,
+        progress_sk: String,
+        counter: &str,
+        delta: i64,
+    ) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .update(build(
+                Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(org_pk(org)))
+                    .key("sk", s(progress_sk))
+                    .condition_expression("#st = :running AND #gen = :g")
+                    .update_expression("ADD #c :n SET #upd = :now")
+                    .expression_attribute_names("#st", "state")
+                    .expression_attribute_names("#gen", "generation")
+                    .expression_attribute_names("#c", counter)
+                    .expression_attribute_names("#upd", "updated_at")
+                    .expression_attribute_values(":running", s(JobState::Running.as_str()))
+                    .expression_attribute_values(":g", n(batch.generation))
+                    .expression_attribute_values(":n", n(delta))
+                    .expression_attribute_values(":now", s(ts(&cmk_core::model::now())))
+                    .build(),
+            )?)
+            .build())
+    }
+
+    /// A job's state change on one of its progress shards. Unconditional: it is written in the
+    /// transaction that changes the job item, whose condition decides. On a job started before
+    /// shards existed it creates the shard, which then carries no counts.
+    fn progress_shard_update(
+        &self,
+        org: &OrgId,
+        u: &JobUpdate,
+        shard: u32,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut expr = "SET #st = :st, #gen = :g".to_owned();
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(org_pk(org)))
+            .key("sk", s(progress_sk(&u.job_id, shard)))
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#gen", "generation")
+            .expression_attribute_values(":st", s(u.state.as_str()))
+            .expression_attribute_values(":g", n(u.generation));
+        if u.reset_failures {
+            expr.push_str(", #failed = :zero");
+            update = update
+                .expression_attribute_names("#failed", "failed")
+                .expression_attribute_values(":zero", n(0));
+        }
+        Ok(TransactWriteItem::builder()
+            .update(build(update.update_expression(expr).build())?)
+            .build())
+    }
+
+    /// Moves one data key to its new wrapping, only if still at the source and version read.
+    fn move_update(&self, org: &OrgId, m: &DataKeyMove) -> Result<TransactWriteItem, StoreError> {
+        Ok(TransactWriteItem::builder()
+            .update(build(
+                Update::builder()
+                    .table_name(&self.table)
+                    .key("pk", s(dk_pk(org, &m.id)))
+                    .key("sk", s(DK_SK))
+                    .condition_expression("#kid = :from AND #ver = :v")
+                    .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1")
+                    .expression_attribute_names("#kid", "key_id")
+                    .expression_attribute_names("#ver", "version")
+                    .expression_attribute_names("#w", "wrapped")
+                    .expression_attribute_names("#g1", "gsi1pk")
+                    .expression_attribute_values(":from", s(m.from_key_id.as_str()))
+                    .expression_attribute_values(":v", n(m.from_version))
+                    .expression_attribute_values(":to", s(m.to_key_id.as_str()))
+                    .expression_attribute_values(
+                        ":w",
+                        AttributeValue::B(Blob::new(m.wrapped.clone())),
+                    )
+                    .expression_attribute_values(":v1", n(m.from_version + 1))
+                    .expression_attribute_values(
+                        ":g1",
+                        s(gsi1pk(org, &m.to_key_id, partition_of(&m.id))),
+                    )
+                    .build(),
+            )?)
+            .build())
     }
 
     /// Records failures of data keys still wrapped by the source, counted once each. Recording
     /// bumps the data key's version, so a concurrent duplicate of the batch that did move it
     /// (read at the old version) loses its condition: a data key is never both done and failed.
-    async fn record_failures(&self, org: &OrgId, batch: &BatchCommit) -> Result<(), StoreError> {
+    async fn record_failures(
+        &self,
+        org: &OrgId,
+        batch: &BatchCommit,
+        counting: Counting,
+    ) -> Result<(), StoreError> {
         let pk = org_pk(org);
         for f in &batch.failures {
             let items = vec![
@@ -665,7 +826,7 @@ impl DynamoStore {
                             .build(),
                     )?)
                     .build(),
-                self.failed_counter(org, batch, 1)?,
+                self.progress_update(org, batch, counting.pick(&batch.job_id).0, "failed", 1)?,
             ];
             // Lost conditions: already recorded, moved meanwhile, or the job moved on.
             self.transact_unless_outdated(items).await?;
@@ -676,7 +837,12 @@ impl DynamoStore {
     /// Clears earlier failures (this generation) of data keys this batch is about to move. It
     /// runs before the moves: a crash in between leaves the data key pending, not both failed
     /// and done, and the redelivered batch moves it (or records its failure) again.
-    async fn clear_failures(&self, org: &OrgId, batch: &BatchCommit) -> Result<(), StoreError> {
+    async fn clear_failures(
+        &self,
+        org: &OrgId,
+        batch: &BatchCommit,
+        counting: Counting,
+    ) -> Result<(), StoreError> {
         let pk = org_pk(org);
         for m in &batch.moves {
             let items = vec![
@@ -705,38 +871,12 @@ impl DynamoStore {
                             .build(),
                     )?)
                     .build(),
-                self.failed_counter(org, batch, -1)?,
+                self.progress_update(org, batch, counting.pick(&batch.job_id).0, "failed", -1)?,
             ];
             // Lost conditions: no such failure, a stale move, or the job moved on.
             self.transact_unless_outdated(items).await?;
         }
         Ok(())
-    }
-
-    /// `failed += delta` on the batch's job, only while it runs in the batch's generation.
-    fn failed_counter(
-        &self,
-        org: &OrgId,
-        batch: &BatchCommit,
-        delta: i64,
-    ) -> Result<TransactWriteItem, StoreError> {
-        Ok(TransactWriteItem::builder()
-            .update(build(
-                Update::builder()
-                    .table_name(&self.table)
-                    .key("pk", s(org_pk(org)))
-                    .key("sk", s(job_sk(&batch.job_id)))
-                    .condition_expression("#st = :running AND #gen = :g")
-                    .update_expression("ADD #failed :d")
-                    .expression_attribute_names("#st", "state")
-                    .expression_attribute_names("#gen", "generation")
-                    .expression_attribute_names("#failed", "failed")
-                    .expression_attribute_values(":running", s("running"))
-                    .expression_attribute_values(":g", n(batch.generation))
-                    .expression_attribute_values(":d", n(delta))
-                    .build(),
-            )?)
-            .build())
     }
 
     /// Runs a small transaction whose lost conditions mean "nothing to do". Transactions that
@@ -754,33 +894,64 @@ impl DynamoStore {
             match failed_conditions(&e) {
                 Some(failed) if failed.contains(&true) => return Ok(()),
                 Some(_) if attempt + 1 < TRANSACTION_ATTEMPTS => {
-                    let jitter = rand::thread_rng().gen_range(0..20u64);
-                    tokio::time::sleep(Duration::from_millis((20 << attempt) + jitter)).await;
                     attempt += 1;
+                    collision_backoff(attempt).await;
                 }
                 _ => return Err(sdk_err(e)),
             }
         }
     }
 
+    /// A batch's view of its job: its progress, and where this batch counts it.
     async fn progress(
         &self,
         org: &OrgId,
         job: &JobId,
         applied: u64,
-    ) -> Result<JobProgress, StoreError> {
+    ) -> Result<(JobProgress, Counting), StoreError> {
         let item = self
             .get(org_pk(org), &job_sk(job))
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("job {job} not found")))?;
-        Ok(JobProgress {
+        let tally = self.tally(org, job).await?;
+        let counting = match opt_u32(&item, "progress_shards")? {
+            Some(shards) if shards > 0 => Counting::Shards(shards),
+            _ => Counting::JobItem,
+        };
+        let progress = JobProgress {
             state: JobState::parse(get_s(&item, "state")?).ok_or_else(|| corrupt("job state"))?,
             generation: get_n(&item, "generation")? as u32,
             total: get_n(&item, "total")? as u64,
-            done: get_n(&item, "done")? as u64,
-            failed: get_n(&item, "failed")?.max(0) as u64,
+            done: (get_n(&item, "done")? + tally.done).max(0) as u64,
+            failed: (get_n(&item, "failed")? + tally.failed).max(0) as u64,
             applied,
-        })
+        };
+        Ok((progress, counting))
+    }
+}
+
+/// Where the batches of a job count their progress.
+#[derive(Clone, Copy, Debug)]
+enum Counting {
+    /// On the job item (jobs started before progress shards existed).
+    JobItem,
+    /// On one of this many progress shards, picked at random per transaction.
+    Shards(u32),
+}
+
+impl Counting {
+    /// The progress item one transaction writes, and the move-counter shard beside it.
+    fn pick(self, job: &JobId) -> (String, u32) {
+        match self {
+            Counting::JobItem => (
+                job_sk(job),
+                rand::thread_rng().gen_range(0..PROGRESS_SHARDS),
+            ),
+            Counting::Shards(shards) => {
+                let shard = rand::thread_rng().gen_range(0..shards);
+                (progress_sk(job, shard), shard)
+            }
+        }
     }
 }
 
@@ -936,14 +1107,21 @@ impl Store for DynamoStore {
         match &c.job {
             None => {}
             Some(JobChange::Start(job)) => {
-                // Count the sources now, and make the commit conditional on every counter shard
+                // Count the sources now, and make the commit conditional on every insert shard
                 // of every source still holding what was read (or still being absent): a data
-                // key inserted meanwhile cancels the commit, so `total` is exact.
+                // key inserted meanwhile cancels the commit, so `total` is exact. The shards
+                // that moves write need no check: no job runs (the head's version says so).
+                let counters = self.query_prefix(pk.clone(), "COUNT#").await?;
                 let mut shards: HashMap<String, i64> = HashMap::new();
-                for item in self.query_prefix(pk.clone(), "COUNT#").await? {
-                    shards.insert(get_s(&item, "sk")?.to_owned(), get_n(&item, "n")?);
+                for item in &counters {
+                    shards.insert(get_s(item, "sk")?.to_owned(), get_n(item, "n")?);
                 }
-                let mut total = 0i64;
+                let counts = count_sums(&counters)?;
+                let total: u64 = job
+                    .source_key_ids
+                    .iter()
+                    .map(|source| counts.get(source).copied().unwrap_or(0))
+                    .sum();
                 for source in &job.source_key_ids {
                     for shard in 0..COUNT_SHARDS {
                         let sk = count_sk(source, shard);
@@ -952,13 +1130,10 @@ impl Store for DynamoStore {
                             .key("pk", s(pk.clone()))
                             .key("sk", s(sk.clone()));
                         let check = match shards.get(&sk) {
-                            Some(v) => {
-                                total += *v;
-                                check
-                                    .condition_expression("#n = :n")
-                                    .expression_attribute_names("#n", "n")
-                                    .expression_attribute_values(":n", n(*v))
-                            }
+                            Some(v) => check
+                                .condition_expression("#n = :n")
+                                .expression_attribute_names("#n", "n")
+                                .expression_attribute_values(":n", n(*v)),
                             None => check.condition_expression("attribute_not_exists(pk)"),
                         };
                         items.push(
@@ -973,12 +1148,30 @@ impl Store for DynamoStore {
                         .put(build(
                             Put::builder()
                                 .table_name(&self.table)
-                                .set_item(Some(self.job_put(org, job, total.max(0) as u64)?))
+                                .set_item(Some(job_item(org, job, total)?))
                                 .condition_expression("attribute_not_exists(pk)")
                                 .build(),
                         )?)
                         .build(),
                 );
+                for shard in 0..PROGRESS_SHARDS {
+                    items.push(
+                        TransactWriteItem::builder()
+                            .put(build(
+                                Put::builder()
+                                    .table_name(&self.table)
+                                    .item("pk", s(pk.clone()))
+                                    .item("sk", s(progress_sk(&job.id, shard)))
+                                    .item("state", s(job.state.as_str()))
+                                    .item("generation", n(job.generation))
+                                    .item("done", n(0))
+                                    .item("failed", n(0))
+                                    .condition_expression("attribute_not_exists(pk)")
+                                    .build(),
+                            )?)
+                            .build(),
+                    );
+                }
                 head_expr.push_str(", #job = :job");
                 head_update = head_update
                     .expression_attribute_names("#job", "current_job_id")
@@ -1031,6 +1224,11 @@ impl Store for DynamoStore {
                         .update(build(update.update_expression(expr).build())?)
                         .build(),
                 );
+                // The progress shards carry the state and generation that batches check, so
+                // a stale batch is refused by the shard it writes, never by the job item.
+                for shard in 0..PROGRESS_SHARDS {
+                    items.push(self.progress_shard_update(org, u, shard)?);
+                }
                 job_id = Some(u.job_id.clone());
             }
         }
@@ -1147,6 +1345,15 @@ impl Store for DynamoStore {
         idle_before: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         // `updated_at` is fixed-width RFC 3339 (microseconds, `Z`): string order is time order.
+        // Batches record their commits on the progress shards, the job item keeps the last
+        // plan: the shards are read first (a batch committing after that read only makes one
+        // re-plan more, which is harmless), then the claim is a conditional write of the item.
+        let before = ts(&idle_before);
+        if let Some(last) = self.tally(org, job).await?.last_commit {
+            if last >= before {
+                return Ok(false);
+            }
+        }
         let result = self
             .client
             .update_item()
@@ -1161,7 +1368,7 @@ impl Store for DynamoStore {
             .expression_attribute_values(":now", s(ts(&cmk_core::model::now())))
             .expression_attribute_values(":running", s(JobState::Running.as_str()))
             .expression_attribute_values(":g", n(generation))
-            .expression_attribute_values(":before", s(ts(&idle_before)))
+            .expression_attribute_values(":before", s(before))
             .send()
             .await;
         match result {
@@ -1234,7 +1441,11 @@ impl Store for DynamoStore {
                 TransactWriteItem::builder()
                     .condition_check(build(check.build())?)
                     .build(),
-                self.counter_update(org, &first.key_id, chunk.len() as i64)?,
+                self.counter_update(
+                    org,
+                    count_sk(&first.key_id, random_shard()),
+                    chunk.len() as i64,
+                )?,
             ];
             for k in chunk {
                 items.push(
@@ -1355,29 +1566,29 @@ impl Store for DynamoStore {
         org: &OrgId,
         batch: BatchCommit,
     ) -> Result<JobProgress, StoreError> {
-        let job = self.progress(org, &batch.job_id, 0).await?;
+        let (job, counting) = self.progress(org, &batch.job_id, 0).await?;
         if job.state != JobState::Running || job.generation != batch.generation {
             return Ok(job);
         }
         // A failure recorded after `job` was read bumped its data key's version, so the
         // moves below cannot apply to it: reading `failed` before them is enough.
         if job.failed > 0 && !batch.moves.is_empty() {
-            self.clear_failures(org, &batch).await?;
+            self.clear_failures(org, &batch, counting).await?;
         }
         let mut applied = 0;
         for chunk in batch.moves.chunks(MOVES_PER_TRANSACTION) {
             match self
-                .commit_moves(org, &batch, chunk.iter().collect())
+                .commit_moves(org, &batch, counting, chunk.iter().collect())
                 .await?
             {
                 Some(moved) => applied += moved,
-                None => return self.progress(org, &batch.job_id, applied).await,
+                None => return Ok(self.progress(org, &batch.job_id, applied).await?.0),
             }
         }
         if !batch.failures.is_empty() {
-            self.record_failures(org, &batch).await?;
+            self.record_failures(org, &batch, counting).await?;
         }
-        self.progress(org, &batch.job_id, applied).await
+        Ok(self.progress(org, &batch.job_id, applied).await?.0)
     }
 
     async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
@@ -1530,5 +1741,58 @@ mod tests {
         let item = key_item(&OrgId::from_trusted("acme"), &unlimited, 7).expect("item");
         assert!(!item.contains_key("rewrap_rate_limit"));
         assert_eq!(key_from(&item).expect("record").1, unlimited);
+    }
+
+    /// A job's counts are its item's (jobs from before progress shards) plus its shards';
+    /// its `updated_at` is the later of its last plan and its last batch.
+    #[test]
+    fn jobs_sum_their_progress_shards() {
+        let job = Job {
+            id: JobId::from_trusted("j1"),
+            kind: JobKind::Disable,
+            state: JobState::Running,
+            source_key_ids: vec![KeyId::from_trusted("key_a")],
+            target_key_id: KeyId::from_trusted("key_b"),
+            total: 100,
+            done: 0,
+            failed: 0,
+            errors: vec![],
+            generation: 2,
+            started_at: cmk_core::model::now(),
+            updated_at: cmk_core::model::now(),
+            finished_at: None,
+            started_by: "alice".into(),
+            throttled_rate: None,
+        };
+        let org = OrgId::from_trusted("acme");
+        let mut item = job_item(&org, &job, 100).expect("item");
+        item.insert("done".into(), n(5)); // counted on the item before shards existed
+        let later = "2099-01-01T00:00:00.000000Z";
+        let shard = |done: i64, failed: i64, at: Option<&str>| {
+            let mut shard = HashMap::from([
+                ("sk".to_owned(), s(progress_sk(&job.id, 0))),
+                ("done".to_owned(), n(done)),
+                ("failed".to_owned(), n(failed)),
+            ]);
+            if let Some(at) = at {
+                shard.insert("updated_at".into(), s(at));
+            }
+            shard
+        };
+        let tally = Tally::of(&[
+            shard(10, 2, None),
+            shard(7, -1, Some(later)),
+            shard(0, 0, None),
+        ])
+        .expect("tally");
+        let read = job_from(&item, &tally, vec![]).expect("job");
+        assert_eq!((read.done, read.failed, read.total), (22, 1, 100));
+        assert_eq!(ts(&read.updated_at), later);
+        assert_eq!(get_n(&item, "progress_shards").expect("shards"), 16);
+        let idle = job_from(&item, &Tally::default(), vec![]).expect("job");
+        assert_eq!(
+            idle.updated_at,
+            parse_ts(get_s(&item, "updated_at").expect("plan time")).expect("time")
+        );
     }
 }

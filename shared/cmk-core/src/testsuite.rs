@@ -485,6 +485,22 @@ async fn job_total_and_exact_progress(store: &dyn Store) {
         .unwrap()
         .iter()
         .all(|(o, _)| o != &org));
+
+    // The next job's total counts what moves brought to its source, not only what was
+    // inserted under it.
+    let s = store.load_org(&org).await.unwrap();
+    let mut c = commit(s.version, &svc);
+    c.job = Some(JobChange::Start(job(
+        JobKind::DisableAll,
+        vec![k.id.clone()],
+        svc.clone(),
+    )));
+    let next = store.commit(&org, c).await.unwrap().expect("the next job");
+    assert_eq!(
+        (next.total, next.done),
+        (10, 0),
+        "the moved data keys are counted"
+    );
 }
 
 async fn failures_and_retries(store: &dyn Store) {
