@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// A re-encryption against a KMS stand-in: the requests it sends per second against the
     /// key's rate limit, and how it adapts when KMS throttles.
     RateLimit(crate::bench_rate::RateLimitArgs),
+    /// One job on DynamoDB (an emulator) with many workers, with and without DynamoDB's
+    /// transaction conflicts: whether its commits collide, and that its counts stay exact.
+    Conflicts(crate::bench_conflicts::ConflictsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +67,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         }
         BenchCommand::Rewrap(args) => rewrap(args).await,
         BenchCommand::RateLimit(args) => crate::bench_rate::rate_limit(args).await,
+        BenchCommand::Conflicts(args) => crate::bench_conflicts::conflicts(args).await,
     }
 }
 
