@@ -15,11 +15,7 @@ macro_rules! out {
 
 mod aws;
 mod bench;
-mod bench_aws;
-mod bench_conflicts;
-mod bench_rate;
 mod cli;
-mod conflict_proxy;
 mod local;
 mod seed;
 mod serve;

@@ -331,7 +331,7 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
     let adopt_rate = n as f64 / adopt_secs;
     println!("emulator_ceiling_keys_per_s={ceiling:.0}");
     println!("data_keys={n}");
-    if let Some(mb) = crate::bench::peak_rss_mb() {
+    if let Some(mb) = super::common::peak_rss_mb() {
         println!("peak_rss_mb={mb:.0}");
     }
 

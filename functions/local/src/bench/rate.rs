@@ -66,7 +66,7 @@ pub async fn rate_limit(args: RateLimitArgs) -> Result<ExitCode> {
         spec: KeySpec::ServiceManaged,
         external_id: None,
     };
-    crate::bench::seed(&*store, &keys, &org, &service, args.data_keys).await?;
+    super::common::seed(&*store, &keys, &org, &service, args.data_keys).await?;
 
     let engine = Arc::new(RewrapEngine::new(
         cmk.clone(),

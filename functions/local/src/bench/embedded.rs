@@ -10,76 +10,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Subcommand};
 use cmk_core::cache::DataKeyCache;
-use cmk_core::crypto::DataKey;
 use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
-use cmk_core::model::{data_key_context, DataKeyId, DataKeyRecord, JobState, KeyId, OrgId};
+use cmk_core::model::{data_key_context, DataKeyId, JobState, KeyId, OrgId};
 use cmk_core::ports::{Kek, KeyProvider, Store};
 use cmk_core::service::{NewKeySpec, ServiceConfig};
 use cmk_embedded::{LocalKeyProvider, QueueConfig};
 use rusqlite::params;
 use tokio::sync::watch;
 
+use super::common::{peak_rss_mb, seed};
 use crate::local::open_backends;
 
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Re-encryption throughput: the engine beside the floor of the same work.
-    Rewrap(RewrapArgs),
-    /// A re-encryption against a KMS stand-in: the requests it sends per second against the
-    /// key's rate limit, and how it adapts when KMS throttles.
-    RateLimit(crate::bench_rate::RateLimitArgs),
-    /// One job on DynamoDB (an emulator) with many workers, with and without DynamoDB's
-    /// transaction conflicts: whether its commits collide, and that its counts stay exact.
-    Conflicts(crate::bench_conflicts::ConflictsArgs),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchBackend {
-    Embedded,
-    Aws,
-}
-
-#[derive(Args, Debug)]
-pub struct RewrapArgs {
-    /// `aws` runs against DynamoDB, SQS, KMS and STS at --aws-endpoint-url (an emulator).
-    #[arg(long, value_enum, default_value = "embedded")]
-    backend: BenchBackend,
-    /// The AWS endpoint (with --backend aws).
-    #[arg(long = "aws-endpoint-url", env = "AWS_ENDPOINT_URL")]
-    endpoint_url: Option<String>,
-    /// How many data keys to re-encrypt.
-    #[arg(long, default_value_t = 100_000)]
+/// What `bench rewrap` was asked for.
+struct Args {
     data_keys: u64,
-    /// Data keys per batch (the same for the floor and the job).
-    #[arg(long, default_value_t = 500)]
     batch_size: usize,
-    /// Messages the worker handles at once.
-    #[arg(long, default_value_t = 4)]
     concurrency: usize,
 }
 
-pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
-    match cmd {
-        BenchCommand::Rewrap(args) if args.backend == BenchBackend::Aws => {
-            crate::bench_aws::rewrap(args.data_keys, args.endpoint_url).await
-        }
-        BenchCommand::Rewrap(args) => rewrap(args).await,
-        BenchCommand::RateLimit(args) => crate::bench_rate::rate_limit(args).await,
-        BenchCommand::Conflicts(args) => crate::bench_conflicts::conflicts(args).await,
-    }
-}
-
-/// Peak resident memory of this process, from /proc (Linux).
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-async fn rewrap(args: RewrapArgs) -> Result<ExitCode> {
+/// Seeds `data_keys` twice (one org each), runs the floor and a complete job, and prints both.
+pub async fn rewrap(data_keys: u64, batch_size: usize, concurrency: usize) -> Result<ExitCode> {
+    let args = Args {
+        data_keys,
+        batch_size,
+        concurrency,
+    };
     if args.data_keys == 0 {
         bail!("--data-keys must be at least 1");
     }
@@ -190,37 +146,6 @@ async fn rewrap(args: RewrapArgs) -> Result<ExitCode> {
     }
     println!("ratio={:.2}", job_rate / floor_rate);
     Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) async fn seed(
-    store: &dyn Store,
-    keys: &LocalKeyProvider,
-    org: &OrgId,
-    kek: &Kek,
-    n: u64,
-) -> Result<()> {
-    let mut left = n;
-    while left > 0 {
-        let count = left.min(10_000) as usize;
-        let mut records = Vec::with_capacity(count);
-        for _ in 0..count {
-            let id = DataKeyId::generate();
-            let wrapped = keys
-                .wrap(kek, &data_key_context(org, &id), &DataKey::generate())
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
-            records.push(DataKeyRecord {
-                id,
-                key_id: kek.key_id.clone(),
-                wrapped: wrapped.blob,
-                version: 0,
-                created_at: cmk_core::model::now(),
-            });
-        }
-        store.insert_data_keys(org, &records).await?;
-        left -= count as u64;
-    }
-    Ok(())
 }
 
 /// The floor: read a page, unwrap + wrap each key, and move it to another key id with a

@@ -27,7 +27,7 @@ use cmk_core::Cmk;
 use cmk_embedded::{QueueConfig, SimulatedKms, SimulatedKmsConfig};
 use tokio::sync::watch;
 
-use crate::conflict_proxy::{ConflictProxy, ProxyStats};
+use super::conflict_proxy::{ConflictProxy, ProxyStats};
 
 #[derive(Args, Debug)]
 pub struct ConflictsArgs {
@@ -144,7 +144,7 @@ pub async fn run(proxy: &ConflictProxy, endpoint: &str, args: &ConflictsArgs) ->
         spec: KeySpec::ServiceManaged,
         external_id: None,
     };
-    crate::bench::seed(&*store, &keys, &org, &service, args.data_keys).await?;
+    super::common::seed(&*store, &keys, &org, &service, args.data_keys).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();

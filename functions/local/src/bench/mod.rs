@@ -1,0 +1,64 @@
+//! `cmk bench …`: benchmarks that print figures, one module each. `common` holds what they
+//! share; this file only parses the command and routes it.
+
+mod aws;
+mod common;
+mod conflict_proxy;
+mod conflicts;
+mod embedded;
+mod rate;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Re-encryption throughput: the engine beside the floor of the same work.
+    Rewrap(RewrapArgs),
+    /// A re-encryption against a KMS stand-in: the requests it sends per second against the
+    /// key's rate limit, and how it adapts when KMS throttles.
+    RateLimit(rate::RateLimitArgs),
+    /// One job on DynamoDB (an emulator) with many workers, with and without DynamoDB's
+    /// transaction conflicts: whether its commits collide, and that its counts stay exact.
+    Conflicts(conflicts::ConflictsArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchBackend {
+    Embedded,
+    Aws,
+}
+
+#[derive(Args, Debug)]
+pub struct RewrapArgs {
+    /// `aws` runs against DynamoDB, SQS, KMS and STS at --aws-endpoint-url (an emulator).
+    #[arg(long, value_enum, default_value = "embedded")]
+    backend: BenchBackend,
+    /// The AWS endpoint (with --backend aws).
+    #[arg(long = "aws-endpoint-url", env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// How many data keys to re-encrypt.
+    #[arg(long, default_value_t = 100_000)]
+    data_keys: u64,
+    /// Data keys per batch (the same for the floor and the job).
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Messages the worker handles at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Rewrap(args) if args.backend == BenchBackend::Aws => {
+            aws::rewrap(args.data_keys, args.endpoint_url).await
+        }
+        BenchCommand::Rewrap(args) => {
+            embedded::rewrap(args.data_keys, args.batch_size, args.concurrency).await
+        }
+        BenchCommand::RateLimit(args) => rate::rate_limit(args).await,
+        BenchCommand::Conflicts(args) => conflicts::conflicts(args).await,
+    }
+}
