@@ -13,7 +13,6 @@ macro_rules! out {
     };
 }
 
-mod aws;
 mod bench;
 mod cli;
 mod local;

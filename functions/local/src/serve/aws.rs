@@ -1,14 +1,11 @@
 //! `cmk serve --backend aws`: the same API and worker on DynamoDB, SQS and AWS KMS, so the
 //! service also runs on a plain host (or against an AWS emulator).
 
-use std::time::Duration;
-
 use anyhow::{anyhow, bail, Context, Result};
+use aws_config::SdkConfig;
 use clap::Args;
-use cmk_aws::backend::{build, sdk_config, AwsBackend, AwsSettings};
+use cmk_aws::backend::sdk_config;
 use cmk_aws::resources::{ensure_queues, ensure_table};
-
-use crate::serve::ServeArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct AwsArgs {
@@ -83,9 +80,19 @@ async fn service_key(client: &aws_sdk_kms::Client, args: &AwsArgs) -> Result<Str
     Ok(SERVICE_ALIAS.to_owned())
 }
 
-/// Builds the AWS backend (creating resources when asked).
-pub async fn open(args: &ServeArgs) -> Result<AwsBackend> {
-    let aws = &args.aws;
+/// The AWS resources the service runs on, resolved (and created, when asked).
+#[derive(Debug)]
+pub struct Resources {
+    pub config: SdkConfig,
+    pub queue_url: String,
+    pub service_key_id: String,
+    /// The service's own account: customer roles in it are refused.
+    pub service_account_id: String,
+}
+
+/// Resolves the SDK configuration, queue, service key and account (creating resources when
+/// asked).
+pub async fn resources(aws: &AwsArgs) -> Result<Resources> {
     let config = sdk_config(aws.endpoint_url.as_deref()).await;
     if config.region().is_none() {
         bail!("no AWS region: set AWS_REGION");
@@ -122,18 +129,10 @@ pub async fn open(args: &ServeArgs) -> Result<AwsBackend> {
                 .to_owned()
         }
     };
-    let settings = AwsSettings {
-        table: aws.table.clone(),
+    Ok(Resources {
+        config,
         queue_url,
         service_key_id,
-        service_principal: args.service_principal.clone(),
-        endpoint_url: aws.endpoint_url.clone(),
-        data_key_cache_ttl: Duration::from_secs(args.data_key_cache_ttl),
-        data_key_cache_size: args.data_key_cache_size,
-        failure_memory: Duration::from_secs(args.failure_memory),
-        stalled_after: Duration::from_secs(args.stalled_after.max(1)),
-        service_account_id: Some(service_account_id),
-        allow_same_account_roles: args.allow_same_account_roles,
-    };
-    Ok(build(&config, &settings))
+        service_account_id,
+    })
 }

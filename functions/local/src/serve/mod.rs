@@ -1,5 +1,8 @@
 //! `cmk serve`: the API and the re-encryption worker in one process, on the embedded backends
 //! (default) or on AWS (DynamoDB, SQS, KMS; the worker polls SQS with the worker Lambda's code).
+//! `aws` resolves the AWS resources; this file assembles either backend and runs them.
+
+mod aws;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use cmk_aws::backend::AwsSettings;
 use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
 use cmk_core::service::ServiceConfig;
@@ -34,7 +38,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CMK_BACKEND", value_enum, default_value = "embedded")]
     pub backend: Backend,
     #[command(flatten)]
-    pub aws: crate::aws::AwsArgs,
+    pub aws: aws::AwsArgs,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "CMK_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -140,7 +144,21 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
             (backends.cmk, format!("data in {}", data_dir.display()))
         }
         Backend::Aws => {
-            let backend = crate::aws::open(&args).await?;
+            let resources = aws::resources(&args.aws).await?;
+            let settings = AwsSettings {
+                table: args.aws.table.clone(),
+                queue_url: resources.queue_url,
+                service_key_id: resources.service_key_id,
+                service_principal: args.service_principal.clone(),
+                endpoint_url: args.aws.endpoint_url.clone(),
+                data_key_cache_ttl: Duration::from_secs(args.data_key_cache_ttl),
+                data_key_cache_size: args.data_key_cache_size,
+                failure_memory: Duration::from_secs(args.failure_memory),
+                stalled_after: Duration::from_secs(args.stalled_after.max(1)),
+                service_account_id: Some(resources.service_account_id),
+                allow_same_account_roles: args.allow_same_account_roles,
+            };
+            let backend = cmk_aws::backend::build(&resources.config, &settings);
             let at = format!("table {}, queue {}", args.aws.table, backend.queue.url());
             (backend.cmk, at)
         }
