@@ -3,11 +3,8 @@
 //! Every handler takes its auth extractor first, so a caller without a valid token gets 401
 //! before the path or the body is looked at.
 
-use std::sync::OnceLock;
-
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -76,21 +73,6 @@ pub async fn healthz() -> Json<HealthzResponse> {
     Json(HealthzResponse {
         status: "ok".into(),
     })
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "other",
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn openapi_json() -> impl IntoResponse {
-    // Built once per process: the document is static.
-    static DOC: OnceLock<String> = OnceLock::new();
-    let doc = DOC.get_or_init(|| {
-        crate::openapi().to_json().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "could not serialize the OpenAPI document");
-            "{}".to_owned()
-        })
-    });
-    ([(header::CONTENT_TYPE, "application/json")], doc.as_str())
 }
 
 // ---- admin reads ----

@@ -104,7 +104,7 @@ pub fn data_plane_routes() -> Router<AppState> {
 pub fn app(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .route("/healthz", get(handlers::healthz))
-        .route("/openapi.json", get(handlers::openapi_json))
+        .route("/openapi.json", get(openapi::openapi_json))
         // Must come after every route: it is applied to the routes present now.
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)

@@ -1,5 +1,9 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` attributes and the DTOs.
 
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::IntoResponse;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -19,7 +23,7 @@ use crate::handlers;
     ),
     paths(
         handlers::healthz,
-        handlers::openapi_json,
+        openapi_json,
         handlers::list_keys,
         handlers::setup,
         handlers::add_key,
@@ -145,6 +149,21 @@ fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
             )
             .build(),
     )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "other",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi_json() -> impl IntoResponse {
+    // Built once per process: the document is static.
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        openapi().to_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not serialize the OpenAPI document");
+            "{}".to_owned()
+        })
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.as_str())
 }
 
 #[cfg(test)]
