@@ -1,6 +1,6 @@
 //! Typed errors. `cmk-http` maps [`CoreError`] to status codes and problem codes in one place.
 
-use crate::model::{HealthStatus, KeyId};
+use crate::model::{HealthStatus, InvalidValue, KeyId};
 
 /// What a use case can answer besides success. Each variant is one problem code of API.md.
 #[derive(Debug, thiserror::Error)]
@@ -152,4 +152,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("token expired")]
     Expired,
+}
+
+impl From<InvalidValue> for CoreError {
+    fn from(e: InvalidValue) -> Self {
+        CoreError::InvalidRequest(e.0)
+    }
 }

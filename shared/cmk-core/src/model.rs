@@ -6,7 +6,12 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::CoreError;
+/// A caller's value that breaks a rule of the model (an id's form, a name, an ARN, a limit).
+/// Use cases answer it as [`crate::error::CoreError::InvalidRequest`] through `From`, so the
+/// model depends on no error of theirs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
 
 /// The current time at the precision every store keeps (microseconds), so a record reads back
 /// equal to what was written.
@@ -71,9 +76,9 @@ fn is_id_char(c: char) -> bool {
 }
 
 /// Checks an id that came from a caller (path or body): short, ASCII, no separators.
-fn parse_id(kind: &str, s: &str, max: usize) -> Result<String, CoreError> {
+fn parse_id(kind: &str, s: &str, max: usize) -> Result<String, InvalidValue> {
     if s.is_empty() || s.len() > max || !s.chars().all(is_id_char) {
-        return Err(CoreError::InvalidRequest(format!(
+        return Err(InvalidValue(format!(
             "{kind} must be 1 to {max} characters of lowercase letters, digits, '-' or '_'"
         )));
     }
@@ -81,13 +86,13 @@ fn parse_id(kind: &str, s: &str, max: usize) -> Result<String, CoreError> {
 }
 
 impl OrgId {
-    pub fn parse(s: &str) -> Result<Self, CoreError> {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         parse_id("org", s, 64).map(Self)
     }
 }
 
 impl KeyId {
-    pub fn parse(s: &str) -> Result<Self, CoreError> {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         parse_id("key id", s, 64).map(Self)
     }
     pub fn service() -> Self {
@@ -102,7 +107,7 @@ impl KeyId {
 }
 
 impl DataKeyId {
-    pub fn parse(s: &str) -> Result<Self, CoreError> {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         parse_id("data key id", s, 64).map(Self)
     }
     pub fn generate() -> Self {
@@ -289,11 +294,11 @@ pub const DEFAULT_REWRAP_RATE_LIMIT: u32 = 250;
 pub const REWRAP_RATE_LIMITS: std::ops::RangeInclusive<u32> = 1..=10_000;
 
 /// Checks a rate limit an admin asked for.
-pub fn validate_rewrap_rate_limit(limit: u32) -> Result<u32, CoreError> {
+pub fn validate_rewrap_rate_limit(limit: u32) -> Result<u32, InvalidValue> {
     if REWRAP_RATE_LIMITS.contains(&limit) {
         Ok(limit)
     } else {
-        Err(CoreError::InvalidRequest(format!(
+        Err(InvalidValue(format!(
             "rewrap_rate_limit must be from {} to {} KMS requests per second",
             REWRAP_RATE_LIMITS.start(),
             REWRAP_RATE_LIMITS.end()
@@ -469,18 +474,16 @@ pub fn data_key_context(org: &OrgId, id: &DataKeyId) -> EncryptionContext {
 }
 
 /// Validates a key name: trimmed, 1 to 64 printable characters.
-pub fn validate_key_name(name: &str) -> Result<String, CoreError> {
+pub fn validate_key_name(name: &str) -> Result<String, InvalidValue> {
     let trimmed = name.trim();
     if trimmed.is_empty() || trimmed.chars().count() > 64 {
-        return Err(CoreError::InvalidRequest(
-            "name must be 1 to 64 characters".into(),
-        ));
+        return Err(InvalidValue("name must be 1 to 64 characters".into()));
     }
     if trimmed
         .chars()
         .any(|c| !(c.is_alphanumeric() || " -_.:/()".contains(c)))
     {
-        return Err(CoreError::InvalidRequest(
+        return Err(InvalidValue(
             "name may hold letters, digits, spaces and - _ . : / ( ) only".into(),
         ));
     }
@@ -496,9 +499,9 @@ fn valid_partition(s: &str) -> bool {
 }
 
 /// Validates an IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
-pub fn validate_role_arn(arn: &str) -> Result<(), CoreError> {
+pub fn validate_role_arn(arn: &str) -> Result<(), InvalidValue> {
     let bad = || {
-        CoreError::InvalidRequest(format!(
+        InvalidValue(format!(
             "role_arn {arn:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
         ))
     };
@@ -527,9 +530,9 @@ pub fn validate_role_arn(arn: &str) -> Result<(), CoreError> {
 
 /// Validates a KMS key ARN or alias ARN: `arn:<partition>:kms:<region>:<account>:key/<id>` or
 /// `…:alias/<name>`.
-pub fn validate_kms_key_arn(arn: &str) -> Result<(), CoreError> {
+pub fn validate_kms_key_arn(arn: &str) -> Result<(), InvalidValue> {
     let bad = || {
-        CoreError::InvalidRequest(format!(
+        InvalidValue(format!(
             "key_arn {arn:?} is not a KMS key or alias ARN (arn:aws:kms:<region>:<account>:key/<id> or …:alias/<name>)"
         ))
     };

@@ -261,6 +261,13 @@ impl ApiError {
     }
 }
 
+/// A caller's value the model refuses: `invalid_request`, like every other input error.
+impl From<cmk_core::model::InvalidValue> for ApiError {
+    fn from(e: cmk_core::model::InvalidValue) -> Self {
+        CoreError::from(e).into()
+    }
+}
+
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let detail = e.to_string();
