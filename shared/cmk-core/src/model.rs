@@ -431,13 +431,49 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
+/// What an audit event records: one of a fixed set, stored and shown as its dotted name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    KeyAdded,
+    KeyCheck,
+    KeyDefaultSet,
+    KeyDisableRequested,
+    KeyDisabled,
+    KeyRateLimitSet,
+    KeysDisableAllRequested,
+    ReencryptionStarted,
+    ReencryptionCompleted,
+    ReencryptionFailed,
+    ReencryptionRetried,
+    ReencryptionCancelled,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::KeyAdded => "key.added",
+            AuditAction::KeyCheck => "key.check",
+            AuditAction::KeyDefaultSet => "key.default_set",
+            AuditAction::KeyDisableRequested => "key.disable_requested",
+            AuditAction::KeyDisabled => "key.disabled",
+            AuditAction::KeyRateLimitSet => "key.rate_limit_set",
+            AuditAction::KeysDisableAllRequested => "keys.disable_all_requested",
+            AuditAction::ReencryptionStarted => "reencryption.started",
+            AuditAction::ReencryptionCompleted => "reencryption.completed",
+            AuditAction::ReencryptionFailed => "reencryption.failed",
+            AuditAction::ReencryptionRetried => "reencryption.retried",
+            AuditAction::ReencryptionCancelled => "reencryption.cancelled",
+        }
+    }
+}
+
 impl AuditEvent {
-    pub fn new(actor: &str, action: &str) -> Self {
+    pub fn new(actor: &str, action: AuditAction) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             at: now(),
             actor: actor.to_owned(),
-            action: action.to_owned(),
+            action: action.as_str().to_owned(),
             key_id: None,
             job_id: None,
             outcome: "success".to_owned(),

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::CoreError;
 use crate::model::{
-    AuditEvent, Health, HealthStatus, Job, JobId, JobKind, JobState, Key, KeyId, KeyRecord,
-    KeySpec, KeyState,
+    AuditAction, AuditEvent, Health, HealthStatus, Job, JobId, JobKind, JobState, Key, KeyId,
+    KeyRecord, KeySpec, KeyState,
 };
 use crate::ports::{JobChange, JobUpdate, OrgCommit, OrgSnapshot};
 
@@ -112,7 +112,7 @@ fn new_job(kind: JobKind, sources: Vec<KeyId>, target: KeyId, actor: &str) -> Jo
 
 fn started_event(actor: &str, job: &Job) -> AuditEvent {
     let sources: Vec<&str> = job.source_key_ids.iter().map(|k| k.as_str()).collect();
-    AuditEvent::new(actor, "reencryption.started")
+    AuditEvent::new(actor, AuditAction::ReencryptionStarted)
         .job(&job.id)
         .key(&job.target_key_id)
         .detail(format!(
@@ -162,7 +162,7 @@ pub fn add_key(s: &OrgSnapshot, actor: &str, record: KeyRecord) -> Result<OrgCom
     precheck_add(s, &record.name)?;
     let mut c = base_commit(s);
     c.events.push(
-        AuditEvent::new(actor, "key.added")
+        AuditEvent::new(actor, AuditAction::KeyAdded)
             .key(&record.id)
             .detail(format!(
                 "{} key {:?}",
@@ -179,7 +179,7 @@ pub fn add_key(s: &OrgSnapshot, actor: &str, record: KeyRecord) -> Result<OrgCom
             actor,
         );
         c.events
-            .push(AuditEvent::new(actor, "key.default_set").key(&record.id));
+            .push(AuditEvent::new(actor, AuditAction::KeyDefaultSet).key(&record.id));
         c.events.push(started_event(actor, &job));
         c.job = Some(JobChange::Start(job));
     }
@@ -211,7 +211,7 @@ pub fn set_rate_limit(
     record.rewrap_rate_limit = Some(limit);
     let mut c = base_commit(s);
     c.events.push(
-        AuditEvent::new(actor, "key.rate_limit_set")
+        AuditEvent::new(actor, AuditAction::KeyRateLimitSet)
             .key(key)
             .detail(match before {
                 Some(b) => format!("{b} to {limit} KMS requests per second"),
@@ -240,7 +240,7 @@ pub fn set_default(s: &OrgSnapshot, actor: &str, key: &KeyId) -> Result<OrgCommi
     let mut c = base_commit(s);
     c.default_key_id = key.clone();
     c.events.push(
-        AuditEvent::new(actor, "key.default_set")
+        AuditEvent::new(actor, AuditAction::KeyDefaultSet)
             .key(key)
             .detail(format!("previous default {}", s.default_key_id)),
     );
@@ -293,7 +293,7 @@ pub fn disable(
     record.state = KeyState::Reencrypting;
     let job = new_job(JobKind::Disable, vec![key.clone()], target.clone(), actor);
     c.events.push(
-        AuditEvent::new(actor, "key.disable_requested")
+        AuditEvent::new(actor, AuditAction::KeyDisableRequested)
             .key(key)
             .job(&job.id)
             .detail(format!("re-encrypt to {target}")),
@@ -329,7 +329,7 @@ pub fn disable_all(s: &OrgSnapshot, actor: &str) -> Result<OrgCommit, CoreError>
         actor,
     );
     c.events
-        .push(AuditEvent::new(actor, "keys.disable_all_requested").job(&job.id));
+        .push(AuditEvent::new(actor, AuditAction::KeysDisableAllRequested).job(&job.id));
     c.events.push(started_event(actor, &job));
     for mut k in sources {
         k.state = KeyState::Reencrypting;
@@ -383,7 +383,7 @@ pub fn retry(s: &OrgSnapshot, actor: &str) -> Result<Retry, CoreError> {
     let generation = u.generation;
     c.job = Some(JobChange::Update(u));
     c.events.push(
-        AuditEvent::new(actor, "reencryption.retried")
+        AuditEvent::new(actor, AuditAction::ReencryptionRetried)
             .job(&job.id)
             .detail(format!(
                 "{} data keys failed in the previous attempt",
@@ -409,8 +409,11 @@ pub fn cancel(s: &OrgSnapshot, actor: &str) -> Result<OrgCommit, CoreError> {
                         k.state = KeyState::Active;
                     } else {
                         k.state = KeyState::Disabled;
-                        c.events
-                            .push(AuditEvent::new(actor, "key.disabled").key(src).job(&job.id));
+                        c.events.push(
+                            AuditEvent::new(actor, AuditAction::KeyDisabled)
+                                .key(src)
+                                .job(&job.id),
+                        );
                     }
                     c.upsert_keys.push(k);
                 }
@@ -418,7 +421,7 @@ pub fn cancel(s: &OrgSnapshot, actor: &str) -> Result<OrgCommit, CoreError> {
         }
     }
     c.events.push(
-        AuditEvent::new(actor, "reencryption.cancelled")
+        AuditEvent::new(actor, AuditAction::ReencryptionCancelled)
             .job(&job.id)
             .detail(format!(
                 "{} of {} data keys moved; {} remain with their source",
@@ -469,13 +472,16 @@ pub fn finish(s: &OrgSnapshot, job_id: &JobId) -> Finish {
                 if let Some(mut k) = s.key(src).cloned() {
                     k.state = KeyState::Disabled;
                     c.upsert_keys.push(k);
-                    c.events
-                        .push(AuditEvent::new(ACTOR, "key.disabled").key(src).job(&job.id));
+                    c.events.push(
+                        AuditEvent::new(ACTOR, AuditAction::KeyDisabled)
+                            .key(src)
+                            .job(&job.id),
+                    );
                 }
             }
         }
         c.events.push(
-            AuditEvent::new(ACTOR, "reencryption.completed")
+            AuditEvent::new(ACTOR, AuditAction::ReencryptionCompleted)
                 .job(&job.id)
                 .key(&job.target_key_id)
                 .detail(format!("{} data keys re-encrypted", job.done)),
@@ -484,7 +490,7 @@ pub fn finish(s: &OrgSnapshot, job_id: &JobId) -> Finish {
     } else if job.failed > 0 {
         c.job = Some(JobChange::Update(update(job, JobState::Failed)));
         c.events.push(
-            AuditEvent::new(ACTOR, "reencryption.failed")
+            AuditEvent::new(ACTOR, AuditAction::ReencryptionFailed)
                 .job(&job.id)
                 .outcome("failure")
                 .detail(format!(

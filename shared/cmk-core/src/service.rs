@@ -14,9 +14,9 @@ use crate::cache::DataKeyCache;
 use crate::crypto::{self, DataKey};
 use crate::error::{CoreError, KeyError, StoreError};
 use crate::model::{
-    data_key_context, validate_key_name, validate_kms_key_arn, validate_role_arn, AuditEvent,
-    DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, Key, KeyId, KeyRecord, KeySpec,
-    KeyState, OrgId,
+    data_key_context, validate_key_name, validate_kms_key_arn, validate_role_arn, AuditAction,
+    AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, Key, KeyId, KeyRecord,
+    KeySpec, KeyState, OrgId,
 };
 use crate::ports::{Kek, KeyProvider, OrgCommit, OrgSnapshot, RewrapMessage, RewrapQueue, Store};
 use crate::rules::{self, Retry};
@@ -510,7 +510,7 @@ impl Cmk {
             // A failure after this check records itself again, whatever the debounce said.
             lock(&self.inner.health_written).remove(&(org.clone(), key.clone()));
         }
-        let mut event = AuditEvent::new(actor, "key.check")
+        let mut event = AuditEvent::new(actor, AuditAction::KeyCheck)
             .key(key)
             .detail(health.status.as_str());
         if health.status != crate::model::HealthStatus::Ok {
@@ -538,7 +538,7 @@ impl Cmk {
                         .store
                         .append_audit(
                             org,
-                            &[AuditEvent::new(actor, "reencryption.retried")
+                            &[AuditEvent::new(actor, AuditAction::ReencryptionRetried)
                                 .job(&job.id)
                                 .detail(detail)],
                         )

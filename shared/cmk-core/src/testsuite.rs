@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::crypto::DataKey;
 use crate::error::{KeyErrorKind, StoreError};
 use crate::model::{
-    data_key_context, AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job, JobError,
-    JobId, JobKind, JobState, KeyId, KeyRecord, KeySpec, KeyState, OrgId,
+    data_key_context, AuditAction, AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job,
+    JobError, JobId, JobKind, JobState, KeyId, KeyRecord, KeySpec, KeyState, OrgId,
 };
 use crate::ports::{
     BatchCommit, DataKeyMove, JobChange, JobUpdate, Kek, KeyProvider, OrgCommit, RewrapMessage,
@@ -267,7 +267,7 @@ async fn fresh_org_and_versions(store: &dyn Store) {
     let mut c = commit(0, &k1.id);
     c.upsert_keys.push(k1.clone());
     c.events
-        .push(AuditEvent::new("alice", "key.added").key(&k1.id));
+        .push(AuditEvent::new("alice", AuditAction::KeyAdded).key(&k1.id));
     store.commit(&org, c).await.unwrap();
     let s = store.load_org(&org).await.unwrap();
     assert_eq!(s.version, 1);
@@ -653,7 +653,7 @@ async fn orgs_are_isolated(store: &dyn Store) {
 async fn audit_pages(store: &dyn Store) {
     let org = unique_org("audit");
     let events: Vec<AuditEvent> = (0..5)
-        .map(|i| AuditEvent::new("alice", "key.check").detail(format!("#{i}")))
+        .map(|i| AuditEvent::new("alice", AuditAction::KeyCheck).detail(format!("#{i}")))
         .collect();
     store.append_audit(&org, &events).await.unwrap();
     let (first, cursor) = store.list_audit(&org, 3, None).await.unwrap();
