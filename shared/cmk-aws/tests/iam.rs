@@ -15,9 +15,10 @@ use std::time::Duration;
 use aws_credential_types::Credentials;
 use cmk_aws::backend::{build, AwsSettings};
 use cmk_aws::emulator::Emulator;
-use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
+use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{EncryptionContext, HealthStatus, JobState, OrgId};
 use cmk_core::service::NewKeySpec;
+use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_core::{Cmk, CoreError};
 
 async fn wait_job(cmk: &Cmk, org: &OrgId) -> cmk_core::model::Job {

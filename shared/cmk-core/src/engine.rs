@@ -1,5 +1,5 @@
 //! The re-encryption engine: what a worker does with one queue message. The same code runs in the
-//! local worker task and (later) in the SQS-triggered Lambda.
+//! local worker ([`crate::worker`]) and in the SQS-triggered worker Lambda (`cmk-lambda`).
 //!
 //! A job is planned into batch messages, one per page of a source key's data keys, each naming a
 //! stable id range. A batch rewraps what the source still wraps in its range and commits moves
@@ -63,13 +63,6 @@ impl Default for EngineConfig {
             message_budget: Duration::from_secs(20),
         }
     }
-}
-
-/// What the worker should do with a message after handling it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done (or stale, or unreadable): acknowledge it.
-    Ack,
 }
 
 #[derive(Clone, Debug)]
@@ -170,14 +163,19 @@ impl RewrapEngine {
         &self.config
     }
 
+    /// The service whose ports the engine works through.
+    pub fn cmk(&self) -> &Cmk {
+        &self.cmk
+    }
+
     /// Handles one message body. `Err` means: do not acknowledge; let the queue redeliver.
-    pub async fn handle(&self, body: &str) -> Result<Outcome, CoreError> {
+    pub async fn handle(&self, body: &str) -> Result<(), CoreError> {
         let message: RewrapMessage = match serde_json::from_str(body) {
             Ok(m) => m,
             Err(e) => {
                 // A poison message must not block the queue; it can never succeed.
                 tracing::error!(error = %e, "dropping an unreadable rewrap message");
-                return Ok(Outcome::Ack);
+                return Ok(());
             }
         };
         match message {
@@ -205,7 +203,7 @@ impl RewrapEngine {
                 self.batch(&org, &job_id, generation, range).await?
             }
         }
-        Ok(Outcome::Ack)
+        Ok(())
     }
 
     /// The job, if it is running at this generation; else the message is stale.
@@ -643,98 +641,4 @@ impl RewrapEngine {
         }
         Ok(replanned)
     }
-}
-
-/// Settings of [`run_worker`].
-#[derive(Clone, Debug)]
-pub struct WorkerConfig {
-    /// Messages handled at once.
-    pub concurrency: usize,
-    /// How long one receive waits for a message.
-    pub poll_wait: Duration,
-    /// How often to look for stalled jobs.
-    pub sweep_every: Duration,
-    /// A running job with no progress for this long is re-planned.
-    pub stalled_after: Duration,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            concurrency: 4,
-            poll_wait: Duration::from_secs(1),
-            sweep_every: Duration::from_secs(15),
-            stalled_after: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Polls the queue and handles messages until `shutdown` resolves, then finishes what is in
-/// flight. A message is acknowledged only after it was handled; one that fails is left for the
-/// queue to redeliver.
-pub async fn run_worker(
-    engine: Arc<RewrapEngine>,
-    config: WorkerConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let queue = Arc::clone(engine.cmk.queue());
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut last_sweep = tokio::time::Instant::now();
-    tokio::pin!(shutdown);
-    loop {
-        let available = semaphore.available_permits();
-        let receive = async {
-            if available == 0 {
-                // Wait for a slot instead of spinning.
-                let permit = Arc::clone(&semaphore).acquire_owned().await;
-                drop(permit);
-                Ok(Vec::new())
-            } else {
-                queue.receive(available, config.poll_wait).await
-            }
-        };
-        let deliveries = tokio::select! {
-            _ = &mut shutdown => break,
-            r = receive => r,
-        };
-        match deliveries {
-            Ok(deliveries) => {
-                for delivery in deliveries {
-                    let Ok(permit) = Arc::clone(&semaphore).acquire_owned().await else {
-                        break;
-                    };
-                    let engine = Arc::clone(&engine);
-                    let queue = Arc::clone(&queue);
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        match engine.handle(&delivery.body).await {
-                            Ok(Outcome::Ack) => {
-                                if let Err(e) = queue.ack(&delivery.receipt).await {
-                                    tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-                                }
-                            }
-                            Err(e) => tracing::warn!(
-                                error = %e,
-                                receive_count = delivery.receive_count,
-                                "rewrap message failed; it will be redelivered"
-                            ),
-                        }
-                    });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "queue receive failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-        while tasks.try_join_next().is_some() {}
-        if last_sweep.elapsed() >= config.sweep_every {
-            last_sweep = tokio::time::Instant::now();
-            if let Err(e) = engine.sweep(config.stalled_after).await {
-                tracing::warn!(error = %e, "stalled-job sweep failed");
-            }
-        }
-    }
-    while tasks.join_next().await.is_some() {}
 }

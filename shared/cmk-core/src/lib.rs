@@ -13,6 +13,7 @@ pub mod rules;
 pub mod service;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+pub mod worker;
 
 pub use error::CoreError;
 pub use service::Cmk;

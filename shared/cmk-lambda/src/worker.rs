@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
-use cmk_core::engine::{EngineConfig, Outcome, RewrapEngine};
+use cmk_core::engine::{EngineConfig, RewrapEngine};
 use futures::stream::{self, StreamExt};
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
@@ -127,7 +127,7 @@ impl Worker {
                 .get("ApproximateReceiveCount")
                 .map_or("?", String::as_str);
             match self.engine.handle(body).await {
-                Ok(Outcome::Ack) => Ok(()),
+                Ok(()) => Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, receive_count, "rewrap message failed");
                     Err(failed(e.to_string()))

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cmk_core::cache::DataKeyCache;
-use cmk_core::engine::{run_worker, EngineConfig, RewrapEngine, WorkerConfig};
+use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{data_key_context, DataKeyId, JobState, KeyId, OrgId};
 use cmk_core::ports::{Kek, KeyProvider, Store};
 use cmk_core::service::{NewKeySpec, ServiceConfig};
+use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_embedded::{LocalKeyProvider, QueueConfig};
 use rusqlite::params;
 use tokio::sync::watch;
