@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 
-use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
+use crate::error::{CoreError, KeyError, KeyErrorKind};
 use crate::model::{
     data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Job, JobError, JobId, JobState,
     KeyId, OrgId,
@@ -26,7 +26,7 @@ use crate::model::{
 use crate::ports::{BatchCommit, DataKeyMove, Kek, PlanCursor, RewrapMessage, Wrapped};
 use crate::ratelimit::{Limiter, RateLimits};
 use crate::rules::{self, Finish};
-use crate::service::{backoff, Cmk};
+use crate::service::{Cmk, Decision};
 
 /// Tuning of the engine.
 #[derive(Clone, Debug)]
@@ -124,7 +124,7 @@ struct Range<'a> {
 #[derive(Clone, Debug)]
 enum Failure {
     /// Using this key failed, for this reason.
-    Key(KeyId, KeyError),
+    Key { key_id: KeyId, error: KeyError },
     /// The message's time budget ran out first: the data key waits for the next delivery.
     Deferred,
 }
@@ -363,7 +363,7 @@ impl RewrapEngine {
             // The range is exhausted when the page was short or reached its upper bound.
             let more = records.len() >= self.config.batch_size && last < *until;
             let deferred = self
-                .rewrap_records(org, &job, &from, &to, &limits, records)
+                .rewrap_and_commit(org, &job, &from, &to, &limits, records)
                 .await?;
             if deferred || (more && tokio::time::Instant::now() >= limits.deadline) {
                 // Out of time: what moved is committed; a new message takes the rest of the
@@ -398,7 +398,9 @@ impl RewrapEngine {
         Ok(())
     }
 
-    async fn rewrap_records(
+    /// Rewraps a page of data keys (up to [`EngineConfig::concurrency`] at once) and commits
+    /// the moves and failures in one batch; returns whether some were deferred to a new message.
+    async fn rewrap_and_commit(
         &self,
         org: &OrgId,
         job: &Job,
@@ -420,8 +422,10 @@ impl RewrapEngine {
                     let result = match known {
                         Some(failure) => Err(failure),
                         None => {
-                            let r = self.rewrap_one(org, from, to, limits, &record).await;
-                            if let Err(f @ Failure::Key(_, e)) = &r {
+                            let r = self
+                                .rewrap_with_retries(org, from, to, limits, &record)
+                                .await;
+                            if let Err(f @ Failure::Key { error: e, .. }) = &r {
                                 if !e.kind.is_data_key_own() {
                                     *broken.lock().unwrap_or_else(|e| e.into_inner()) =
                                         Some(f.clone());
@@ -456,7 +460,7 @@ impl RewrapEngine {
                     wrapped: wrapped.blob,
                 }),
                 Err(Failure::Deferred) => deferred = true,
-                Err(Failure::Key(key_id, error)) => {
+                Err(Failure::Key { key_id, error }) => {
                     batch.failures.push(JobError {
                         data_key_id: record.id,
                         key_id: key_id.clone(),
@@ -517,8 +521,9 @@ impl RewrapEngine {
         }
     }
 
-    /// Moves one data key from `from` to `to`. On failure, names the key whose use failed.
-    async fn rewrap_one(
+    /// Rewraps one data key from `from` to `to`, retrying throttled and transient failures
+    /// with backoff within the message's budget. On failure, names the key whose use failed.
+    async fn rewrap_with_retries(
         &self,
         org: &OrgId,
         from: &Kek,
@@ -530,10 +535,10 @@ impl RewrapEngine {
         let mut attempt = 0;
         loop {
             match self
-                .move_once(from, to, limits, &ctx, &record.wrapped)
+                .rewrap_once(from, to, limits, &ctx, &record.wrapped)
                 .await
             {
-                Err(Failure::Key(_, ref e))
+                Err(Failure::Key { error: ref e, .. })
                     if e.kind.is_retryable() && attempt + 1 < self.config.max_attempts =>
                 {
                     let delay = self.config.retry_backoff * 2u32.saturating_pow(attempt);
@@ -543,9 +548,10 @@ impl RewrapEngine {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err(Failure::Key(key, mut e)) if e.kind.is_retryable() => {
-                    e.message = format!("{} (gave up after {} attempts)", e.message, attempt + 1);
-                    return Err(Failure::Key(key, e));
+                Err(Failure::Key { key_id, mut error }) if error.kind.is_retryable() => {
+                    error.message =
+                        format!("{} (gave up after {} attempts)", error.message, attempt + 1);
+                    return Err(Failure::Key { key_id, error });
                 }
                 other => return other,
             }
@@ -559,7 +565,7 @@ impl RewrapEngine {
     ///
     /// Every provider call first takes a slot of the rate limit of each key it uses, and a
     /// throttled call halves that limiter's rate.
-    async fn move_once(
+    async fn rewrap_once(
         &self,
         from: &Kek,
         to: &Kek,
@@ -577,7 +583,10 @@ impl RewrapEngine {
                     // One call on both keys: either may have been throttled.
                     BatchLimits::throttled(&limits.from, &e);
                     BatchLimits::throttled(&limits.to, &e);
-                    return Err(Failure::Key(from.key_id.clone(), e));
+                    return Err(Failure::Key {
+                        key_id: from.key_id.clone(),
+                        error: e,
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e.message, "one-call rewrap refused; trying unwrap then wrap");
@@ -588,39 +597,41 @@ impl RewrapEngine {
         BatchLimits::acquire(&limits.from, limits.deadline).await?;
         let plaintext = keys.unwrap(from, ctx, wrapped).await.map_err(|e| {
             BatchLimits::throttled(&limits.from, &e);
-            Failure::Key(from.key_id.clone(), e)
+            Failure::Key {
+                key_id: from.key_id.clone(),
+                error: e,
+            }
         })?;
         BatchLimits::acquire(&limits.to, limits.deadline).await?;
         keys.wrap(to, ctx, &plaintext).await.map_err(|e| {
             BatchLimits::throttled(&limits.to, &e);
-            Failure::Key(to.key_id.clone(), e)
+            Failure::Key {
+                key_id: to.key_id.clone(),
+                error: e,
+            }
         })
     }
 
     /// Completes, fails or re-plans a job whose data keys have all been processed.
     pub async fn finish(&self, org: &OrgId, job_id: &JobId) -> Result<(), CoreError> {
-        for attempt in 0..64 {
-            let s = self.cmk.snapshot(org).await?;
-            let (commit, replan) = match rules::finish(&s, job_id) {
-                Finish::NotReady => return Ok(()),
-                Finish::Commit(c) => (c, false),
-                Finish::Replan(c) => (c, true),
-            };
-            match self.cmk.store().commit(org, commit).await {
-                Ok(Some(job)) => {
-                    tracing::info!(%org, job = %job.id, state = job.state.as_str(), done = job.done, total = job.total, "re-encryption job transition");
-                    if replan {
-                        tracing::warn!(%org, job = %job_id, "final check found data keys left; planning again");
-                        self.cmk.enqueue_plan(org, &job, job.generation).await;
-                    }
-                    return Ok(());
-                }
-                Ok(None) => return Ok(()),
-                Err(StoreError::Conflict(_)) => backoff(attempt).await,
-                Err(e) => return Err(e.into()),
+        let (_, replan, job) = self
+            .cmk
+            .decide_and_commit(org, |s| {
+                Ok(match rules::finish(s, job_id) {
+                    Finish::NotReady => Decision::Answer(false),
+                    Finish::Commit(c) => Decision::Commit(c, false),
+                    Finish::Replan(c) => Decision::Commit(c, true),
+                })
+            })
+            .await?;
+        if let Some(job) = job {
+            tracing::info!(%org, job = %job.id, state = job.state.as_str(), done = job.done, total = job.total, "re-encryption job transition");
+            if replan {
+                tracing::warn!(%org, job = %job_id, "final check found data keys left; planning again");
+                self.cmk.enqueue_plan(org, &job, job.generation).await;
             }
         }
-        Err(CoreError::Contention)
+        Ok(())
     }
 
     /// Re-plans running jobs that were neither planned nor advanced for `stalled_after` (a lost

@@ -359,8 +359,8 @@ fn update(job: &Job, state: JobState) -> JobUpdate {
 /// What a retry does.
 #[derive(Debug)]
 pub enum Retry {
-    /// A failed job runs again (new generation): commit, then plan it.
-    Restart(OrgCommit, u32),
+    /// A failed job runs again: commit, then plan it at its new generation.
+    Restart { commit: OrgCommit, generation: u32 },
     /// A running job is planned again (idempotent), e.g. after a lost message.
     Replan(Job),
 }
@@ -390,7 +390,10 @@ pub fn retry(s: &OrgSnapshot, actor: &str) -> Result<Retry, CoreError> {
                 job.failed
             )),
     );
-    Ok(Retry::Restart(c, generation))
+    Ok(Retry::Restart {
+        commit: c,
+        generation,
+    })
 }
 
 /// Cancel ends a running or failed job. Moved data keys stay with the target; sources that

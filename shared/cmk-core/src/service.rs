@@ -167,11 +167,32 @@ impl Cmk {
     where
         F: Fn(&OrgSnapshot) -> Result<OrgCommit, CoreError>,
     {
+        let (snapshot, (), job) = self
+            .decide_and_commit(org, |s| Ok(Decision::Commit(rule(s)?, ())))
+            .await?;
+        Ok((snapshot, job))
+    }
+
+    /// The one loop of every change to an org: read a snapshot, let `rule` decide, commit
+    /// conditionally on the snapshot's version, and when another writer won, back off and
+    /// start over from a new snapshot. Returns the snapshot decided on, what the rule said to
+    /// do next, and the job the commit wrote (none for an [`Decision::Answer`]).
+    pub(crate) async fn decide_and_commit<T, F>(
+        &self,
+        org: &OrgId,
+        rule: F,
+    ) -> Result<(OrgSnapshot, T, Option<Job>), CoreError>
+    where
+        F: Fn(&OrgSnapshot) -> Result<Decision<T>, CoreError>,
+    {
         for attempt in 0..COMMIT_ATTEMPTS {
             let snapshot = self.snapshot(org).await?;
-            let commit = rule(&snapshot)?;
+            let (commit, next) = match rule(&snapshot)? {
+                Decision::Answer(next) => return Ok((snapshot, next, None)),
+                Decision::Commit(commit, next) => (commit, next),
+            };
             match self.inner.store.commit(org, commit).await {
-                Ok(job) => return Ok((snapshot, job)),
+                Ok(job) => return Ok((snapshot, next, job)),
                 Err(StoreError::Conflict(_)) => backoff(attempt).await,
                 Err(e) => return Err(e.into()),
             }
@@ -522,45 +543,46 @@ impl Cmk {
     }
 
     pub async fn retry(&self, actor: &str, org: &OrgId) -> Result<Job, CoreError> {
-        for attempt in 0..COMMIT_ATTEMPTS {
-            let s = self.snapshot(org).await?;
-            match rules::retry(&s, actor)? {
-                Retry::Replan(job) => {
-                    let replanned = self
-                        .replan_if_stalled(org, &job, self.inner.config.stalled_after)
-                        .await?;
-                    let detail = if replanned {
-                        "re-planned the remaining work of a stalled running job"
-                    } else {
-                        "the running job is progressing or was planned recently; nothing re-planned"
-                    };
-                    self.inner
-                        .store
-                        .append_audit(
-                            org,
-                            &[AuditEvent::new(actor, AuditAction::ReencryptionRetried)
-                                .job(&job.id)
-                                .detail(detail)],
-                        )
-                        .await?;
-                    return Ok(job);
-                }
-                Retry::Restart(commit, generation) => {
-                    match self.inner.store.commit(org, commit).await {
-                        Ok(Some(job)) => {
-                            self.enqueue_plan(org, &job, generation).await;
-                            return Ok(job);
-                        }
-                        Ok(None) => {
-                            return Err(CoreError::Internal("the store returned no job".into()))
-                        }
-                        Err(StoreError::Conflict(_)) => backoff(attempt).await,
-                        Err(e) => return Err(e.into()),
+        let (_, next, committed) = self
+            .decide_and_commit(org, |s| {
+                Ok(match rules::retry(s, actor)? {
+                    Retry::Replan(job) => Decision::Answer(Err(job)),
+                    Retry::Restart { commit, generation } => {
+                        Decision::Commit(commit, Ok(generation))
                     }
-                }
+                })
+            })
+            .await?;
+        match next {
+            // A failed job restarted at a new generation: plan it.
+            Ok(generation) => {
+                let job = committed
+                    .ok_or_else(|| CoreError::Internal("the store returned no job".into()))?;
+                self.enqueue_plan(org, &job, generation).await;
+                Ok(job)
+            }
+            // A running job: planned again only if it stalled.
+            Err(job) => {
+                let replanned = self
+                    .replan_if_stalled(org, &job, self.inner.config.stalled_after)
+                    .await?;
+                let detail = if replanned {
+                    "re-planned the remaining work of a stalled running job"
+                } else {
+                    "the running job is progressing or was planned recently; nothing re-planned"
+                };
+                self.inner
+                    .store
+                    .append_audit(
+                        org,
+                        &[AuditEvent::new(actor, AuditAction::ReencryptionRetried)
+                            .job(&job.id)
+                            .detail(detail)],
+                    )
+                    .await?;
+                Ok(job)
             }
         }
-        Err(CoreError::Contention)
     }
 
     pub async fn cancel(&self, actor: &str, org: &OrgId) -> Result<Job, CoreError> {
@@ -750,6 +772,16 @@ pub fn kek_of(s: &OrgSnapshot, key: &KeyId) -> Result<Kek, CoreError> {
         spec,
         external_id: s.external_id.clone(),
     })
+}
+
+/// What a rule made of one snapshot (see [`Cmk::decide_and_commit`]).
+// Made once per attempt and taken apart at once: the commit's size costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Decision<T> {
+    /// Commit this, then do `T`.
+    Commit(OrgCommit, T),
+    /// Nothing to write: answer `T`.
+    Answer(T),
 }
 
 /// Short randomized exponential backoff for lost conditional writes.
