@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, SdkConfig};
 use cmk_core::cache::DataKeyCache;
+use cmk_core::defaults;
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
 
@@ -74,10 +75,18 @@ impl AwsSettings {
             endpoint_url: std::env::var("AWS_ENDPOINT_URL")
                 .ok()
                 .filter(|v| !v.is_empty()),
-            data_key_cache_ttl: Duration::from_secs(parsed("CMK_DATA_KEY_CACHE_TTL", 300u64)?),
-            data_key_cache_size: parsed("CMK_DATA_KEY_CACHE_SIZE", 10_000usize)?,
-            failure_memory: Duration::from_secs(parsed("CMK_FAILURE_MEMORY", 10u64)?),
-            stalled_after: Duration::from_secs(parsed("CMK_STALLED_AFTER", 900u64)?.max(1)),
+            data_key_cache_ttl: Duration::from_secs(parsed(
+                "CMK_DATA_KEY_CACHE_TTL",
+                defaults::DATA_KEY_CACHE_TTL_SECS,
+            )?),
+            data_key_cache_size: parsed("CMK_DATA_KEY_CACHE_SIZE", defaults::DATA_KEY_CACHE_SIZE)?,
+            failure_memory: Duration::from_secs(parsed(
+                "CMK_FAILURE_MEMORY",
+                defaults::FAILURE_MEMORY_SECS,
+            )?),
+            stalled_after: Duration::from_secs(
+                parsed("CMK_STALLED_AFTER", defaults::LAMBDA_STALLED_AFTER_SECS)?.max(1),
+            ),
             service_account_id: Some(service_account_id()?),
             allow_same_account_roles: parsed("CMK_ALLOW_SAME_ACCOUNT_ROLES", false)?,
         })

@@ -53,7 +53,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: crate::defaults::BATCH_SIZE,
             concurrency: 16,
             max_attempts: 5,
             retry_backoff: Duration::from_millis(50),

@@ -25,6 +25,7 @@
 
 pub mod cache;
 pub mod crypto;
+pub mod defaults;
 pub mod engine;
 pub mod error;
 pub mod model;

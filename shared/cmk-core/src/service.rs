@@ -48,11 +48,11 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
-            service_principal: "arn:aws:iam::000000000000:role/cmk-service".into(),
+            service_principal: crate::defaults::SERVICE_PRINCIPAL.into(),
             allow_local_keys: true,
             allow_aws_keys: false,
-            health_write_interval: Duration::from_secs(10),
-            stalled_after: Duration::from_secs(60),
+            health_write_interval: Duration::from_secs(crate::defaults::FAILURE_MEMORY_SECS),
+            stalled_after: Duration::from_secs(crate::defaults::LOCAL_STALLED_AFTER_SECS),
             service_account_id: None,
             allow_same_account_roles: false,
         }

@@ -23,7 +23,9 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            visibility_timeout: Duration::from_secs(30),
+            visibility_timeout: Duration::from_secs(
+                cmk_core::defaults::LOCAL_VISIBILITY_TIMEOUT_SECS,
+            ),
             max_receives: 10,
         }
     }

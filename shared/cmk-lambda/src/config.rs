@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use cmk_aws::AwsSettings;
+use cmk_core::defaults;
 
 /// A configuration that cannot start the function.
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +150,30 @@ impl WorkerSettings {
     fn from_vars(aws: AwsSettings, var: Vars<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             aws,
-            batch_size: number(var, "CMK_BATCH_SIZE", 500, 1..=10_000)? as usize,
-            concurrency: number(var, "CMK_WORKER_CONCURRENCY", 10, 1..=100)? as usize,
-            stalled_after: Duration::from_secs(number(var, "CMK_STALLED_AFTER", 900, 1..=86_400)?),
-            max_instances: number(var, "CMK_WORKER_MAX_CONCURRENCY", 10, 1..=1_000)? as u32,
+            batch_size: number(
+                var,
+                "CMK_BATCH_SIZE",
+                defaults::BATCH_SIZE as u64,
+                1..=10_000,
+            )? as usize,
+            concurrency: number(
+                var,
+                "CMK_WORKER_CONCURRENCY",
+                defaults::LAMBDA_WORKER_CONCURRENCY as u64,
+                1..=100,
+            )? as usize,
+            stalled_after: Duration::from_secs(number(
+                var,
+                "CMK_STALLED_AFTER",
+                defaults::LAMBDA_STALLED_AFTER_SECS,
+                1..=86_400,
+            )?),
+            max_instances: number(
+                var,
+                "CMK_WORKER_MAX_CONCURRENCY",
+                u64::from(defaults::WORKER_MAX_CONCURRENCY),
+                1..=1_000,
+            )? as u32,
         })
     }
 }

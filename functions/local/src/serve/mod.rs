@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use cmk_aws::backend::AwsSettings;
 use cmk_core::cache::DataKeyCache;
+use cmk_core::defaults;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::service::ServiceConfig;
 use cmk_core::worker::{run_worker, WorkerConfig};
@@ -44,32 +45,32 @@ pub struct ServeArgs {
     #[arg(long, env = "CMK_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Seconds an unwrapped data key stays cached in memory (0 disables the cache).
-    #[arg(long, env = "CMK_DATA_KEY_CACHE_TTL", default_value_t = 300)]
+    #[arg(long, env = "CMK_DATA_KEY_CACHE_TTL", default_value_t = defaults::DATA_KEY_CACHE_TTL_SECS)]
     pub data_key_cache_ttl: u64,
     /// Most unwrapped data keys kept in memory.
-    #[arg(long, env = "CMK_DATA_KEY_CACHE_SIZE", default_value_t = 10_000)]
+    #[arg(long, env = "CMK_DATA_KEY_CACHE_SIZE", default_value_t = defaults::DATA_KEY_CACHE_SIZE)]
     pub data_key_cache_size: usize,
     /// Seconds a customer key's failure is remembered: a failed AssumeRole is answered from
     /// memory meanwhile, and failing calls write the key's health at most once per interval.
-    #[arg(long, env = "CMK_FAILURE_MEMORY", default_value_t = 10)]
+    #[arg(long, env = "CMK_FAILURE_MEMORY", default_value_t = defaults::FAILURE_MEMORY_SECS)]
     pub failure_memory: u64,
     /// Re-encryption messages handled at once.
-    #[arg(long, env = "CMK_WORKER_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "CMK_WORKER_CONCURRENCY", default_value_t = defaults::LOCAL_WORKER_CONCURRENCY)]
     pub worker_concurrency: usize,
     /// Data keys per re-encryption batch.
-    #[arg(long, env = "CMK_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "CMK_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
     /// Seconds a received batch stays invisible before it is delivered again.
-    #[arg(long, env = "CMK_VISIBILITY_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "CMK_VISIBILITY_TIMEOUT", default_value_t = defaults::LOCAL_VISIBILITY_TIMEOUT_SECS)]
     pub visibility_timeout: u64,
     /// Seconds without progress after which a running job is planned again.
-    #[arg(long, env = "CMK_STALLED_AFTER", default_value_t = 60)]
+    #[arg(long, env = "CMK_STALLED_AFTER", default_value_t = defaults::LOCAL_STALLED_AFTER_SECS)]
     pub stalled_after: u64,
     /// The principal customers trust in their role's trust policy (shown by keys/setup).
     #[arg(
         long,
         env = "CMK_SERVICE_PRINCIPAL",
-        default_value = "arn:aws:iam::000000000000:role/cmk-service"
+        default_value = defaults::SERVICE_PRINCIPAL
     )]
     pub service_principal: String,
     /// Allows aws-kms keys whose role is in the service's own AWS account (single-account
