@@ -1,5 +1,6 @@
 //! The wire shapes of API.md. Core types are converted here so that the core's internal fields
 //! never reach a response by accident, and so that the OpenAPI schemas come from the same code.
+//! Responses also deserialize: the `cmk` admin CLI reads the API through these same types.
 
 use std::collections::BTreeMap;
 
@@ -36,7 +37,7 @@ impl From<KeyType> for KeyTypeDto {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[schema(as = KeyState)]
 pub enum KeyStateDto {
@@ -55,7 +56,7 @@ impl From<KeyState> for KeyStateDto {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[schema(as = HealthStatus)]
 pub enum HealthStatusDto {
@@ -82,7 +83,7 @@ impl From<HealthStatus> for HealthStatusDto {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[schema(as = JobKind)]
 pub enum JobKindDto {
@@ -102,7 +103,7 @@ impl From<JobKind> for JobKindDto {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[schema(as = JobState)]
 pub enum JobStateDto {
@@ -126,7 +127,7 @@ impl From<JobState> for JobStateDto {
 
 // ---- keys ----
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = KeyHealth)]
 pub struct HealthDto {
     pub status: HealthStatusDto,
@@ -136,7 +137,7 @@ pub struct HealthDto {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = AwsKey)]
 pub struct AwsKeyDto {
     pub role_arn: String,
@@ -148,7 +149,7 @@ pub struct AwsKeyDto {
 }
 
 /// A key-encryption key of the org.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = Key)]
 pub struct KeyDto {
     pub id: String,
@@ -216,7 +217,7 @@ impl From<Key> for KeyDto {
 
 // ---- jobs ----
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = JobError)]
 pub struct JobErrorDto {
     pub data_key_id: String,
@@ -238,7 +239,7 @@ impl From<JobError> for JobErrorDto {
 }
 
 /// A re-encryption job.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = Job)]
 pub struct JobDto {
     pub id: String,
@@ -296,7 +297,7 @@ impl From<Job> for JobDto {
 // ---- audit ----
 
 /// One audit record.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = Event)]
 pub struct EventDto {
     pub id: String,
@@ -331,7 +332,7 @@ impl From<AuditEvent> for EventDto {
 
 // ---- responses ----
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KeysResponse {
     pub keys: Vec<KeyDto>,
     pub default_key_id: String,
@@ -373,7 +374,7 @@ impl From<Setup> for SetupResponse {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AddKeyResponse {
     pub key: KeyDto,
     /// The `adopt` job when this is the org's first active customer managed key.
@@ -381,24 +382,24 @@ pub struct AddKeyResponse {
     pub reencryption: Option<JobDto>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KeyResponse {
     pub key: KeyDto,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobResponse {
     pub reencryption: JobDto,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReencryptionStatusResponse {
     /// The unfinished job, else the last one, else null.
     #[schema(required = true)]
     pub reencryption: Option<JobDto>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditResponse {
     /// Newest first.
     pub events: Vec<EventDto>,

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::Value;
+use cmk_http::dto::AuditResponse;
 
-use super::client::{print_json, s, Client};
+use super::client::{print_json, typed, Client};
 use super::table;
 use super::Remote;
 
@@ -43,19 +43,20 @@ pub async fn audit(args: AuditArgs) -> Result<ExitCode> {
         print_json(&page)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let events = page["events"].as_array().cloned().unwrap_or_default();
-    let opt = |v: &Value, f: &str| v[f].as_str().unwrap_or("-").to_owned();
-    let rows: Vec<Vec<String>> = events
+    let page: AuditResponse = typed(&page)?;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = page
+        .events
         .iter()
         .map(|e| {
             vec![
-                s(e, "at").to_owned(),
-                s(e, "actor").to_owned(),
-                s(e, "action").to_owned(),
-                s(e, "outcome").to_owned(),
-                opt(e, "key_id"),
-                opt(e, "job_id"),
-                opt(e, "detail"),
+                e.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                e.actor.clone(),
+                e.action.clone(),
+                e.outcome.clone(),
+                opt(&e.key_id),
+                opt(&e.job_id),
+                opt(&e.detail),
             ]
         })
         .collect();
@@ -66,7 +67,7 @@ pub async fn audit(args: AuditArgs) -> Result<ExitCode> {
             &rows
         )
     );
-    if let Some(next) = page["next_cursor"].as_str() {
+    if let Some(next) = &page.next_cursor {
         out!("\nmore: cmk audit --cursor {next}");
     }
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use cmk_core::model::OrgId;
+use cmk_http::dto::KeysResponse;
 use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::Remote;
@@ -142,26 +145,35 @@ impl Client {
 
     /// The id of the key named `key` (an id, or a name in any case).
     pub async fn resolve_key(&self, key: &str) -> Result<String> {
-        let listing = self.get("/keys").await?;
-        let keys = listing["keys"].as_array().cloned().unwrap_or_default();
-        let by = |field: &str, exact: bool| {
-            keys.iter()
-                .find(|k| {
-                    k[field].as_str().is_some_and(|v| {
-                        if exact {
-                            v == key
-                        } else {
-                            v.to_lowercase() == key.to_lowercase()
-                        }
-                    })
-                })
-                .and_then(|k| k["id"].as_str())
-                .map(str::to_owned)
-        };
-        by("id", true)
-            .or_else(|| by("name", true))
-            .or_else(|| by("name", false))
+        let listing: KeysResponse = typed(&self.get("/keys").await?)?;
+        let keys = &listing.keys;
+        keys.iter()
+            .find(|k| k.id == key)
+            .or_else(|| keys.iter().find(|k| k.name == key))
+            .or_else(|| {
+                keys.iter()
+                    .find(|k| k.name.to_lowercase() == key.to_lowercase())
+            })
+            .map(|k| k.id.clone())
             .ok_or_else(|| anyhow!("no key with id or name {key:?} in org {}", self.org))
+    }
+}
+
+/// An answer read as the API's response type (`cmk_http::dto`), so a field this `cmk` needs
+/// and the service left out is an error that says so, never a blank in a table.
+pub fn typed<T: DeserializeOwned>(answer: &Value) -> Result<T> {
+    serde_json::from_value(answer.clone()).map_err(|e| {
+        anyhow!(
+            "the service's answer is not what this cmk expects ({e}); are they the same version?"
+        )
+    })
+}
+
+/// The wire word of one of the API's enums (`running`, `access_denied`, `aws-kms`, ...).
+pub fn word<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 
@@ -172,16 +184,6 @@ pub fn print_json(value: &Value) -> anyhow::Result<()> {
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );
     Ok(())
-}
-
-/// A string field of a JSON object, or "".
-pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
-    v.get(field).and_then(Value::as_str).unwrap_or("")
-}
-
-/// A number field of a JSON object, or 0.
-pub fn n(v: &Value, field: &str) -> u64 {
-    v.get(field).and_then(Value::as_u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -199,5 +201,17 @@ mod tests {
         );
         assert_eq!(token_org(&token).as_deref(), Some("acme"));
         assert_eq!(token_org("not-a-token"), None);
+    }
+
+    #[test]
+    fn answers_missing_a_field_are_errors_not_blanks() {
+        let job = serde_json::json!({"reencryption": {"id": "j1", "kind": "adopt"}});
+        let err = typed::<cmk_http::dto::ReencryptionStatusResponse>(&job)
+            .expect_err("a job without its counts");
+        assert!(err.to_string().contains("missing field"), "{err}");
+        let none: cmk_http::dto::ReencryptionStatusResponse =
+            typed(&serde_json::json!({"reencryption": null})).expect("no job");
+        assert!(none.reencryption.is_none());
+        assert_eq!(word(&cmk_http::dto::JobStateDto::Running), "running");
     }
 }

@@ -4,9 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{json, Value};
+use cmk_http::dto::{
+    AddKeyResponse, HealthStatusDto, JobDto, JobResponse, JobStateDto, KeyDto, KeyResponse,
+    KeysResponse,
+};
+use serde_json::json;
 
-use super::client::{n, print_json, s, Client};
+use super::client::{print_json, typed, word, Client};
 use super::reencryption::job_summary;
 use super::table::{self, count};
 use super::Remote;
@@ -82,25 +86,26 @@ struct AddArgs {
 }
 
 /// One line per key.
-fn key_rows(keys: &[Value]) -> Vec<Vec<String>> {
+fn key_rows(keys: &[KeyDto]) -> Vec<Vec<String>> {
     keys.iter()
         .map(|k| {
-            let mut health = s(&k["health"], "status").to_owned();
-            if let Some(m) = k["health"]["message"].as_str().filter(|_| health != "ok") {
+            let mut health = word(&k.health.status);
+            if let Some(m) = k
+                .health
+                .message
+                .as_deref()
+                .filter(|_| k.health.status != HealthStatusDto::Ok)
+            {
                 health = format!("{health}: {m}");
             }
             vec![
-                s(k, "id").to_owned(),
-                s(k, "name").to_owned(),
-                s(k, "type").to_owned(),
-                if k["default"].as_bool() == Some(true) {
-                    "yes".into()
-                } else {
-                    "-".into()
-                },
-                s(k, "state").to_owned(),
+                k.id.clone(),
+                k.name.clone(),
+                word(&k.key_type),
+                if k.default { "yes" } else { "-" }.into(),
+                word(&k.state),
                 health,
-                count(n(k, "data_keys")),
+                count(k.data_keys),
             ]
         })
         .collect()
@@ -116,14 +121,14 @@ const KEY_HEADERS: [&str; 7] = [
     "DATA KEYS",
 ];
 
-fn print_keys(keys: &[Value]) -> anyhow::Result<()> {
+fn print_keys(keys: &[KeyDto]) -> anyhow::Result<()> {
     out!("{}", table::render(&KEY_HEADERS, &key_rows(keys)));
     Ok(())
 }
 
 /// Prints a started or unfinished job in one line.
-fn print_job_line(job: &Value) -> anyhow::Result<()> {
-    if job.is_object() {
+fn print_job_line(job: Option<&JobDto>) -> anyhow::Result<()> {
+    if let Some(job) = job {
         out!("re-encryption: {}", job_summary(job));
         out!("  follow it with: cmk reencryption status --watch");
     }
@@ -140,12 +145,15 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 print_json(&listing)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let keys = listing["keys"].as_array().cloned().unwrap_or_default();
-            print_keys(&keys)?;
-            let job = &listing["reencryption"];
-            if matches!(s(job, "state"), "running" | "failed") {
+            let listing: KeysResponse = typed(&listing)?;
+            print_keys(&listing.keys)?;
+            if let Some(job) = listing
+                .reencryption
+                .as_ref()
+                .filter(|j| matches!(j.state, JobStateDto::Running | JobStateDto::Failed))
+            {
                 out!();
-                print_job_line(job)?;
+                print_job_line(Some(job))?;
             }
         }
         KeysCommand::Add(add) => {
@@ -177,13 +185,10 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            out!(
-                "added key {} ({})",
-                s(&res["key"], "name"),
-                s(&res["key"], "id")
-            );
-            print_keys(std::slice::from_ref(&res["key"]))?;
-            print_job_line(&res["reencryption"])?;
+            let res: AddKeyResponse = typed(&res)?;
+            out!("added key {} ({})", res.key.name, res.key.id);
+            print_keys(std::slice::from_ref(&res.key))?;
+            print_job_line(res.reencryption.as_ref())?;
         }
         KeysCommand::Default { key } => {
             let id = client.resolve_key(&key).await?;
@@ -192,7 +197,8 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            out!("{} ({id}) is now the default key", s(&res["key"], "name"));
+            let res: KeyResponse = typed(&res)?;
+            out!("{} ({id}) is now the default key", res.key.name);
         }
         KeysCommand::SetRate {
             key,
@@ -210,11 +216,14 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            out!(
-                "{} ({id}) re-encrypts at most {} KMS requests per second",
-                s(&res["key"], "name"),
-                n(&res["key"], "rewrap_rate_limit")
-            );
+            let res: KeyResponse = typed(&res)?;
+            match res.key.rewrap_rate_limit {
+                Some(limit) => out!(
+                    "{} ({id}) re-encrypts at most {limit} KMS requests per second",
+                    res.key.name
+                ),
+                None => out!("{} ({id}) has no re-encryption rate limit", res.key.name),
+            }
         }
         KeysCommand::Disable { key, reencrypt_to } => {
             let id = client.resolve_key(&key).await?;
@@ -229,8 +238,9 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let res: JobResponse = typed(&res)?;
             out!("disabling {id}: its data keys are re-encrypted with {target}");
-            print_job_line(&res["reencryption"])?;
+            print_job_line(Some(&res.reencryption))?;
         }
         KeysCommand::DisableAll => {
             let res = client.post("/keys/disable-all", None).await?;
@@ -238,19 +248,21 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 print_json(&res)?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let res: JobResponse = typed(&res)?;
             out!(
                 "disabling all customer managed keys: data keys return to the service-managed key"
             );
-            print_job_line(&res["reencryption"])?;
+            print_job_line(Some(&res.reencryption))?;
         }
         KeysCommand::Check { key } => {
             let id = client.resolve_key(&key).await?;
             let res = client.post(&format!("/keys/{id}/check"), None).await?;
-            let healthy = s(&res["key"]["health"], "status") == "ok";
+            let checked: KeyResponse = typed(&res)?;
+            let healthy = checked.key.health.status == HealthStatusDto::Ok;
             if json {
                 print_json(&res)?;
             } else {
-                print_keys(std::slice::from_ref(&res["key"]))?;
+                print_keys(std::slice::from_ref(&checked.key))?;
             }
             if !healthy {
                 return Ok(ExitCode::FAILURE);

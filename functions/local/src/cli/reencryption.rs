@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use cmk_http::dto::{JobDto, JobResponse, JobStateDto, ReencryptionStatusResponse};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use super::client::{n, print_json, s, Client};
+use super::client::{print_json, typed, word, Client};
 use super::table::{self, count};
 use super::Remote;
 
@@ -38,62 +39,62 @@ enum ReencryptionCommand {
 }
 
 /// `adopt running: 4,200/10,000 done, 0 failed (job …)`.
-pub fn job_summary(job: &Value) -> String {
+pub fn job_summary(job: &JobDto) -> String {
     format!(
         "{} {}: {}/{} done, {} failed (job {})",
-        s(job, "kind"),
-        s(job, "state"),
-        count(n(job, "done")),
-        count(n(job, "total")),
-        count(n(job, "failed")),
-        s(job, "id"),
+        word(&job.kind),
+        word(&job.state),
+        count(job.done),
+        count(job.total),
+        count(job.failed),
+        job.id,
     )
 }
 
-fn print_job(job: &Value) -> anyhow::Result<()> {
-    if !job.is_object() {
+fn print_job(job: Option<&JobDto>) -> anyhow::Result<()> {
+    let Some(job) = job else {
         out!("no re-encryption has run in this org");
         return Ok(());
-    }
-    let total = n(job, "total");
-    let done = n(job, "done");
-    let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
-    let sources: Vec<&str> = job["source_key_ids"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    };
+    let pct = job
+        .done
+        .saturating_mul(100)
+        .checked_div(job.total)
+        .unwrap_or(100);
+    let time =
+        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     let rows = vec![
-        vec!["job".into(), s(job, "id").to_owned()],
-        vec!["kind".into(), s(job, "kind").to_owned()],
-        vec!["state".into(), s(job, "state").to_owned()],
+        vec!["job".into(), job.id.clone()],
+        vec!["kind".into(), word(&job.kind)],
+        vec!["state".into(), word(&job.state)],
         vec![
             "progress".into(),
-            format!("{}/{} ({pct}%)", count(done), count(total)),
+            format!("{}/{} ({pct}%)", count(job.done), count(job.total)),
         ],
-        vec!["failed".into(), count(n(job, "failed"))],
-        vec!["from".into(), sources.join(", ")],
-        vec!["to".into(), s(job, "target_key_id").to_owned()],
+        vec!["failed".into(), count(job.failed)],
+        vec!["from".into(), job.source_key_ids.join(", ")],
+        vec!["to".into(), job.target_key_id.clone()],
         vec![
             "started".into(),
-            format!("{} by {}", s(job, "started_at"), s(job, "started_by")),
+            format!("{} by {}", time(&job.started_at), job.started_by),
         ],
         vec![
             "finished".into(),
-            job["finished_at"].as_str().unwrap_or("-").to_owned(),
+            job.finished_at.as_ref().map_or_else(|| "-".into(), time),
         ],
     ];
     out!("{}", table::render(&["FIELD", "VALUE"], &rows));
-    let errors = job["errors"].as_array().cloned().unwrap_or_default();
-    if !errors.is_empty() {
+    if !job.errors.is_empty() {
         out!("\nfirst errors:");
-        let rows: Vec<Vec<String>> = errors
+        let rows: Vec<Vec<String>> = job
+            .errors
             .iter()
             .map(|e| {
                 vec![
-                    s(e, "data_key_id").to_owned(),
-                    s(e, "key_id").to_owned(),
-                    s(e, "reason").to_owned(),
-                    s(e, "message").to_owned(),
+                    e.data_key_id.clone(),
+                    e.key_id.clone(),
+                    word(&e.reason),
+                    e.message.clone(),
                 ]
             })
             .collect();
@@ -102,14 +103,19 @@ fn print_job(job: &Value) -> anyhow::Result<()> {
             table::render(&["DATA KEY", "KEY", "REASON", "MESSAGE"], &rows)
         );
     }
-    if s(job, "state") == "failed" {
+    if job.state == JobStateDto::Failed {
         out!("\nfix access to the key, then: cmk reencryption retry (or cancel)");
     }
     Ok(())
 }
 
-/// Polls until the job is no longer running, drawing a bar on stderr unless `quiet`.
-async fn watch(client: &Client, interval: Duration, quiet: bool) -> Result<Value> {
+/// Polls until the job is no longer running, drawing a bar on stderr unless `quiet`. Returns
+/// the last answer as sent (for `--json`) and as read.
+async fn watch(
+    client: &Client,
+    interval: Duration,
+    quiet: bool,
+) -> Result<(Value, Option<JobDto>)> {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -123,22 +129,22 @@ async fn watch(client: &Client, interval: Duration, quiet: bool) -> Result<Value
         bar
     };
     loop {
-        let job = client.get("/reencryption").await?["reencryption"].clone();
-        if !job.is_object() {
+        let answer = client.get("/reencryption").await?;
+        let status: ReencryptionStatusResponse = typed(&answer)?;
+        let Some(job) = status.reencryption else {
             bar.finish_and_clear();
-            return Ok(job);
-        }
-        bar.set_length(n(&job, "total"));
-        bar.set_position(n(&job, "done"));
-        let failed = n(&job, "failed");
-        bar.set_message(if failed > 0 {
-            format!("{} ({failed} failed)", s(&job, "kind"))
+            return Ok((answer, None));
+        };
+        bar.set_length(job.total);
+        bar.set_position(job.done);
+        bar.set_message(if job.failed > 0 {
+            format!("{} ({} failed)", word(&job.kind), job.failed)
         } else {
-            s(&job, "kind").to_owned()
+            word(&job.kind)
         });
-        if s(&job, "state") != "running" {
+        if job.state != JobStateDto::Running {
             bar.finish_and_clear();
-            return Ok(job);
+            return Ok((answer, Some(job)));
         }
         tokio::time::sleep(interval).await;
     }
@@ -147,23 +153,27 @@ async fn watch(client: &Client, interval: Duration, quiet: bool) -> Result<Value
 pub async fn reencryption(args: ReencryptionArgs) -> Result<ExitCode> {
     let client = Client::new(&args.remote)?;
     let json = args.remote.json;
-    let job = match args.command {
+    let (answer, job) = match args.command {
         ReencryptionCommand::Status {
             watch: false,
             interval: _,
-        } => client.get("/reencryption").await?["reencryption"].clone(),
+        } => {
+            let answer = client.get("/reencryption").await?;
+            let status: ReencryptionStatusResponse = typed(&answer)?;
+            (answer, status.reencryption)
+        }
         ReencryptionCommand::Status {
             watch: true,
             interval,
         } => {
             let interval = Duration::from_secs_f64(interval.clamp(0.05, 60.0));
-            let job = watch(&client, interval, json).await?;
+            let (answer, job) = watch(&client, interval, json).await?;
             if json {
-                print_json(&serde_json::json!({ "reencryption": job }))?;
+                print_json(&answer)?;
             } else {
-                print_job(&job)?;
+                print_job(job.as_ref())?;
             }
-            let ok = !job.is_object() || s(&job, "state") == "completed";
+            let ok = job.is_none_or(|j| j.state == JobStateDto::Completed);
             return Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -171,16 +181,20 @@ pub async fn reencryption(args: ReencryptionArgs) -> Result<ExitCode> {
             });
         }
         ReencryptionCommand::Retry => {
-            client.post("/reencryption/retry", None).await?["reencryption"].clone()
+            let answer = client.post("/reencryption/retry", None).await?;
+            let started: JobResponse = typed(&answer)?;
+            (answer, Some(started.reencryption))
         }
         ReencryptionCommand::Cancel => {
-            client.post("/reencryption/cancel", None).await?["reencryption"].clone()
+            let answer = client.post("/reencryption/cancel", None).await?;
+            let cancelled: JobResponse = typed(&answer)?;
+            (answer, Some(cancelled.reencryption))
         }
     };
     if json {
-        print_json(&serde_json::json!({ "reencryption": job }))?;
+        print_json(&answer)?;
     } else {
-        print_job(&job)?;
+        print_job(job.as_ref())?;
     }
     Ok(ExitCode::SUCCESS)
 }
