@@ -9,6 +9,26 @@ use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The test command's shared emulator (`CMK_TEST_AWS_ENDPOINT`), for tests that need no private
+/// one. Without it the caller's test is skipped (`None`), unless `CMK_REQUIRE_AWS_TESTS` is set,
+/// in which case it panics: CI must never skip AWS tests silently.
+///
+/// # Panics
+/// When AWS tests are required but no endpoint is set.
+pub fn shared_endpoint() -> Option<String> {
+    match std::env::var("CMK_TEST_AWS_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            assert!(
+                std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
+                "CMK_TEST_AWS_ENDPOINT is not set but AWS tests are required"
+            );
+            eprintln!("skipped: set CMK_TEST_AWS_ENDPOINT to an AWS emulator to run this test");
+            None
+        }
+    }
+}
+
 /// A running emulator on a free loopback port, killed and waited for when dropped.
 #[derive(Debug)]
 pub struct Emulator {

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "integration/common.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

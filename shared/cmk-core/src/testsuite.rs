@@ -1,7 +1,8 @@
 //! Contract suites: one per port, run against every adapter: the SQLite store and queue and the
 //! local key provider (`cmk-embedded/tests/contract.rs`), and the DynamoDB store, the SQS queue
-//! and the KMS key provider against the AWS emulator (`cmk-aws/tests/contract.rs`). Each
-//! function panics with a message naming the broken promise.
+//! and the KMS key provider against the AWS emulator
+//! (`cmk-aws/tests/integration/contract.rs`). Each function panics with a message naming the
+//! broken promise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

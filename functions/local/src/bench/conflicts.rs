@@ -271,17 +271,7 @@ mod tests {
     use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
     fn endpoint() -> Option<String> {
-        match std::env::var("CMK_TEST_AWS_ENDPOINT") {
-            Ok(e) if !e.is_empty() => Some(e),
-            _ => {
-                assert!(
-                    std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
-                    "CMK_TEST_AWS_ENDPOINT is not set but AWS tests are required"
-                );
-                eprintln!("skipped: set CMK_TEST_AWS_ENDPOINT to an AWS emulator");
-                None
-            }
-        }
+        cmk_aws::emulator::shared_endpoint()
     }
 
     /// A transaction's write to the one hot item.

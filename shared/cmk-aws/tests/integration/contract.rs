@@ -1,7 +1,7 @@
 //! The port contract suites of cmk-core, run against DynamoDB, SQS and KMS on the emulator,
 //! through the real AWS SDK over HTTP.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -10,17 +10,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 
 pub fn endpoint() -> Option<String> {
-    match std::env::var("CMK_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            assert!(
-                std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
-                "CMK_TEST_AWS_ENDPOINT is not set but AWS tests are required"
-            );
-            eprintln!("skipped: set CMK_TEST_AWS_ENDPOINT to an AWS emulator to run this test");
-            None
-        }
-    }
+    cmk_aws::emulator::shared_endpoint()
 }
 
 /// An SDK configuration for the emulator with static credentials (never instance metadata).

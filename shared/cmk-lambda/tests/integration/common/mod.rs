@@ -201,17 +201,7 @@ pub async fn offline_backend() -> AwsBackend {
 /// The emulator's endpoint, or `None` (skip) when the test command did not start one.
 pub fn emulator_endpoint() -> Option<String> {
     init();
-    match std::env::var("CMK_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            assert!(
-                std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
-                "CMK_TEST_AWS_ENDPOINT is not set but AWS tests are required"
-            );
-            eprintln!("skipped: set CMK_TEST_AWS_ENDPOINT to an AWS emulator to run this test");
-            None
-        }
-    }
+    cmk_aws::emulator::shared_endpoint()
 }
 
 /// An SDK configuration for the emulator with static credentials.
