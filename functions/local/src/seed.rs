@@ -11,7 +11,7 @@ use cmk_core::cache::DataKeyCache;
 use cmk_core::crypto::{self, DataKey};
 use cmk_core::error::StoreError;
 use cmk_core::model::{data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, OrgId};
-use cmk_core::ports::{KeyProvider, Store};
+use cmk_core::ports::{DataKeyStore, KeyProvider, OrgStore};
 use cmk_core::service::{kek_of, ServiceConfig};
 use cmk_embedded::{QueueConfig, Sample, SampleStore};
 use futures::stream::{self, StreamExt};

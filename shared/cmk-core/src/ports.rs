@@ -120,9 +120,16 @@ impl JobProgress {
     }
 }
 
-/// State of orgs' keys, data keys, jobs and audit events.
+/// All the state of the service: orgs and their keys, data keys, job progress and the audit
+/// trail. Each use case needs only some of it, and each adapter implements the four parts; a
+/// store is anything that has all four.
+pub trait Store: OrgStore + DataKeyStore + RewrapProgress + AuditLog {}
+
+impl<T: OrgStore + DataKeyStore + RewrapProgress + AuditLog + ?Sized> Store for T {}
+
+/// Orgs and their keys: the snapshot every key rule reads, and its one conditional commit.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait OrgStore: Send + Sync + 'static {
     /// Creates the org record if absent, with `new_external_id`; returns the org's external id.
     async fn ensure_org(&self, org: &OrgId, new_external_id: &str) -> Result<String, StoreError>;
 
@@ -142,34 +149,12 @@ pub trait Store: Send + Sync + 'static {
         key: &KeyId,
         health: &Health,
     ) -> Result<(), StoreError>;
+}
 
-    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError>;
-
-    /// Jobs in state `running`, across orgs (for the worker's recovery sweep).
-    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError>;
-
-    /// Records the rate a running job's re-encryption adapted down to while KMS throttles it
-    /// (`None`: back at its keys' limits), if the job still runs at `generation`.
-    async fn set_job_throttle(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        rate: Option<u32>,
-    ) -> Result<(), StoreError>;
-
-    /// Claims the right to plan a running job again: sets its `updated_at` to now, only if it
-    /// is running at `generation` and its `updated_at` (the later of its last plan and its last
-    /// committed batch) is before `idle_before`. `true` for the one caller that won; every
-    /// other concurrent or later claimer within the interval gets `false`.
-    async fn claim_replan(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        idle_before: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
+/// Data keys: inserted under the default key, read one by one, and enumerated per wrapping
+/// key and partition for re-encryption.
+#[async_trait]
+pub trait DataKeyStore: Send + Sync + 'static {
     /// Inserts data keys all wrapped by one key, only if that key is the org's default (else
     /// [`StoreError::Conflict`]): a data key never lands under a key that is being drained.
     async fn insert_data_keys(&self, org: &OrgId, keys: &[DataKeyRecord])
@@ -199,7 +184,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DataKeyRecord>, StoreError>;
 
-    /// Ids only, for planning: like [`Store::list_data_keys`] without an upper bound.
+    /// Ids only, for planning: like [`DataKeyStore::list_data_keys`] without an upper bound.
     async fn list_data_key_ids(
         &self,
         org: &OrgId,
@@ -208,6 +193,37 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&DataKeyId>,
         limit: usize,
     ) -> Result<Vec<DataKeyId>, StoreError>;
+}
+
+/// Re-encryption jobs as the workers see them: batch commits, progress, throttling, recovery.
+#[async_trait]
+pub trait RewrapProgress: Send + Sync + 'static {
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Jobs in state `running`, across orgs (for the worker's recovery sweep).
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError>;
+
+    /// Records the rate a running job's re-encryption adapted down to while KMS throttles it
+    /// (`None`: back at its keys' limits), if the job still runs at `generation`.
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError>;
+
+    /// Claims the right to plan a running job again: sets its `updated_at` to now, only if it
+    /// is running at `generation` and its `updated_at` (the later of its last plan and its last
+    /// committed batch) is before `idle_before`. `true` for the one caller that won; every
+    /// other concurrent or later claimer within the interval gets `false`.
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Applies a batch's moves and failures with the progress counters, atomically, only while
     /// the job is `running` at `generation` (otherwise nothing changes). Exactly once per data
@@ -218,7 +234,11 @@ pub trait Store: Send + Sync + 'static {
         org: &OrgId,
         batch: BatchCommit,
     ) -> Result<JobProgress, StoreError>;
+}
 
+/// The audit trail of each org.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
     async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError>;
 
     /// Newest first; `cursor` is an opaque value from a previous page.

@@ -138,15 +138,15 @@ impl Cmk {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
-    pub fn queue(&self) -> &Arc<dyn RewrapQueue> {
+    pub(crate) fn queue(&self) -> &Arc<dyn RewrapQueue> {
         &self.inner.queue
     }
 
-    pub fn key_provider(&self) -> &Arc<dyn KeyProvider> {
+    pub(crate) fn key_provider(&self) -> &Arc<dyn KeyProvider> {
         &self.inner.keys
     }
 

@@ -12,7 +12,10 @@ use cmk_core::model::{
     AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job, JobError, JobId, JobKind,
     JobState, KeyId, KeyRecord, KeyState, OrgId, SERVICE_KEY_ID,
 };
-use cmk_core::ports::{BatchCommit, JobChange, JobProgress, OrgCommit, OrgSnapshot, Store};
+use cmk_core::ports::{
+    AuditLog, BatchCommit, DataKeyStore, JobChange, JobProgress, OrgCommit, OrgSnapshot, OrgStore,
+    RewrapProgress,
+};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::db::{unavailable, Database};
@@ -622,7 +625,7 @@ pub(crate) fn insert_data_keys_tx(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl OrgStore for SqliteStore {
     async fn ensure_org(&self, org: &OrgId, new_external_id: &str) -> Result<String, StoreError> {
         let (org, ext) = (org.to_string(), new_external_id.to_owned());
         self.db
@@ -700,78 +703,10 @@ impl Store for SqliteStore {
             })
             .await
     }
+}
 
-    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
-        let (org, job) = (org.to_string(), job.to_string());
-        self.db.read(move |conn| read_job(conn, &org, &job)).await
-    }
-
-    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
-        self.db
-            .read(move |conn| {
-                let ids: Vec<(String, String)> = conn
-                    .prepare("SELECT org, id FROM jobs WHERE state = 'running'")
-                    .map_err(unavailable)?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(unavailable)?
-                    .collect::<Result<_, _>>()
-                    .map_err(unavailable)?;
-                let mut jobs = Vec::new();
-                for (org, id) in ids {
-                    if let Some(job) = read_job(conn, &org, &id)? {
-                        jobs.push((OrgId::from_trusted(org), job));
-                    }
-                }
-                Ok(jobs)
-            })
-            .await
-    }
-
-    async fn claim_replan(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        idle_before: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let (org, job) = (org.to_string(), job.to_string());
-        self.db
-            .write(move |conn| {
-                // Timestamps are fixed-width RFC 3339 (microseconds, `Z`): text order is time order.
-                let n = conn
-                    .execute(
-                        "UPDATE jobs SET updated_at = ?5
-                         WHERE org = ?1 AND id = ?2 AND state = 'running' AND generation = ?3
-                           AND updated_at < ?4",
-                        params![org, job, generation, ts(&idle_before), ts(&Utc::now())],
-                    )
-                    .map_err(write_err)?;
-                Ok(n == 1)
-            })
-            .await
-    }
-
-    async fn set_job_throttle(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        rate: Option<u32>,
-    ) -> Result<(), StoreError> {
-        let (org, job) = (org.to_string(), job.to_string());
-        self.db
-            .write(move |conn| {
-                conn.execute(
-                    "UPDATE jobs SET throttled_rate = ?4
-                     WHERE org = ?1 AND id = ?2 AND generation = ?3 AND state = 'running'",
-                    params![org, job, generation, rate],
-                )
-                .map_err(write_err)?;
-                Ok(())
-            })
-            .await
-    }
-
+#[async_trait]
+impl DataKeyStore for SqliteStore {
     async fn insert_data_keys(
         &self,
         org: &OrgId,
@@ -876,6 +811,80 @@ impl Store for SqliteStore {
             })
             .await
     }
+}
+
+#[async_trait]
+impl RewrapProgress for SqliteStore {
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
+        let (org, job) = (org.to_string(), job.to_string());
+        self.db.read(move |conn| read_job(conn, &org, &job)).await
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
+        self.db
+            .read(move |conn| {
+                let ids: Vec<(String, String)> = conn
+                    .prepare("SELECT org, id FROM jobs WHERE state = 'running'")
+                    .map_err(unavailable)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?
+                    .collect::<Result<_, _>>()
+                    .map_err(unavailable)?;
+                let mut jobs = Vec::new();
+                for (org, id) in ids {
+                    if let Some(job) = read_job(conn, &org, &id)? {
+                        jobs.push((OrgId::from_trusted(org), job));
+                    }
+                }
+                Ok(jobs)
+            })
+            .await
+    }
+
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (org, job) = (org.to_string(), job.to_string());
+        self.db
+            .write(move |conn| {
+                // Timestamps are fixed-width RFC 3339 (microseconds, `Z`): text order is time order.
+                let n = conn
+                    .execute(
+                        "UPDATE jobs SET updated_at = ?5
+                         WHERE org = ?1 AND id = ?2 AND state = 'running' AND generation = ?3
+                           AND updated_at < ?4",
+                        params![org, job, generation, ts(&idle_before), ts(&Utc::now())],
+                    )
+                    .map_err(write_err)?;
+                Ok(n == 1)
+            })
+            .await
+    }
+
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let (org, job) = (org.to_string(), job.to_string());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE jobs SET throttled_rate = ?4
+                     WHERE org = ?1 AND id = ?2 AND generation = ?3 AND state = 'running'",
+                    params![org, job, generation, rate],
+                )
+                .map_err(write_err)?;
+                Ok(())
+            })
+            .await
+    }
 
     async fn commit_batch(
         &self,
@@ -887,7 +896,10 @@ impl Store for SqliteStore {
             .write(move |conn| apply_batch(conn, &org, batch))
             .await
     }
+}
 
+#[async_trait]
+impl AuditLog for SqliteStore {
     async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
         let (org, events) = (org.to_string(), events.to_vec());
         self.db

@@ -18,8 +18,8 @@ use cmk_core::model::{
     OrgId, Role,
 };
 use cmk_core::ports::{
-    BatchCommit, Delivery, JobProgress, Kek, KeyProvider, OrgCommit, OrgSnapshot, RewrapMessage,
-    RewrapQueue, Store, Wrapped,
+    AuditLog, BatchCommit, DataKeyStore, Delivery, JobProgress, Kek, KeyProvider, OrgCommit,
+    OrgSnapshot, OrgStore, RewrapMessage, RewrapProgress, RewrapQueue, Wrapped,
 };
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
@@ -38,10 +38,11 @@ fn down<T>() -> Result<T, StoreError> {
 struct StubStore;
 
 #[async_trait]
-impl Store for StubStore {
+impl OrgStore for StubStore {
     async fn ensure_org(&self, _: &OrgId, _: &str) -> Result<String, StoreError> {
         Ok("cmk-external".into())
     }
+
     async fn load_org(&self, org: &OrgId) -> Result<OrgSnapshot, StoreError> {
         Ok(OrgSnapshot {
             org: org.clone(),
@@ -53,42 +54,26 @@ impl Store for StubStore {
             job: None,
         })
     }
+
     async fn commit(&self, _: &OrgId, _: OrgCommit) -> Result<Option<Job>, StoreError> {
         down()
     }
+
     async fn get_key(&self, _: &OrgId, _: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         down()
     }
+
     async fn set_key_health(&self, _: &OrgId, _: &KeyId, _: &Health) -> Result<(), StoreError> {
         down()
     }
-    async fn get_job(&self, _: &OrgId, _: &JobId) -> Result<Option<Job>, StoreError> {
-        down()
-    }
-    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
-        down()
-    }
-    async fn set_job_throttle(
-        &self,
-        _: &OrgId,
-        _: &JobId,
-        _: u32,
-        _: Option<u32>,
-    ) -> Result<(), StoreError> {
-        down()
-    }
-    async fn claim_replan(
-        &self,
-        _: &OrgId,
-        _: &JobId,
-        _: u32,
-        _: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        down()
-    }
+}
+
+#[async_trait]
+impl DataKeyStore for StubStore {
     async fn insert_data_keys(&self, _: &OrgId, _: &[DataKeyRecord]) -> Result<(), StoreError> {
         down()
     }
+
     async fn get_data_key(
         &self,
         _: &OrgId,
@@ -96,6 +81,7 @@ impl Store for StubStore {
     ) -> Result<Option<DataKeyRecord>, StoreError> {
         Ok(None)
     }
+
     async fn list_data_keys(
         &self,
         _: &OrgId,
@@ -107,6 +93,7 @@ impl Store for StubStore {
     ) -> Result<Vec<DataKeyRecord>, StoreError> {
         down()
     }
+
     async fn list_data_key_ids(
         &self,
         _: &OrgId,
@@ -117,12 +104,49 @@ impl Store for StubStore {
     ) -> Result<Vec<DataKeyId>, StoreError> {
         down()
     }
+}
+
+#[async_trait]
+impl RewrapProgress for StubStore {
+    async fn get_job(&self, _: &OrgId, _: &JobId) -> Result<Option<Job>, StoreError> {
+        down()
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
+        down()
+    }
+
+    async fn set_job_throttle(
+        &self,
+        _: &OrgId,
+        _: &JobId,
+        _: u32,
+        _: Option<u32>,
+    ) -> Result<(), StoreError> {
+        down()
+    }
+
+    async fn claim_replan(
+        &self,
+        _: &OrgId,
+        _: &JobId,
+        _: u32,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        down()
+    }
+
     async fn commit_batch(&self, _: &OrgId, _: BatchCommit) -> Result<JobProgress, StoreError> {
         down()
     }
+}
+
+#[async_trait]
+impl AuditLog for StubStore {
     async fn append_audit(&self, _: &OrgId, _: &[AuditEvent]) -> Result<(), StoreError> {
         down()
     }
+
     async fn list_audit(
         &self,
         _: &OrgId,

@@ -13,7 +13,8 @@ use cmk_core::model::{
     OrgId,
 };
 use cmk_core::ports::{
-    BatchCommit, JobProgress, Kek, KeyProvider, OrgCommit, OrgSnapshot, Store, Wrapped,
+    AuditLog, BatchCommit, DataKeyStore, JobProgress, Kek, KeyProvider, OrgCommit, OrgSnapshot,
+    OrgStore, RewrapProgress, Store, Wrapped,
 };
 
 /// Counters of faults still to inject; each fault fires once per unit.
@@ -45,13 +46,15 @@ pub struct FaultyStore {
 }
 
 #[async_trait]
-impl Store for FaultyStore {
+impl OrgStore for FaultyStore {
     async fn ensure_org(&self, org: &OrgId, e: &str) -> Result<String, StoreError> {
         self.inner.ensure_org(org, e).await
     }
+
     async fn load_org(&self, org: &OrgId) -> Result<OrgSnapshot, StoreError> {
         self.inner.load_org(org).await
     }
+
     async fn commit(&self, org: &OrgId, commit: OrgCommit) -> Result<Option<Job>, StoreError> {
         let finishing = commit
             .events
@@ -63,41 +66,19 @@ impl Store for FaultyStore {
         }
         result
     }
+
     async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get_key(org, key).await
     }
+
     async fn set_key_health(&self, org: &OrgId, key: &KeyId, h: &Health) -> Result<(), StoreError> {
         self.faults.health_writes.fetch_add(1, Ordering::SeqCst);
         self.inner.set_key_health(org, key, h).await
     }
-    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
-        self.inner.get_job(org, job).await
-    }
-    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
-        self.inner.running_jobs().await
-    }
-    async fn set_job_throttle(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        rate: Option<u32>,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .set_job_throttle(org, job, generation, rate)
-            .await
-    }
-    async fn claim_replan(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        idle_before: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .claim_replan(org, job, generation, idle_before)
-            .await
-    }
+}
+
+#[async_trait]
+impl DataKeyStore for FaultyStore {
     async fn insert_data_keys(
         &self,
         org: &OrgId,
@@ -105,6 +86,7 @@ impl Store for FaultyStore {
     ) -> Result<(), StoreError> {
         self.inner.insert_data_keys(org, keys).await
     }
+
     async fn get_data_key(
         &self,
         org: &OrgId,
@@ -112,6 +94,7 @@ impl Store for FaultyStore {
     ) -> Result<Option<DataKeyRecord>, StoreError> {
         self.inner.get_data_key(org, id).await
     }
+
     async fn list_data_keys(
         &self,
         org: &OrgId,
@@ -125,6 +108,7 @@ impl Store for FaultyStore {
             .list_data_keys(org, key, partition, after, until, limit)
             .await
     }
+
     async fn list_data_key_ids(
         &self,
         org: &OrgId,
@@ -137,6 +121,42 @@ impl Store for FaultyStore {
             .list_data_key_ids(org, key, partition, after, limit)
             .await
     }
+}
+
+#[async_trait]
+impl RewrapProgress for FaultyStore {
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.get_job(org, job).await
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
+        self.inner.running_jobs().await
+    }
+
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_job_throttle(org, job, generation, rate)
+            .await
+    }
+
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .claim_replan(org, job, generation, idle_before)
+            .await
+    }
+
     async fn commit_batch(
         &self,
         org: &OrgId,
@@ -151,9 +171,14 @@ impl Store for FaultyStore {
         }
         result
     }
+}
+
+#[async_trait]
+impl AuditLog for FaultyStore {
     async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
         self.inner.append_audit(org, events).await
     }
+
     async fn list_audit(
         &self,
         org: &OrgId,

@@ -18,7 +18,7 @@ use base64::Engine;
 use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::Role;
-use cmk_core::ports::{KeyProvider, RewrapQueue, Store};
+use cmk_core::ports::{KeyProvider, OrgStore, RewrapQueue, Store};
 use cmk_core::service::ServiceConfig;
 use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_core::Cmk;

@@ -18,7 +18,7 @@ use cmk_aws::resources::{ensure_queues, ensure_table};
 use cmk_core::crypto::DataKey;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{data_key_context, DataKeyId, DataKeyRecord, JobState, KeyId, OrgId};
-use cmk_core::ports::{KeyProvider, Store};
+use cmk_core::ports::{DataKeyStore, KeyProvider, OrgStore};
 use cmk_core::service::{kek_of, NewKeySpec};
 use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_core::Cmk;

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{data_key_context, DataKeyId, JobState, KeyId, OrgId};
-use cmk_core::ports::{Kek, KeyProvider, Store};
+use cmk_core::ports::{Kek, KeyProvider};
 use cmk_core::service::{NewKeySpec, ServiceConfig};
 use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_embedded::{LocalKeyProvider, QueueConfig};
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::common::{peak_rss_mb, seed};
 use crate::local::open_backends;
+use cmk_core::ports::RewrapProgress;
 
 /// What `bench rewrap` was asked for.
 struct Args {

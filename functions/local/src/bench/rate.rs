@@ -12,7 +12,7 @@ use clap::Args;
 use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{JobState, KeyId, KeySpec, OrgId};
-use cmk_core::ports::{Kek, RewrapQueue, Store};
+use cmk_core::ports::{Kek, RewrapProgress, RewrapQueue};
 use cmk_core::service::{NewKeySpec, ServiceConfig};
 use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_core::Cmk;

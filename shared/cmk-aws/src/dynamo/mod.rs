@@ -90,7 +90,10 @@ use cmk_core::error::StoreError;
 use cmk_core::model::{
     AuditEvent, DataKeyId, DataKeyRecord, Health, Job, JobId, KeyId, KeyRecord, OrgId,
 };
-use cmk_core::ports::{BatchCommit, JobProgress, OrgCommit, OrgSnapshot, Store};
+use cmk_core::ports::{
+    AuditLog, BatchCommit, DataKeyStore, JobProgress, OrgCommit, OrgSnapshot, OrgStore,
+    RewrapProgress,
+};
 use rand::Rng;
 
 use codec::{n, s};
@@ -245,8 +248,9 @@ impl DynamoStore {
 }
 
 /// The port, by concern: each method is implemented in the module of its concern.
+
 #[async_trait]
-impl Store for DynamoStore {
+impl OrgStore for DynamoStore {
     async fn ensure_org(&self, org: &OrgId, new_external_id: &str) -> Result<String, StoreError> {
         self.put_org_head(org, new_external_id).await
     }
@@ -271,36 +275,10 @@ impl Store for DynamoStore {
     ) -> Result<(), StoreError> {
         self.write_key_health(org, key, health).await
     }
+}
 
-    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
-        self.read_job(org, job).await
-    }
-
-    async fn set_job_throttle(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        rate: Option<u32>,
-    ) -> Result<(), StoreError> {
-        self.write_job_throttle(org, job, generation, rate).await
-    }
-
-    async fn claim_replan(
-        &self,
-        org: &OrgId,
-        job: &JobId,
-        generation: u32,
-        idle_before: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.claim_job_replan(org, job, generation, idle_before)
-            .await
-    }
-
-    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
-        self.query_running_jobs().await
-    }
-
+#[async_trait]
+impl DataKeyStore for DynamoStore {
     async fn insert_data_keys(
         &self,
         org: &OrgId,
@@ -345,6 +323,38 @@ impl Store for DynamoStore {
     fn data_key_partitions(&self) -> u32 {
         PARTITIONS
     }
+}
+
+#[async_trait]
+impl RewrapProgress for DynamoStore {
+    async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
+        self.read_job(org, job).await
+    }
+
+    async fn set_job_throttle(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        rate: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.write_job_throttle(org, job, generation, rate).await
+    }
+
+    async fn claim_replan(
+        &self,
+        org: &OrgId,
+        job: &JobId,
+        generation: u32,
+        idle_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.claim_job_replan(org, job, generation, idle_before)
+            .await
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<(OrgId, Job)>, StoreError> {
+        self.query_running_jobs().await
+    }
 
     async fn commit_batch(
         &self,
@@ -353,7 +363,10 @@ impl Store for DynamoStore {
     ) -> Result<JobProgress, StoreError> {
         self.commit_rewrap_batch(org, batch).await
     }
+}
 
+#[async_trait]
+impl AuditLog for DynamoStore {
     async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
         self.put_audit_events(org, events).await
     }

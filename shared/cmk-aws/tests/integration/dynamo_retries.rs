@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput;
 use aws_smithy_mocks::{mock, mock_client, RuleMode};
 use cmk_aws::DynamoStore;
 use cmk_core::model::{DataKeyId, DataKeyRecord, KeyId, OrgId};
-use cmk_core::ports::Store;
+use cmk_core::ports::DataKeyStore;
 
 /// The `ClientRequestToken` of every TransactWriteItems attempt, as sent.
 #[derive(Debug, Clone, Default)]
