@@ -19,12 +19,54 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 
-/// The files under `/assets/`: name, content type, bytes.
+/// The files under `/assets/`: name, content type, bytes. The page's script is ES modules by
+/// part of the page: `app.js` wires them (`session`, `keys-table`, `menu`, `dialogs`,
+/// `add-dialog`, `disable-dialogs`, `banner`, `dom`), on `api.js` and `words.js`.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "app.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/app.js"),
+    ),
+    (
+        "session.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/session.js"),
+    ),
+    (
+        "keys-table.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/keys-table.js"),
+    ),
+    (
+        "menu.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/menu.js"),
+    ),
+    (
+        "dialogs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/dialogs.js"),
+    ),
+    (
+        "add-dialog.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/add-dialog.js"),
+    ),
+    (
+        "disable-dialogs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/disable-dialogs.js"),
+    ),
+    (
+        "banner.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/banner.js"),
+    ),
+    (
+        "dom.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/dom.js"),
     ),
     (
         "api.js",
@@ -131,5 +173,26 @@ mod tests {
                 "{name} must not reach another origin"
             );
         }
+    }
+
+    #[test]
+    fn every_module_a_script_imports_is_served() {
+        let served: Vec<&str> = ASSETS.iter().map(|(name, _, _)| *name).collect();
+        let mut imported = 0;
+        for (name, _, bytes) in ASSETS.iter().filter(|(n, _, _)| n.ends_with(".js")) {
+            let text = String::from_utf8_lossy(bytes);
+            for (_, rest) in text
+                .match_indices("from './")
+                .map(|(i, _)| text.split_at(i + 8))
+            {
+                let module = rest.split('\'').next().unwrap_or_default();
+                assert!(
+                    served.contains(&module),
+                    "{name} imports {module}, which is not served"
+                );
+                imported += 1;
+            }
+        }
+        assert!(imported >= 9, "the page is ES modules: {imported} imports");
     }
 }

@@ -1,0 +1,173 @@
+// The "Add customer managed key" dialog: its fields per key type, checks, and the request.
+
+import { describeError, plural } from './words.js';
+import { setJob } from './banner.js';
+import { openDialog, setFieldError } from './dialogs.js';
+import { $, notice } from './dom.js';
+import { refresh, state } from './session.js';
+
+// ---- add
+
+const NAME_RE = /^[\p{L}\p{N} _.:/()-]+$/u;
+const ROLE_ARN_RE = /^arn:aws(-cn|-us-gov)?:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]+$/;
+const KEY_ARN_RE =
+  /^arn:aws(-cn|-us-gov)?:kms:[a-z0-9-]+:\d{12}:(key\/[A-Za-z0-9-]{1,64}|alias\/[A-Za-z0-9/_-]{1,250})$/;
+
+function acceptedTypes() {
+  return (document.body.dataset.keyTypes || '').split(/\s+/).filter(Boolean);
+}
+
+function selectedType() {
+  return document.querySelector('#add-form input[name="type"]:checked')?.value || 'aws-kms';
+}
+
+export function showTypeFields() {
+  $('add-aws').hidden = selectedType() !== 'aws-kms';
+}
+
+async function loadSetup() {
+  $('setup-error').textContent = '';
+  try {
+    const s = await state.api.setup();
+    $('external-id').textContent = s.external_id;
+    $('trust-policy').textContent = JSON.stringify(s.trust_policy, null, 2);
+    $('key-policy').textContent = JSON.stringify(s.key_policy_statement, null, 2);
+  } catch (err) {
+    if (err.status !== 401 && err.status !== 403) {
+      $('setup-error').textContent = `Could not load the setup values: ${describeError(err)}`;
+    }
+  }
+}
+
+export function openAdd() {
+  const form = $('add-form');
+  form.reset();
+  for (const [input, error] of [
+    ['add-name', 'add-name-error'],
+    ['add-role-arn', 'add-role-arn-error'],
+    ['add-key-arn', 'add-key-arn-error'],
+  ]) {
+    setFieldError($(input), $(error), '');
+  }
+  $('add-error').textContent = '';
+  const types = acceptedTypes();
+  const localOk = types.includes('local');
+  $('add-type-local-row').hidden = !localOk;
+  $('add-type-local-hint').hidden = !localOk;
+  const awsHint = $('add-type-aws-hint');
+  awsHint.textContent = types.includes('aws-kms')
+    ? 'A key in your AWS account, used through a role you create.'
+    : 'A key in your AWS account, used through a role you create. This service runs on local backends and accepts local keys only: choose Local key to try it.';
+  $('add-type-aws').checked = true;
+  showTypeFields();
+  $('add-submit').disabled = false;
+  $('add-submit').textContent = 'Add key';
+  openDialog($('add-dialog'));
+  $('add-name').focus();
+  loadSetup();
+}
+
+function validateAdd() {
+  const name = $('add-name').value.trim();
+  let first = null;
+  const fail = (input, error, message) => {
+    setFieldError($(input), $(error), message);
+    if (message && !first) first = $(input);
+  };
+  if (!name) fail('add-name', 'add-name-error', 'Enter a name for the key.');
+  else if ([...name].length > 64) fail('add-name', 'add-name-error', 'The name can be at most 64 characters.');
+  else if (!NAME_RE.test(name))
+    fail('add-name', 'add-name-error', 'Use letters, digits, spaces and - _ . : / ( ) only.');
+  else fail('add-name', 'add-name-error', '');
+  if (selectedType() === 'aws-kms') {
+    const role = $('add-role-arn').value.trim();
+    const key = $('add-key-arn').value.trim();
+    if (!role) fail('add-role-arn', 'add-role-arn-error', 'Enter the ARN of the role the service assumes.');
+    else if (!ROLE_ARN_RE.test(role))
+      fail(
+        'add-role-arn',
+        'add-role-arn-error',
+        'This is not an IAM role ARN. It looks like arn:aws:iam::111122223333:role/cmk-access.',
+      );
+    else fail('add-role-arn', 'add-role-arn-error', '');
+    if (!key) fail('add-key-arn', 'add-key-arn-error', 'Enter the ARN of the KMS key or of its alias.');
+    else if (!KEY_ARN_RE.test(key))
+      fail(
+        'add-key-arn',
+        'add-key-arn-error',
+        'This is not a KMS key or alias ARN. It looks like arn:aws:kms:us-east-1:111122223333:key/… or …:alias/cmk.',
+      );
+    else fail('add-key-arn', 'add-key-arn-error', '');
+  }
+  return first;
+}
+
+export async function submitAdd(e) {
+  e.preventDefault();
+  $('add-error').textContent = '';
+  const invalid = validateAdd();
+  if (invalid) {
+    invalid.focus();
+    return;
+  }
+  const type = selectedType();
+  const body = { name: $('add-name').value.trim(), type };
+  if (type === 'aws-kms') {
+    body.role_arn = $('add-role-arn').value.trim();
+    body.key_arn = $('add-key-arn').value.trim();
+  }
+  const submit = $('add-submit');
+  submit.disabled = true;
+  submit.textContent = 'Checking the key…';
+  try {
+    const res = await state.api.addKey(body);
+    $('add-dialog').close();
+    const job = res.reencryption;
+    notice(
+      job
+        ? `“${res.key.name}” was added and is now the default. Its re-encryption of ${plural(job.total, 'data key', 'data keys')} has started.`
+        : `“${res.key.name}” was added.`,
+    );
+    if (job) setJob(job);
+    await refresh();
+  } catch (err) {
+    if (err.status === 401 || err.status === 403) return;
+    const message = describeError(err, 'Adding the key');
+    if (err.code === 'name_taken') {
+      setFieldError($('add-name'), $('add-name-error'), message);
+      $('add-name').focus();
+    } else if (err.code === 'invalid_request' && /role_arn/.test(err.detail)) {
+      setFieldError($('add-role-arn'), $('add-role-arn-error'), err.detail);
+      $('add-role-arn').focus();
+    } else if (err.code === 'invalid_request' && /key_arn/.test(err.detail)) {
+      setFieldError($('add-key-arn'), $('add-key-arn-error'), err.detail);
+      $('add-key-arn').focus();
+    } else if (err.code === 'invalid_request' && /^name/.test(err.detail)) {
+      setFieldError($('add-name'), $('add-name-error'), err.detail);
+      $('add-name').focus();
+    } else {
+      $('add-error').textContent = message;
+    }
+  } finally {
+    submit.disabled = false;
+    submit.textContent = 'Add key';
+  }
+}
+
+export async function copyFrom(id, button) {
+  const text = $(id).textContent;
+  let ok = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    ok = true;
+  } catch {
+    // No clipboard permission: select the text so the admin can copy it by hand.
+    const range = document.createRange();
+    range.selectNodeContents($(id));
+    const sel = getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+  }
+  button.textContent = ok ? 'Copied' : 'Selected';
+  setTimeout(() => (button.textContent = 'Copy'), 2000);
+}

@@ -1,0 +1,283 @@
+// The keys table: one row per key with its badges and menu, and the actions of a row.
+
+import {
+  HEALTH_LABELS,
+  STATE_LABELS,
+  TYPE_LABELS,
+  adviceFor,
+  describeError,
+  formatCount,
+  formatTime,
+} from './words.js';
+import { openDisable, openRate } from './disable-dialogs.js';
+import { DOTS, $, alertMessage, el, notice, svgIcon } from './dom.js';
+import { closeMenu, wireMenu } from './menu.js';
+import { refresh, state } from './session.js';
+
+export function keyById(id) {
+  return state.listing?.keys.find((k) => k.id === id) || null;
+}
+
+export function keyName(id) {
+  const k = keyById(id);
+  if (k) return k.type === 'service-managed' ? 'the service-managed key' : `“${k.name}”`;
+  return id === 'service' ? 'the service-managed key' : id;
+}
+
+function jobUnfinished() {
+  return state.job && (state.job.state === 'running' || state.job.state === 'failed');
+}
+
+/** Why Set as default is unavailable for `k`, or null. */
+function whyNoDefault(k) {
+  if (k.default) return 'Already the default key.';
+  if (k.state === 'disabled') return 'A disabled key cannot become the default.';
+  if (k.busy || k.state === 'reencrypting') return 'Unavailable while this key is being re-encrypted.';
+  if (k.state !== 'active') return 'Only an active key can become the default.';
+  return null;
+}
+
+export function eligibleTargets(k) {
+  return (state.listing?.keys || []).filter((t) => t.id !== k.id && t.state === 'active');
+}
+
+/** Why Disable is unavailable for `k`, or null. */
+function whyNoDisable(k) {
+  if (k.type === 'service-managed') return 'The service-managed key cannot be disabled.';
+  if (k.state === 'disabled') return 'Already disabled.';
+  if (k.busy || k.state === 'reencrypting') return 'Unavailable while this key is being re-encrypted.';
+  if (k.default) return 'The default key cannot be disabled. Set another key as default first.';
+  if (jobUnfinished()) return 'Unavailable until the current re-encryption finishes.';
+  if (eligibleTargets(k).length === 0) return 'No other active key can take over its data keys.';
+  return null;
+}
+
+/** Why the re-encryption rate of `k` cannot be set, or null. */
+function whyNoRate(k) {
+  if (k.type !== 'aws-kms') return 'Only AWS KMS keys have a re-encryption rate.';
+  return null;
+}
+
+function whyNoDisableAll() {
+  if (jobUnfinished()) return 'Unavailable until the current re-encryption finishes.';
+  const active = (state.listing?.keys || []).filter(
+    (k) => k.type !== 'service-managed' && k.state === 'active',
+  );
+  if (active.length === 0) return 'No Customer Managed Key is active.';
+  return null;
+}
+
+function badge(text, tone) {
+  return el('span', { class: `badge ${tone || ''}`.trim() }, text);
+}
+
+const HEALTH_TONES = { ok: 'good', unknown: 'neutral', throttled: 'warn' };
+const STATE_TONES = { active: 'good', reencrypting: 'info', disabled: 'neutral' };
+
+function rowFor(k) {
+  const id = k.id;
+  const typeCell = el(
+    'td',
+    { role: 'cell', 'data-label': 'Type' },
+    el('span', { class: 'type-label' }, TYPE_LABELS[k.type] || k.type),
+    k.aws ? el('span', { class: 'sub wrap' }, k.aws.key_arn) : null,
+    k.rewrap_rate_limit
+      ? el('span', { class: 'sub' }, `Re-encrypts at up to ${formatCount(k.rewrap_rate_limit)} requests/s`)
+      : null,
+  );
+  const healthTone = HEALTH_TONES[k.health.status] || 'bad';
+  const healthCell = el(
+    'td',
+    { role: 'cell', 'data-label': 'Health' },
+    badge(HEALTH_LABELS[k.health.status] || k.health.status, healthTone),
+    k.health.message && k.health.status !== 'ok'
+      ? el('span', { class: 'sub' }, k.health.message)
+      : null,
+    k.health.checked_at ? el('span', { class: 'sub checked' }, `Checked ${formatTime(k.health.checked_at)}`) : null,
+  );
+
+  const noDefault = whyNoDefault(k);
+  const defaultWhyId = `why-default-${id}`;
+  const setDefault = el(
+    'button',
+    {
+      type: 'button',
+      class: 'btn small',
+      disabled: Boolean(noDefault),
+      'aria-describedby': noDefault ? defaultWhyId : null,
+      title: noDefault,
+      dataset: { focus: `default:${id}` },
+      onclick: () => onSetDefault(k, setDefault),
+    },
+    'Set as default',
+  );
+
+  const noDisable = whyNoDisable(k);
+  const disableWhyId = `why-disable-${id}`;
+  const menuId = `menu-${id}`;
+  const disableItem = el(
+    'button',
+    {
+      type: 'button',
+      role: 'menuitem',
+      class: 'menu-item',
+      'aria-disabled': noDisable ? 'true' : null,
+      'aria-describedby': noDisable ? disableWhyId : null,
+      title: noDisable,
+      tabindex: '-1',
+      onclick: () => {
+        if (noDisable) return;
+        closeMenu();
+        openDisable(k);
+      },
+    },
+    el('span', { class: 'menu-label' }, 'Disable'),
+    noDisable ? el('span', { class: 'menu-why', id: disableWhyId, 'aria-hidden': 'true' }, noDisable) : null,
+  );
+  const checkItem = el(
+    'button',
+    {
+      type: 'button',
+      role: 'menuitem',
+      class: 'menu-item',
+      tabindex: '-1',
+      onclick: () => {
+        closeMenu();
+        onCheck(k);
+      },
+    },
+    el('span', { class: 'menu-label' }, 'Check health'),
+  );
+  const noRate = whyNoRate(k);
+  const rateWhyId = `why-rate-${id}`;
+  const rateItem = el(
+    'button',
+    {
+      type: 'button',
+      role: 'menuitem',
+      class: 'menu-item',
+      'aria-disabled': noRate ? 'true' : null,
+      'aria-describedby': noRate ? rateWhyId : null,
+      title: noRate,
+      tabindex: '-1',
+      onclick: () => {
+        if (noRate) return;
+        closeMenu();
+        openRate(k);
+      },
+    },
+    el('span', { class: 'menu-label' }, 'Set re-encryption rate'),
+    noRate ? el('span', { class: 'menu-why', id: rateWhyId, 'aria-hidden': 'true' }, noRate) : null,
+  );
+  const menu = el(
+    'div',
+    { class: 'menu', id: menuId, role: 'menu', 'aria-label': `Actions for ${k.name}`, hidden: true },
+    disableItem,
+    checkItem,
+    rateItem,
+  );
+  const menuButton = el(
+    'button',
+    {
+      type: 'button',
+      class: 'icon-btn',
+      'aria-label': `Actions for ${k.name}`,
+      'aria-haspopup': 'menu',
+      'aria-expanded': 'false',
+      'aria-controls': menuId,
+      dataset: { focus: `menu:${id}` },
+    },
+    svgIcon(DOTS),
+  );
+  wireMenu(menuButton, menu);
+
+  const actions = el(
+    'td',
+    { role: 'cell', class: 'actions' },
+    el('div', { class: 'action-row' }, setDefault, el('div', { class: 'menu-wrap' }, menuButton, menu)),
+    noDefault ? el('span', { class: 'reason', id: defaultWhyId }, noDefault) : null,
+  );
+
+  return el(
+    'tr',
+    { role: 'row', dataset: { keyId: id }, class: k.state === 'disabled' ? 'is-disabled' : null },
+    el('th', { role: 'rowheader', scope: 'row', class: 'name' }, k.name),
+    typeCell,
+    el(
+      'td',
+      { role: 'cell', 'data-label': 'Default' },
+      k.default ? badge('Default', 'primary') : el('span', { class: 'muted' }, 'No'),
+    ),
+    el('td', { role: 'cell', 'data-label': 'State' }, badge(STATE_LABELS[k.state] || k.state, STATE_TONES[k.state])),
+    healthCell,
+    el('td', { role: 'cell', 'data-label': 'Data keys', class: 'num' }, formatCount(k.data_keys)),
+    actions,
+  );
+}
+
+export function renderKeys() {
+  // Never pull a menu out from under the admin: render when it closes.
+  if (state.openMenu) {
+    state.pendingRender = true;
+    return;
+  }
+  state.pendingRender = false;
+  const listing = state.listing;
+  if (!listing) return;
+  const focused = document.activeElement?.dataset?.focus || null;
+  const body = $('keys-body');
+  body.replaceChildren(...listing.keys.map(rowFor));
+  body.closest('table').setAttribute('aria-busy', 'false');
+  if (focused) {
+    const again = body.querySelector(`[data-focus="${CSS.escape(focused)}"]`);
+    if (again && !again.disabled) again.focus();
+    else if (focused.includes(':')) {
+      body.querySelector(`[data-focus="menu:${CSS.escape(focused.split(':')[1])}"]`)?.focus();
+    }
+  }
+  const why = whyNoDisableAll();
+  const item = $('disable-all-item');
+  if (why) item.setAttribute('aria-disabled', 'true');
+  else item.removeAttribute('aria-disabled');
+  item.title = why || '';
+  $('disable-all-why').textContent = why || '';
+  $('disable-all-why').hidden = !why;
+}
+
+
+
+async function onSetDefault(k, button) {
+  button.disabled = true;
+  alertMessage('');
+  try {
+    await state.api.setDefault(k.id);
+    notice(`“${k.name}” is now the default key. New data keys are encrypted with it.`);
+  } catch (err) {
+    if (err.status !== 401 && err.status !== 403) {
+      alertMessage(`Could not set “${k.name}” as default: ${describeError(err)}`);
+    }
+  }
+  await refresh();
+}
+
+async function onCheck(k) {
+  alertMessage('');
+  notice(`Checking “${k.name}”…`);
+  try {
+    const { key } = await state.api.check(k.id);
+    const label = HEALTH_LABELS[key.health.status] || key.health.status;
+    if (key.health.status === 'ok') notice(`“${k.name}” works: health OK.`);
+    else {
+      notice('');
+      alertMessage(
+        `“${k.name}” cannot be used: ${label}. ${adviceFor(key.health.status, key.type)}`.trim(),
+      );
+    }
+  } catch (err) {
+    notice('');
+    if (err.status !== 401 && err.status !== 403) {
+      alertMessage(`Could not check “${k.name}”: ${describeError(err)}`);
+    }
+  }
+  await refresh();
+}
