@@ -1,5 +1,6 @@
 // The "Add customer managed key" dialog: its fields per key type, checks, and the request.
 
+import { isAuthFailure } from './api.js';
 import { describeError, plural } from './words.js';
 import { setJob } from './banner.js';
 import { openDialog, setFieldError } from './dialogs.js';
@@ -33,7 +34,7 @@ async function loadSetup() {
     $('trust-policy').textContent = JSON.stringify(s.trust_policy, null, 2);
     $('key-policy').textContent = JSON.stringify(s.key_policy_statement, null, 2);
   } catch (err) {
-    if (err.status !== 401 && err.status !== 403) {
+    if (!isAuthFailure(err)) {
       $('setup-error').textContent = `Could not load the setup values: ${describeError(err)}`;
     }
   }
@@ -131,7 +132,7 @@ export async function submitAdd(e) {
     if (job) setJob(job);
     await refresh();
   } catch (err) {
-    if (err.status === 401 || err.status === 403) return;
+    if (isAuthFailure(err)) return;
     const message = describeError(err, 'Adding the key');
     if (err.code === 'name_taken') {
       setFieldError($('add-name'), $('add-name-error'), message);

@@ -17,6 +17,14 @@ export class ApiError extends Error {
 }
 
 /**
+ * Whether a failure ended the session (401 or 403): `onAuthFailure` has already answered it
+ * (back to sign-in, or a message), so a caller shows nothing more.
+ */
+export function isAuthFailure(err) {
+  return err?.status === 401 || err?.status === 403;
+}
+
+/**
  * A client for one org. `onAuthFailure(err)` is called on 401 and 403 before the error is
  * thrown, so the page can ask for another token.
  */
@@ -48,7 +56,7 @@ export function createApi({ org, token, onAuthFailure }) {
     }
     if (!response.ok) {
       const err = new ApiError(response.status, json ?? { detail: text.slice(0, 300) });
-      if (response.status === 401 || response.status === 403) onAuthFailure?.(err);
+      if (isAuthFailure(err)) onAuthFailure?.(err);
       throw err;
     }
     return json;

@@ -1,5 +1,6 @@
 // The re-encryption banner: progress, throttling, and retry or cancel of a failed job.
 
+import { isAuthFailure } from './api.js';
 import {
   HEALTH_LABELS,
   JOB_KIND_LABELS,
@@ -112,7 +113,7 @@ export async function onRetry() {
     notice('Retrying the re-encryption.');
     setJob(res.reencryption);
   } catch (err) {
-    if (err.status !== 401 && err.status !== 403) alertMessage(describeError(err, 'Retry'));
+    if (!isAuthFailure(err)) alertMessage(describeError(err, 'Retry'));
   } finally {
     $('banner-retry').disabled = false;
   }
@@ -126,7 +127,7 @@ export async function onCancel() {
     const res = await state.api.cancel();
     setJob(res.reencryption);
   } catch (err) {
-    if (err.status !== 401 && err.status !== 403) alertMessage(describeError(err, 'Cancel'));
+    if (!isAuthFailure(err)) alertMessage(describeError(err, 'Cancel'));
   } finally {
     $('banner-cancel').disabled = false;
   }

@@ -1,5 +1,6 @@
 // The dialogs that change keys: disable one key, set its re-encryption rate, disable all.
 
+import { isAuthFailure } from './api.js';
 import { TYPE_LABELS, describeError, formatCount, plural } from './words.js';
 import { setJob } from './banner.js';
 import { openDialog } from './dialogs.js';
@@ -62,7 +63,7 @@ export async function submitDisable(e) {
     setJob(res.reencryption);
     await refresh();
   } catch (err) {
-    if (err.status !== 401 && err.status !== 403) {
+    if (!isAuthFailure(err)) {
       $('disable-error').textContent = describeError(err, 'Disabling the key');
     }
   } finally {
@@ -102,7 +103,7 @@ export async function submitRate(e) {
     notice(`“${k.name}” now re-encrypts at up to ${formatCount(limit)} requests per second.`);
     await refresh();
   } catch (err) {
-    if (err.status !== 401 && err.status !== 403) {
+    if (!isAuthFailure(err)) {
       $('rate-error').textContent = describeError(err, 'Setting the rate');
     }
   } finally {
@@ -137,7 +138,7 @@ export async function submitDisableAll(e) {
     setJob(res.reencryption);
     await refresh();
   } catch (err) {
-    if (err.status !== 401 && err.status !== 403) {
+    if (!isAuthFailure(err)) {
       $('disable-all-error').textContent = describeError(err, 'Disabling all keys');
     }
   } finally {

@@ -1,5 +1,6 @@
 // The keys table: one row per key with its badges and menu, and the actions of a row.
 
+import { isAuthFailure } from './api.js';
 import {
   HEALTH_LABELS,
   STATE_LABELS,
@@ -253,7 +254,7 @@ async function onSetDefault(k, button) {
     await state.api.setDefault(k.id);
     notice(`“${k.name}” is now the default key. New data keys are encrypted with it.`);
   } catch (err) {
-    if (err.status !== 401 && err.status !== 403) {
+    if (!isAuthFailure(err)) {
       alertMessage(`Could not set “${k.name}” as default: ${describeError(err)}`);
     }
   }
@@ -275,7 +276,7 @@ async function onCheck(k) {
     }
   } catch (err) {
     notice('');
-    if (err.status !== 401 && err.status !== 403) {
+    if (!isAuthFailure(err)) {
       alertMessage(`Could not check “${k.name}”: ${describeError(err)}`);
     }
   }

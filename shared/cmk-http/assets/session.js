@@ -1,7 +1,7 @@
 // The session: sign-in from the URL fragment or the form, the shared page state, and
 // loading and polling the org's keys and re-encryption.
 
-import { createApi, tokenClaims } from './api.js';
+import { createApi, isAuthFailure, tokenClaims } from './api.js';
 import { describeError } from './words.js';
 import { setJob } from './banner.js';
 import { $, alertMessage } from './dom.js';
@@ -140,7 +140,7 @@ async function loadOnce(api) {
     }
   } catch (err) {
     if (api !== state.api) return;
-    if (err.status !== 401 && err.status !== 403) {
+    if (!isAuthFailure(err)) {
       alertMessage(`Could not load the keys: ${describeError(err)}`);
       $('alert').dataset.source = 'poll';
     }
