@@ -557,6 +557,13 @@ async fn bad_names_and_key_types_are_refused() {
             .all(|p| p.get("reason").is_none() && p["code"] != "key_check_failed"),
         "bad input is refused before any key round trip"
     );
+    // A bad name is pinned on its field, so a form can point at it without reading `detail`.
+    let names = 12;
+    assert!(
+        problems[..names].iter().all(|p| p["field"] == "name"),
+        "{:?}",
+        &problems[..names]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,12 @@ use crate::model::{HealthStatus, InvalidValue, KeyId};
 pub enum CoreError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// `invalid_request` about one field of the request body, named so a form can point at it.
+    #[error("{message}")]
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -156,6 +162,12 @@ pub enum AuthError {
 
 impl From<InvalidValue> for CoreError {
     fn from(e: InvalidValue) -> Self {
-        CoreError::InvalidRequest(e.0)
+        match e.field {
+            Some(field) => CoreError::InvalidField {
+                field,
+                message: e.message,
+            },
+            None => CoreError::InvalidRequest(e.message),
+        }
     }
 }

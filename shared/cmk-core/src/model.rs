@@ -10,8 +10,28 @@ use serde::{Deserialize, Serialize};
 /// Use cases answer it as [`crate::error::CoreError::InvalidRequest`] through `From`, so the
 /// model depends on no error of theirs.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidValue(pub String);
+#[error("{message}")]
+pub struct InvalidValue {
+    pub message: String,
+    /// The request field at fault, when the value came from one (`name`, `role_arn`, ...).
+    pub field: Option<&'static str>,
+}
+
+impl InvalidValue {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn of(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+}
 
 /// The current time at the precision every store keeps (microseconds), so a record reads back
 /// equal to what was written.
@@ -78,7 +98,7 @@ fn is_id_char(c: char) -> bool {
 /// Checks an id that came from a caller (path or body): short, ASCII, no separators.
 fn parse_id(kind: &str, s: &str, max: usize) -> Result<String, InvalidValue> {
     if s.is_empty() || s.len() > max || !s.chars().all(is_id_char) {
-        return Err(InvalidValue(format!(
+        return Err(InvalidValue::new(format!(
             "{kind} must be 1 to {max} characters of lowercase letters, digits, '-' or '_'"
         )));
     }
@@ -298,11 +318,14 @@ pub fn validate_rewrap_rate_limit(limit: u32) -> Result<u32, InvalidValue> {
     if REWRAP_RATE_LIMITS.contains(&limit) {
         Ok(limit)
     } else {
-        Err(InvalidValue(format!(
-            "rewrap_rate_limit must be from {} to {} KMS requests per second",
-            REWRAP_RATE_LIMITS.start(),
-            REWRAP_RATE_LIMITS.end()
-        )))
+        Err(InvalidValue::of(
+            "rewrap_rate_limit",
+            format!(
+                "rewrap_rate_limit must be from {} to {} KMS requests per second",
+                REWRAP_RATE_LIMITS.start(),
+                REWRAP_RATE_LIMITS.end()
+            ),
+        ))
     }
 }
 
@@ -513,14 +536,15 @@ pub fn data_key_context(org: &OrgId, id: &DataKeyId) -> EncryptionContext {
 pub fn validate_key_name(name: &str) -> Result<String, InvalidValue> {
     let trimmed = name.trim();
     if trimmed.is_empty() || trimmed.chars().count() > 64 {
-        return Err(InvalidValue("name must be 1 to 64 characters".into()));
+        return Err(InvalidValue::of("name", "name must be 1 to 64 characters"));
     }
     if trimmed
         .chars()
         .any(|c| !(c.is_alphanumeric() || " -_.:/()".contains(c)))
     {
-        return Err(InvalidValue(
-            "name may hold letters, digits, spaces and - _ . : / ( ) only".into(),
+        return Err(InvalidValue::of(
+            "name",
+            "name may hold letters, digits, spaces and - _ . : / ( ) only",
         ));
     }
     Ok(trimmed.to_owned())
@@ -537,9 +561,10 @@ fn valid_partition(s: &str) -> bool {
 /// Validates an IAM role ARN: `arn:<partition>:iam::<12 digits>:role/<path/name>`.
 pub fn validate_role_arn(arn: &str) -> Result<(), InvalidValue> {
     let bad = || {
-        InvalidValue(format!(
-            "role_arn {arn:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
-        ))
+        InvalidValue::of(
+            "role_arn",
+            format!("role_arn {arn:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
+        )
     };
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     if parts.len() != 6 || parts[0] != "arn" || !valid_partition(parts[1]) || parts[2] != "iam" {
@@ -568,9 +593,12 @@ pub fn validate_role_arn(arn: &str) -> Result<(), InvalidValue> {
 /// `…:alias/<name>`.
 pub fn validate_kms_key_arn(arn: &str) -> Result<(), InvalidValue> {
     let bad = || {
-        InvalidValue(format!(
+        InvalidValue::of(
+            "key_arn",
+            format!(
             "key_arn {arn:?} is not a KMS key or alias ARN (arn:aws:kms:<region>:<account>:key/<id> or …:alias/<name>)"
-        ))
+        ),
+        )
     };
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     if parts.len() != 6 || parts[0] != "arn" || !valid_partition(parts[1]) || parts[2] != "kms" {
@@ -608,6 +636,23 @@ pub fn validate_kms_key_arn(arn: &str) -> Result<(), InvalidValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_name_the_field_at_fault() {
+        let field = |r: Result<(), InvalidValue>| r.expect_err("refused").field;
+        assert_eq!(field(validate_role_arn("x")), Some("role_arn"));
+        assert_eq!(field(validate_kms_key_arn("x")), Some("key_arn"));
+        assert_eq!(field(validate_key_name("").map(|_| ())), Some("name"));
+        assert_eq!(
+            field(validate_rewrap_rate_limit(0).map(|_| ())),
+            Some("rewrap_rate_limit")
+        );
+        assert_eq!(
+            field(OrgId::parse("A B").map(|_| ())),
+            None,
+            "a path segment"
+        );
+    }
 
     #[test]
     fn role_arns() {

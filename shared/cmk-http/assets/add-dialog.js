@@ -9,6 +9,8 @@ import { refresh, state } from './session.js';
 
 // ---- add
 
+// The form's input for each request field a problem can name.
+const FIELD_INPUTS = { name: 'add-name', role_arn: 'add-role-arn', key_arn: 'add-key-arn' };
 const NAME_RE = /^[\p{L}\p{N} _.:/()-]+$/u;
 const ROLE_ARN_RE = /^arn:aws(-cn|-us-gov)?:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]+$/;
 const KEY_ARN_RE =
@@ -134,18 +136,12 @@ export async function submitAdd(e) {
   } catch (err) {
     if (isAuthFailure(err)) return;
     const message = describeError(err, 'Adding the key');
-    if (err.code === 'name_taken') {
-      setFieldError($('add-name'), $('add-name-error'), message);
-      $('add-name').focus();
-    } else if (err.code === 'invalid_request' && /role_arn/.test(err.detail)) {
-      setFieldError($('add-role-arn'), $('add-role-arn-error'), err.detail);
-      $('add-role-arn').focus();
-    } else if (err.code === 'invalid_request' && /key_arn/.test(err.detail)) {
-      setFieldError($('add-key-arn'), $('add-key-arn-error'), err.detail);
-      $('add-key-arn').focus();
-    } else if (err.code === 'invalid_request' && /^name/.test(err.detail)) {
-      setFieldError($('add-name'), $('add-name-error'), err.detail);
-      $('add-name').focus();
+    // The problem names the field at fault (`field`); the page never reads `detail` for it.
+    const input = err.code === 'name_taken' ? 'name' : err.code === 'invalid_request' && err.field;
+    const target = FIELD_INPUTS[input];
+    if (target) {
+      setFieldError($(target), $(`${target}-error`), err.code === 'name_taken' ? message : err.detail);
+      $(target).focus();
     } else {
       $('add-error').textContent = message;
     }

@@ -13,6 +13,8 @@ export class ApiError extends Error {
     this.reason = problem?.reason || null;
     this.keyId = problem?.key_id || null;
     this.limit = problem?.limit || null;
+    // Validation problems name the request field at fault (`name`, `role_arn`, ...).
+    this.field = problem?.field || null;
   }
 }
 

@@ -161,6 +161,10 @@ pub struct Problem {
     /// `conflict`: the same request may simply be sent again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retryable: Option<bool>,
+    /// `invalid_request` about one field of the request body: its name (`name`, `role_arn`,
+    /// `key_arn`, `rewrap_rate_limit`), so a form can point at it without reading `detail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// An error answer of the API. Built from a [`CoreError`], an [`AuthError`] or directly by the
@@ -273,6 +277,9 @@ impl From<CoreError> for ApiError {
         let detail = e.to_string();
         match e {
             CoreError::InvalidRequest(_) => ApiError::new(ProblemCode::InvalidRequest, detail),
+            CoreError::InvalidField { field, .. } => {
+                ApiError::new(ProblemCode::InvalidRequest, detail).with("field", field)
+            }
             CoreError::NotFound(_) => ApiError::new(ProblemCode::NotFound, detail),
             CoreError::Forbidden(_) => ApiError::new(ProblemCode::Forbidden, detail),
             CoreError::NameTaken(_) => ApiError::new(ProblemCode::NameTaken, detail),
