@@ -1,6 +1,8 @@
 //! The key rules of ARCHITECTURE.md as pure functions: a snapshot in, a conditional commit (or a
 //! typed refusal) out. The store applies the commit atomically only if nothing changed since the
 //! snapshot, so two admins racing can never both win against a stale view.
+//!
+//! A third of the file is the tests beside the rules.
 
 use chrono::{DateTime, Utc};
 
@@ -606,7 +608,10 @@ mod tests {
         for bad in [0, 10_001] {
             assert!(matches!(
                 set_rate_limit(&s, "alice", &KeyId::from_trusted("k1"), bad),
-                Err(CoreError::InvalidRequest(_))
+                Err(CoreError::InvalidField {
+                    field: "rewrap_rate_limit",
+                    ..
+                })
             ));
         }
         assert!(matches!(
