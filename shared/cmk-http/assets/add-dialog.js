@@ -5,7 +5,7 @@ import { describeError, plural } from './words.js';
 import { setJob } from './banner.js';
 import { openDialog, setFieldError } from './dialogs.js';
 import { $, notice } from './dom.js';
-import { refresh, state } from './session.js';
+import { refresh, state } from './state.js';
 
 // ---- add
 

@@ -15,10 +15,12 @@ import {
   showLogin,
   signOut,
   startSession,
-  state,
 } from './session.js';
+import { renderKeys } from './keys-table.js';
+import { connect, state } from './state.js';
 
 function init() {
+  connect({ refresh, renderKeys });
   $('add-key').addEventListener('click', openAdd);
   $('add-form').addEventListener('submit', submitAdd);
   for (const r of document.querySelectorAll('#add-form input[name="type"]')) {

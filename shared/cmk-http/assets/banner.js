@@ -10,8 +10,8 @@ import {
   plural,
 } from './words.js';
 import { $, alertMessage, el, notice } from './dom.js';
-import { keyById, keyName } from './keys-table.js';
-import { refresh, state } from './session.js';
+import { keyById, keyName } from './keys.js';
+import { refresh, state } from './state.js';
 
 function describeJob(job) {
   const sources = job.source_key_ids.map(keyName);

@@ -5,8 +5,8 @@ import { TYPE_LABELS, describeError, formatCount, plural } from './words.js';
 import { setJob } from './banner.js';
 import { openDialog } from './dialogs.js';
 import { $, el, notice } from './dom.js';
-import { eligibleTargets, keyName } from './keys-table.js';
-import { refresh, state } from './session.js';
+import { eligibleTargets, keyName } from './keys.js';
+import { refresh, state } from './state.js';
 
 // ---- disable
 

@@ -13,60 +13,8 @@ import {
 import { openDisable, openRate } from './disable-dialogs.js';
 import { DOTS, $, alertMessage, el, notice, svgIcon } from './dom.js';
 import { closeMenu, wireMenu } from './menu.js';
-import { refresh, state } from './session.js';
-
-export function keyById(id) {
-  return state.listing?.keys.find((k) => k.id === id) || null;
-}
-
-export function keyName(id) {
-  const k = keyById(id);
-  if (k) return k.type === 'service-managed' ? 'the service-managed key' : `“${k.name}”`;
-  return id === 'service' ? 'the service-managed key' : id;
-}
-
-function jobUnfinished() {
-  return state.job && (state.job.state === 'running' || state.job.state === 'failed');
-}
-
-/** Why Set as default is unavailable for `k`, or null. */
-function whyNoDefault(k) {
-  if (k.default) return 'Already the default key.';
-  if (k.state === 'disabled') return 'A disabled key cannot become the default.';
-  if (k.busy || k.state === 'reencrypting') return 'Unavailable while this key is being re-encrypted.';
-  if (k.state !== 'active') return 'Only an active key can become the default.';
-  return null;
-}
-
-export function eligibleTargets(k) {
-  return (state.listing?.keys || []).filter((t) => t.id !== k.id && t.state === 'active');
-}
-
-/** Why Disable is unavailable for `k`, or null. */
-function whyNoDisable(k) {
-  if (k.type === 'service-managed') return 'The service-managed key cannot be disabled.';
-  if (k.state === 'disabled') return 'Already disabled.';
-  if (k.busy || k.state === 'reencrypting') return 'Unavailable while this key is being re-encrypted.';
-  if (k.default) return 'The default key cannot be disabled. Set another key as default first.';
-  if (jobUnfinished()) return 'Unavailable until the current re-encryption finishes.';
-  if (eligibleTargets(k).length === 0) return 'No other active key can take over its data keys.';
-  return null;
-}
-
-/** Why the re-encryption rate of `k` cannot be set, or null. */
-function whyNoRate(k) {
-  if (k.type !== 'aws-kms') return 'Only AWS KMS keys have a re-encryption rate.';
-  return null;
-}
-
-function whyNoDisableAll() {
-  if (jobUnfinished()) return 'Unavailable until the current re-encryption finishes.';
-  const active = (state.listing?.keys || []).filter(
-    (k) => k.type !== 'service-managed' && k.state === 'active',
-  );
-  if (active.length === 0) return 'No Customer Managed Key is active.';
-  return null;
-}
+import { whyNoDefault, whyNoDisable, whyNoDisableAll, whyNoRate } from './keys.js';
+import { refresh, state } from './state.js';
 
 function badge(text, tone) {
   return el('span', { class: `badge ${tone || ''}`.trim() }, text);

@@ -1,7 +1,6 @@
 // Menus: the settings menu and each row's menu (keyboard and focus handling).
 
-import { renderKeys } from './keys-table.js';
-import { state } from './session.js';
+import { renderKeys, state } from './state.js';
 
 function menuItems(menu) {
   return [...menu.querySelectorAll('[role="menuitem"]')];

@@ -1,11 +1,12 @@
-// The session: sign-in from the URL fragment or the form, the shared page state, and
-// loading and polling the org's keys and re-encryption.
+// The session: sign-in from the URL fragment or the form, and loading and polling the org's
+// keys and re-encryption.
 
 import { createApi, isAuthFailure, tokenClaims } from './api.js';
 import { describeError } from './words.js';
 import { setJob } from './banner.js';
 import { $, alertMessage } from './dom.js';
 import { renderKeys } from './keys-table.js';
+import { state } from './state.js';
 import { closeMenu } from './menu.js';
 
 export const TOKEN_KEY = 'cmk.token';
@@ -13,20 +14,6 @@ export const ORG_KEY = 'cmk.org';
 const POLL_RUNNING_MS = 1000;
 const POLL_FAILED_MS = 3000;
 const POLL_IDLE_MS = 10000;
-
-export const state = {
-  api: null,
-  org: null,
-  listing: null,
-  job: null,
-  // The id of a job seen unfinished in this tab, to announce how it ended.
-  watchedJobId: null,
-  pollTimer: null,
-  openMenu: null,
-  disableKey: null,
-  pendingRender: false,
-};
-
 
 /** Takes a token from the URL fragment into this tab's session storage, then clears the fragment. */
 export function readLogin() {
@@ -108,7 +95,6 @@ export function startSession(token, org) {
   document.title = `Customer Managed Keys · ${org}`;
   refresh();
 }
-
 
 function stopPolling() {
   clearTimeout(state.pollTimer);

@@ -21,7 +21,8 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 
 /// The files under `/assets/`: name, content type, bytes. The page's script is ES modules by
 /// part of the page: `app.js` wires them (`session`, `keys-table`, `menu`, `dialogs`,
-/// `add-dialog`, `disable-dialogs`, `banner`, `dom`), on `api.js` and `words.js`.
+/// `add-dialog`, `disable-dialogs`, `banner`), over `state` and `keys` (the page's state and
+/// what it says about keys), `dom`, `api.js` and `words.js`. No module imports another back.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "app.js",
@@ -62,6 +63,16 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "banner.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/banner.js"),
+    ),
+    (
+        "state.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/state.js"),
+    ),
+    (
+        "keys.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/keys.js"),
     ),
     (
         "dom.js",
@@ -175,24 +186,62 @@ mod tests {
         }
     }
 
+    /// The modules each script imports, by name.
+    fn imports() -> Vec<(&'static str, Vec<String>)> {
+        ASSETS
+            .iter()
+            .filter(|(name, _, _)| name.ends_with(".js"))
+            .map(|(name, _, bytes)| {
+                let text = String::from_utf8_lossy(bytes);
+                let modules = text
+                    .split("from './")
+                    .skip(1)
+                    .map(|rest| rest.split('\'').next().unwrap_or_default().to_owned())
+                    .collect();
+                (*name, modules)
+            })
+            .collect()
+    }
+
     #[test]
     fn every_module_a_script_imports_is_served() {
         let served: Vec<&str> = ASSETS.iter().map(|(name, _, _)| *name).collect();
-        let mut imported = 0;
-        for (name, _, bytes) in ASSETS.iter().filter(|(n, _, _)| n.ends_with(".js")) {
-            let text = String::from_utf8_lossy(bytes);
-            for (_, rest) in text
-                .match_indices("from './")
-                .map(|(i, _)| text.split_at(i + 8))
-            {
-                let module = rest.split('\'').next().unwrap_or_default();
+        let graph = imports();
+        for (name, modules) in &graph {
+            for module in modules {
                 assert!(
-                    served.contains(&module),
+                    served.contains(&module.as_str()),
                     "{name} imports {module}, which is not served"
                 );
-                imported += 1;
             }
         }
-        assert!(imported >= 9, "the page is ES modules: {imported} imports");
+        let edges: usize = graph.iter().map(|(_, m)| m.len()).sum();
+        assert!(edges >= 9, "the page is ES modules: {edges} imports");
+    }
+
+    /// No module imports another that (through others) imports it back: each part of the page
+    /// reads on its own, and `state.js` connects the redraws instead.
+    #[test]
+    fn the_page_modules_import_no_cycle() {
+        let graph = imports();
+        let deps = |name: &str| {
+            graph
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default()
+        };
+        for (start, _) in &graph {
+            // Every module reachable from `start` must not lead back to it.
+            let mut seen: Vec<String> = Vec::new();
+            let mut todo = deps(start);
+            while let Some(next) = todo.pop() {
+                assert_ne!(next, *start, "{start} imports itself through other modules");
+                if !seen.contains(&next) {
+                    todo.extend(deps(&next));
+                    seen.push(next);
+                }
+            }
+        }
     }
 }
