@@ -1,9 +1,12 @@
-//! What several benchmarks share: seeding data keys, and the peak memory of the process.
+//! What several benchmarks share: seeding data keys, the rate-limited key their jobs move data
+//! keys to, and the peak memory of the process.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use cmk_core::crypto::DataKey;
-use cmk_core::model::{data_key_context, DataKeyId, DataKeyRecord, OrgId};
+use cmk_core::model::{data_key_context, DataKeyId, DataKeyRecord, Job, Key, OrgId};
 use cmk_core::ports::{Kek, KeyProvider, Store};
+use cmk_core::service::NewKeySpec;
+use cmk_core::Cmk;
 use cmk_embedded::LocalKeyProvider;
 
 /// Peak resident memory of this process, from /proc (Linux).
@@ -44,4 +47,24 @@ pub async fn seed(
         left -= count as u64;
     }
     Ok(())
+}
+
+/// Adds the org's first key, an `aws-kms` key (served by the KMS stand-in) with `limit` as its
+/// re-encryption rate limit: it becomes the default, and the adopt job it starts is returned.
+pub async fn add_limited_key(cmk: &Cmk, org: &OrgId, limit: u32) -> Result<(Key, Job)> {
+    let (key, job) = cmk
+        .add_key(
+            "bench",
+            org,
+            "limited",
+            NewKeySpec::AwsKms {
+                role_arn: "arn:aws:iam::111122223333:role/cmk".into(),
+                key_arn:
+                    "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                        .into(),
+                rewrap_rate_limit: Some(limit),
+            },
+        )
+        .await?;
+    Ok((key, job.context("adding the first key started no job")?))
 }

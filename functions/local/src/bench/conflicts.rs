@@ -22,7 +22,7 @@ use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{JobState, KeyId, KeySpec, OrgId};
 use cmk_core::ports::{DataKeyStore, Kek, OrgStore, RewrapProgress, RewrapQueue};
-use cmk_core::service::{NewKeySpec, ServiceConfig};
+use cmk_core::service::ServiceConfig;
 use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_core::Cmk;
 use cmk_embedded::{QueueConfig, SimulatedKms, SimulatedKmsConfig};
@@ -177,21 +177,7 @@ pub async fn run(proxy: &ConflictProxy, endpoint: &str, args: &ConflictsArgs) ->
 
     proxy.reset();
     let started = Instant::now();
-    let (key, job) = cmk
-        .add_key(
-            "bench",
-            &org,
-            "limited",
-            NewKeySpec::AwsKms {
-                role_arn: "arn:aws:iam::111122223333:role/cmk".into(),
-                key_arn:
-                    "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-                        .into(),
-                rewrap_rate_limit: Some(args.limit),
-            },
-        )
-        .await?;
-    let job = job.context("adding the first key started no job")?;
+    let (key, job) = super::common::add_limited_key(&cmk, &org, args.limit).await?;
     let deadline = Instant::now() + Duration::from_secs(1200);
     let finished = loop {
         let current = store.get_job(&org, &job.id).await?.context("no job")?;

@@ -13,7 +13,7 @@ use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{JobState, KeyId, KeySpec, OrgId};
 use cmk_core::ports::{Kek, RewrapProgress, RewrapQueue};
-use cmk_core::service::{NewKeySpec, ServiceConfig};
+use cmk_core::service::ServiceConfig;
 use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_core::Cmk;
 use cmk_embedded::{QueueConfig, SimulatedKms, SimulatedKmsConfig};
@@ -90,21 +90,7 @@ pub async fn rate_limit(args: RateLimitArgs) -> Result<ExitCode> {
         },
     ));
     let started = Instant::now();
-    let (key, job) = cmk
-        .add_key(
-            "bench",
-            &org,
-            "limited",
-            NewKeySpec::AwsKms {
-                role_arn: "arn:aws:iam::111122223333:role/cmk".into(),
-                key_arn:
-                    "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-                        .into(),
-                rewrap_rate_limit: Some(args.limit),
-            },
-        )
-        .await?;
-    let job = job.ok_or_else(|| anyhow!("adding the first key started no job"))?;
+    let (key, job) = super::common::add_limited_key(&cmk, &org, args.limit).await?;
     let mut throttled_shown = None;
     let finished = loop {
         let current = store
