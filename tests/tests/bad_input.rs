@@ -2,6 +2,8 @@
 //! `application/problem+json` body whose `status` is the HTTP status, never a 5xx, and writes
 //! nothing: the keys listing (states, default, data key counts, job) and the audit trail are
 //! identical before and after.
+//!
+//! It is long because every route's refusals are listed one by one, as API.md lists them.
 
 mod common;
 

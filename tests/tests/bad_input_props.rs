@@ -8,6 +8,8 @@
 //!
 //! The generation is seeded: each test prints its seed, and `PROPTEST_RNG_SEED=<seed>` draws the
 //! same cases again (but for the ids the fixture makes anew). A failure lists its first inputs.
+//!
+//! Its length is its generators: each group of generated input sits beside what it must answer.
 
 mod common;
 

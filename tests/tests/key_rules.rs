@@ -1,6 +1,8 @@
 //! Every key rule of ARCHITECTURE.md and every 409/422 case of API.md, over HTTP: the status AND
 //! the problem `code` of each refusal, and that a refused request changed nothing an admin can
 //! observe (the keys listing and the audit trail are identical before and after).
+//!
+//! It is long because it is the rule list itself: one case per rule and refusal, on one fixture.
 
 mod common;
 

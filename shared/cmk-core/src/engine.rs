@@ -12,6 +12,8 @@
 //! ([`crate::ports::Store::claim_replan`]), so one claimer per interval wins across every
 //! instance. Duplicated plans would still be harmless (invariant 2: every move is conditional),
 //! only wasteful.
+//!
+//! Over 600 lines: planning, a batch and its retry layers are one protocol, read top to bottom.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

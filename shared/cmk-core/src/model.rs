@@ -1,4 +1,6 @@
 //! Domain types shared by every layer: ids, keys, data keys, jobs, audit events.
+//!
+//! Over 600 lines because it holds every domain type with its validation.
 
 use std::collections::BTreeMap;
 use std::fmt;

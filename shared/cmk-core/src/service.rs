@@ -1,6 +1,9 @@
 //! The use cases: what the HTTP routes, the CLI and the worker call. Every admin change reads a
 //! snapshot, applies a rule from [`crate::rules`], and commits conditionally, retrying when a
 //! concurrent change won.
+//!
+//! Over 600 lines because it is every use case of the service, each short; the rules they apply
+//! live in [`crate::rules`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,9 @@
 //! and the KMS key provider against the AWS emulator
 //! (`cmk-aws/tests/integration/contract.rs`). Each function panics with a message naming the
 //! broken promise.
+//!
+//! It is long because each promise is spelled out step by step; the suites follow the parts of the
+//! port (see [`store_contract`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,6 +1,9 @@
 //! The SQLite [`Store`]. Every invariant is enforced inside one `BEGIN IMMEDIATE` transaction:
 //! org commits are conditional on the org's version, data-key moves on the data key's source
 //! and version, and progress counters change in the same transaction as the moves they count.
+//!
+//! Over 600 lines because each part of the port keeps its SQL beside it, so that a transaction
+//! reads with the schema it relies on; the parts are separate `impl` blocks.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Router-level checks that need no real backend: auth order, roles, fallbacks, body handling and
 //! the problem+json rendering. The ports are stubs that answer a fresh org and fail otherwise;
 //! the behaviour of the use cases is tested against real adapters in the workspace's `tests/`.
+//!
+//! It is long because its stubs implement every port.
 
 use std::sync::Arc;
 use std::time::Duration;

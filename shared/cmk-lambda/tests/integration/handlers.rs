@@ -5,6 +5,8 @@
 //! Routing and authorization need no AWS: those tests run the AWS backend against an endpoint
 //! where nothing listens. The flows that need DynamoDB, SQS, KMS and STS run on the AWS emulator
 //! when `CMK_TEST_AWS_ENDPOINT` is set.
+//!
+//! It is long because it feeds every fixture of `events/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

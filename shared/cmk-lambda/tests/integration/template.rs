@@ -4,6 +4,8 @@
 //! `Binary` is a bin of the workspace, each function's IAM role allows what its routes need and
 //! no more, and the environment the template gives the functions is what their configuration
 //! reads. The template is plain YAML (long-form intrinsic functions), parsed with `serde_yaml`.
+//!
+//! It is long because it checks the whole template, resource by resource.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
