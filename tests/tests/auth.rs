@@ -2,7 +2,7 @@
 //! token), who gets 403 (a member, another org, the wrong plane), and that ids of another org are
 //! never accepted. A refused caller changes nothing.
 
-mod common;
+use cmk_tests as common;
 
 use std::time::Duration;
 

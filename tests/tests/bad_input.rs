@@ -5,7 +5,7 @@
 //!
 //! It is long because every route's refusals are listed one by one, as API.md lists them.
 
-mod common;
+use cmk_tests as common;
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use base64::Engine;

@@ -11,7 +11,7 @@
 //!
 //! Its length is its generators: each group of generated input sits beside what it must answer.
 
-mod common;
+use cmk_tests as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;

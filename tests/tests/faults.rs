@@ -2,7 +2,7 @@
 //! any two writes of a batch, a worker that dies mid-job, throttling, and admins racing; and
 //! retries and sweeps that never multiply queued work.
 
-mod common;
+use cmk_tests as common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! default, a key disabled with a re-encryption key, all keys disabled. After each re-encryption
 //! every sample ciphertext still decrypts to the same bytes.
 
-mod common;
+use cmk_tests as common;
 
 use common::TestApp;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //!
 //! It is long because it is the rule list itself: one case per rule and refusal, on one fixture.
 
-mod common;
+use cmk_tests as common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! job shows `throttled` with the rate it runs at, and it still completes. An admin changes the
 //! limit with `PATCH keys/{id}`, and the data plane is never limited.
 
-mod common;
+use cmk_tests as common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! it, a job that needs the key fails with per-data-key errors, and completes after access
 //! returns and an admin retries.
 
-mod common;
+use cmk_tests as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
