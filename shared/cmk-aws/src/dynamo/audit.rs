@@ -6,7 +6,7 @@ use cmk_core::model::{AuditEvent, OrgId};
 use super::codec::{event_from, event_item, s};
 use super::error::sdk_err;
 use super::schema::audit_pk;
-use super::DynamoStore;
+use super::store::DynamoStore;
 
 impl DynamoStore {
     pub(super) async fn put_audit_events(

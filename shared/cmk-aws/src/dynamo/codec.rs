@@ -12,7 +12,9 @@ use cmk_core::model::{
 
 use super::error::corrupt;
 use super::schema::{audit_pk, job_sk, key_sk, org_pk, COUNT_PREFIX, KEY_PREFIX, PROGRESS_SHARDS};
-use super::Item;
+
+/// A DynamoDB item as the SDK gives and takes it.
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())

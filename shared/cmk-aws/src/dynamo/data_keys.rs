@@ -15,7 +15,7 @@ use super::schema::{
     count_sk, dk_pk, gsi1pk, org_pk, partition_of, random_shard, BY_WRAPPING_KEY, COUNT_PREFIX,
     DK_SK, HEAD, MOVES_PER_TRANSACTION,
 };
-use super::DynamoStore;
+use super::store::DynamoStore;
 
 impl DynamoStore {
     pub(super) async fn put_data_keys(

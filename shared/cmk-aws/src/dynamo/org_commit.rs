@@ -15,7 +15,7 @@ use super::schema::{
     count_sk, job_sk, key_sk, name_sk, org_pk, progress_sk, COUNT_PREFIX, COUNT_SHARDS, HEAD,
     KEY_PREFIX, PROGRESS_SHARDS,
 };
-use super::DynamoStore;
+use super::store::DynamoStore;
 use crate::describe;
 
 impl DynamoStore {

@@ -17,7 +17,7 @@ use super::schema::{
     dk_pk, fail_prefix, fail_sk, gsi1pk, job_sk, move_count_sk, org_pk, partition_of,
     progress_prefix, progress_sk, DK_SK, MOVES_PER_TRANSACTION, PROGRESS_SHARDS, RUNNING_JOBS,
 };
-use super::{collision_backoff, DynamoStore, TRANSACTION_ATTEMPTS};
+use super::store::{collision_backoff, DynamoStore, TRANSACTION_ATTEMPTS};
 
 pub(super) const ERRORS_SHOWN: i32 = 100;
 
