@@ -47,6 +47,8 @@ struct Shared {
     client: reqwest::Client,
     hold: Duration,
     conflicts: AtomicBool,
+    /// Batch commits still to cancel as if their first item (the progress shard) were held.
+    forced: AtomicU64,
     /// Items held by transactions in flight: (table, key as JSON) → holders.
     held: Mutex<HashMap<(String, String), u32>>,
     transactions: AtomicU64,
@@ -79,6 +81,7 @@ impl ConflictProxy {
             client: reqwest::Client::new(),
             hold,
             conflicts: AtomicBool::new(true),
+            forced: AtomicU64::new(0),
             held: Mutex::default(),
             transactions: AtomicU64::new(0),
             collisions: AtomicU64::new(0),
@@ -102,6 +105,14 @@ impl ConflictProxy {
     /// Whether overlapping writes fail (on) or only get counted (off).
     pub fn set_conflicts(&self, on: bool) {
         self.shared.conflicts.store(on, Ordering::SeqCst);
+    }
+
+    /// Cancels the next `n` re-encryption batch commits (transactions that move data keys) with
+    /// a `TransactionConflict` on their progress shard, whatever else is in flight: a collision
+    /// on demand, for tests of what the store does with one.
+    #[cfg(test)]
+    pub fn force_batch_conflicts(&self, n: u64) {
+        self.shared.forced.store(n, Ordering::SeqCst);
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -186,9 +197,19 @@ impl Shared {
     /// them (with conflicts on; off, the collision is only counted).
     fn take(&self, items: &[(String, String)], conflicts: bool) -> Option<Response> {
         let mut held = lock(&self.held);
+        let batch_commit = items.iter().any(|(_, key)| key.contains("\"DK#"))
+            && items.iter().any(|(_, key)| key.contains("\"PROG#"));
+        let forced = batch_commit
+            && self
+                .forced
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        let is_held =
+            |i: usize, item: &(String, String)| held.contains_key(item) || (forced && i == 0);
         let reasons: Vec<Value> = items
             .iter()
-            .map(|item| match held.contains_key(item) {
+            .enumerate()
+            .map(|(i, item)| match is_held(i, item) {
                 true => json!({"Code": "TransactionConflict",
                     "Message": "Transaction is ongoing for the item"}),
                 false => json!({"Code": "None"}),
@@ -198,11 +219,15 @@ impl Shared {
         if collided {
             self.collisions.fetch_add(1, Ordering::SeqCst);
             let mut collided_on = lock(&self.collided_on);
-            for item in items.iter().filter(|item| held.contains_key(*item)) {
+            for (_, item) in items
+                .iter()
+                .enumerate()
+                .filter(|(i, item)| is_held(*i, item))
+            {
                 *collided_on.entry(item.1.clone()).or_default() += 1;
             }
         }
-        if collided && conflicts {
+        if collided && (conflicts || forced) {
             let codes: Vec<&str> = reasons
                 .iter()
                 .map(|r| r["Code"].as_str().unwrap_or("None"))

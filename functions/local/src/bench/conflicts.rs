@@ -330,6 +330,33 @@ mod tests {
         assert_eq!((stats.transactions, stats.collisions), (2, 1));
     }
 
+    /// A batch commit that collides is tried again (on another progress shard), not given up:
+    /// with collisions forced on the first batch commits, nothing is redone and every count is
+    /// exact.
+    #[tokio::test]
+    async fn a_batch_commit_that_collides_is_tried_again_not_redone() {
+        let Some(endpoint) = endpoint() else { return };
+        let proxy = ConflictProxy::start(&endpoint, Duration::ZERO)
+            .await
+            .expect("proxy");
+        proxy.force_batch_conflicts(4);
+        let args = ConflictsArgs {
+            endpoint_url: Some(endpoint.clone()),
+            data_keys: 200,
+            workers: 2,
+            limit: 5_000,
+            hold_ms: 0,
+            batch_size: 50,
+        };
+        // `run` fails unless the job, the counters and the data keys all agree.
+        let report = run(&proxy, &endpoint, &args).await.expect("an exact job");
+        assert!(report.proxy.collisions >= 4, "{report:?}");
+        assert_eq!(
+            report.kms_requests, args.data_keys,
+            "no batch was given up and redone: {report:?}"
+        );
+    }
+
     #[tokio::test]
     async fn ten_workers_through_conflicts_keep_exact_counts_and_redo_nothing() {
         let Some(endpoint) = endpoint() else { return };
