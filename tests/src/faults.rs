@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use cmk_core::crypto::DataKey;
 use cmk_core::error::{KeyError, KeyErrorKind, StoreError};
 use cmk_core::model::{
-    AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobId, KeyId, KeyRecord,
-    OrgId,
+    AuditAction, AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobId,
+    KeyId, KeyRecord, OrgId,
 };
 use cmk_core::ports::{
     AuditLog, BatchCommit, DataKeyStore, JobProgress, Kek, KeyProvider, OrgCommit, OrgSnapshot,
@@ -56,10 +56,10 @@ impl OrgStore for FaultyStore {
     }
 
     async fn commit(&self, org: &OrgId, commit: OrgCommit) -> Result<Option<Job>, StoreError> {
-        let finishing = commit
-            .events
-            .iter()
-            .any(|e| e.action == "reencryption.completed" || e.action == "reencryption.failed");
+        let finishing = commit.events.iter().any(|e| {
+            e.action == AuditAction::ReencryptionCompleted.as_str()
+                || e.action == AuditAction::ReencryptionFailed.as_str()
+        });
         let result = self.inner.commit(org, commit).await;
         if finishing && result.is_ok() && take(&self.faults.finish_after) {
             return Err(crash());
