@@ -546,26 +546,31 @@ impl Cmk {
     }
 
     pub async fn retry(&self, actor: &str, org: &OrgId) -> Result<Job, CoreError> {
+        /// What a retry does after its commit (if any).
+        enum Next {
+            /// A failed job restarted at this generation: plan it.
+            Plan(u32),
+            /// A running job: plan it again only if it stalled.
+            ReplanIfStalled(Job),
+        }
         let (_, next, committed) = self
             .decide_and_commit(org, |s| {
                 Ok(match rules::retry(s, actor)? {
-                    Retry::Replan(job) => Decision::Answer(Err(job)),
+                    Retry::Replan(job) => Decision::Answer(Next::ReplanIfStalled(job)),
                     Retry::Restart { commit, generation } => {
-                        Decision::Commit(commit, Ok(generation))
+                        Decision::Commit(commit, Next::Plan(generation))
                     }
                 })
             })
             .await?;
         match next {
-            // A failed job restarted at a new generation: plan it.
-            Ok(generation) => {
+            Next::Plan(generation) => {
                 let job = committed
                     .ok_or_else(|| CoreError::Internal("the store returned no job".into()))?;
                 self.enqueue_plan(org, &job, generation).await;
                 Ok(job)
             }
-            // A running job: planned again only if it stalled.
-            Err(job) => {
+            Next::ReplanIfStalled(job) => {
                 let replanned = self
                     .replan_if_stalled(org, &job, self.inner.config.stalled_after)
                     .await?;
