@@ -9,12 +9,11 @@ use async_trait::async_trait;
 use cmk_core::crypto::DataKey;
 use cmk_core::error::{KeyError, KeyErrorKind, StoreError};
 use cmk_core::model::{
-    AuditAction, AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobId,
-    KeyId, KeyRecord, OrgId,
+    AuditAction, EncryptionContext, Health, Job, JobId, KeyId, KeyRecord, OrgId,
 };
 use cmk_core::ports::{
-    AuditLog, BatchCommit, DataKeyStore, JobProgress, Kek, KeyProvider, OrgCommit, OrgSnapshot,
-    OrgStore, RewrapProgress, Store, Wrapped,
+    BatchCommit, JobProgress, Kek, KeyProvider, OrgCommit, OrgSnapshot, OrgStore, RewrapProgress,
+    StoreParts, Wrapped,
 };
 
 /// Counters of faults still to inject; each fault fires once per unit.
@@ -40,13 +39,30 @@ fn crash() -> StoreError {
     StoreError::Unavailable("injected crash".into())
 }
 
-pub struct FaultyStore {
-    pub inner: Arc<dyn Store>,
-    pub faults: Arc<StoreFaults>,
+/// The store with `faults` injected: the org and progress parts are wrapped, the data-key and
+/// audit parts are the real ones.
+pub fn with_faults(store: StoreParts, faults: Arc<StoreFaults>) -> StoreParts {
+    StoreParts {
+        orgs: Arc::new(FaultyOrgs {
+            inner: store.orgs,
+            faults: Arc::clone(&faults),
+        }),
+        progress: Arc::new(FaultyProgress {
+            inner: store.progress,
+            faults,
+        }),
+        ..store
+    }
+}
+
+/// Org commits that finish a job can crash after they apply; key-health writes are counted.
+struct FaultyOrgs {
+    inner: Arc<dyn OrgStore>,
+    faults: Arc<StoreFaults>,
 }
 
 #[async_trait]
-impl OrgStore for FaultyStore {
+impl OrgStore for FaultyOrgs {
     async fn ensure_org(&self, org: &OrgId, e: &str) -> Result<String, StoreError> {
         self.inner.ensure_org(org, e).await
     }
@@ -77,54 +93,14 @@ impl OrgStore for FaultyStore {
     }
 }
 
-#[async_trait]
-impl DataKeyStore for FaultyStore {
-    async fn insert_data_keys(
-        &self,
-        org: &OrgId,
-        keys: &[DataKeyRecord],
-    ) -> Result<(), StoreError> {
-        self.inner.insert_data_keys(org, keys).await
-    }
-
-    async fn get_data_key(
-        &self,
-        org: &OrgId,
-        id: &DataKeyId,
-    ) -> Result<Option<DataKeyRecord>, StoreError> {
-        self.inner.get_data_key(org, id).await
-    }
-
-    async fn list_data_keys(
-        &self,
-        org: &OrgId,
-        key: &KeyId,
-        partition: u32,
-        after: Option<&DataKeyId>,
-        until: Option<&DataKeyId>,
-        limit: usize,
-    ) -> Result<Vec<DataKeyRecord>, StoreError> {
-        self.inner
-            .list_data_keys(org, key, partition, after, until, limit)
-            .await
-    }
-
-    async fn list_data_key_ids(
-        &self,
-        org: &OrgId,
-        key: &KeyId,
-        partition: u32,
-        after: Option<&DataKeyId>,
-        limit: usize,
-    ) -> Result<Vec<DataKeyId>, StoreError> {
-        self.inner
-            .list_data_key_ids(org, key, partition, after, limit)
-            .await
-    }
+/// Batch commits can fail before they apply or crash after.
+struct FaultyProgress {
+    inner: Arc<dyn RewrapProgress>,
+    faults: Arc<StoreFaults>,
 }
 
 #[async_trait]
-impl RewrapProgress for FaultyStore {
+impl RewrapProgress for FaultyProgress {
     async fn get_job(&self, org: &OrgId, job: &JobId) -> Result<Option<Job>, StoreError> {
         self.inner.get_job(org, job).await
     }
@@ -170,22 +146,6 @@ impl RewrapProgress for FaultyStore {
             return Err(crash());
         }
         result
-    }
-}
-
-#[async_trait]
-impl AuditLog for FaultyStore {
-    async fn append_audit(&self, org: &OrgId, events: &[AuditEvent]) -> Result<(), StoreError> {
-        self.inner.append_audit(org, events).await
-    }
-
-    async fn list_audit(
-        &self,
-        org: &OrgId,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<(Vec<AuditEvent>, Option<String>), StoreError> {
-        self.inner.list_audit(org, limit, cursor).await
     }
 }
 

@@ -20,7 +20,7 @@ use base64::Engine;
 use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::Role;
-use cmk_core::ports::{KeyProvider, OrgStore, RewrapQueue, Store};
+use cmk_core::ports::{DataKeyStore, KeyProvider, OrgStore, RewrapQueue, StoreParts};
 use cmk_core::service::ServiceConfig;
 use cmk_core::worker::{run_worker, WorkerConfig};
 use cmk_core::Cmk;
@@ -44,7 +44,7 @@ pub struct Options {
     /// Whether `aws-kms` keys may be added (with a provider that serves them).
     pub allow_aws_keys: bool,
     /// Wraps the store (e.g. with faults) before the service uses it.
-    pub wrap_store: Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>,
+    pub wrap_store: Box<dyn FnOnce(StoreParts) -> StoreParts + Send>,
     pub wrap_keys: Box<dyn FnOnce(Arc<dyn KeyProvider>) -> Arc<dyn KeyProvider> + Send>,
     pub engine: EngineConfig,
 }
@@ -78,7 +78,6 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub cmk: Cmk,
-    pub store: Arc<dyn Store>,
     pub sqlite: Arc<SqliteStore>,
     pub queue: Arc<SqliteQueue>,
     pub keys: Arc<LocalKeyProvider>,
@@ -111,10 +110,10 @@ impl TestApp {
             },
         ));
         let keys = Arc::new(LocalKeyProvider::open(&dir.path().join("keys")).expect("keys"));
-        let store = (opts.wrap_store)(sqlite.clone());
+        let store = (opts.wrap_store)(StoreParts::from(sqlite.clone()));
         let provider = (opts.wrap_keys)(keys.clone());
         let cmk = Cmk::new(
-            Arc::clone(&store),
+            store,
             queue.clone() as Arc<dyn RewrapQueue>,
             provider,
             DataKeyCache::new(opts.cache_ttl, 1000),
@@ -141,7 +140,6 @@ impl TestApp {
             base,
             http: reqwest::Client::new(),
             cmk,
-            store,
             sqlite,
             queue,
             keys,
@@ -345,9 +343,9 @@ impl TestApp {
         let snapshot = self.sqlite.load_org(&org_id).await.expect("snapshot");
         for (key, count) in &snapshot.data_key_counts {
             let mut rows = Vec::new();
-            for partition in 0..self.store.data_key_partitions() {
+            for partition in 0..self.sqlite.data_key_partitions() {
                 rows.extend(
-                    self.store
+                    self.sqlite
                         .list_data_keys(&org_id, key, partition, None, None, 1_000_000)
                         .await
                         .expect("rows"),

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cmk_core::model::{JobState, OrgId};
-use cmk_core::ports::RewrapQueue;
-use common::faults::{FaultyStore, RefusedOneCallRewrap, StoreFaults, ThrottlingKeys};
+use cmk_core::ports::{DataKeyStore, OrgStore, RewrapQueue};
+use common::faults::{with_faults, RefusedOneCallRewrap, StoreFaults, ThrottlingKeys};
 use common::{Options, TestApp};
 use serde_json::json;
 
@@ -49,7 +49,7 @@ async fn pump(app: &TestApp, duplicate: bool) -> usize {
 }
 
 async fn job_of(app: &TestApp, org: &str) -> cmk_core::model::Job {
-    app.store
+    app.sqlite
         .load_org(&OrgId::from_trusted(org))
         .await
         .expect("snapshot")
@@ -113,7 +113,7 @@ async fn a_crash_between_any_two_writes_of_a_batch_loses_and_doubles_nothing() {
     let app = TestApp::with(Options {
         worker: false,
         visibility: Duration::from_millis(100),
-        wrap_store: Box::new(move |inner| Arc::new(FaultyStore { inner, faults: f })),
+        wrap_store: Box::new(move |store| with_faults(store, f)),
         ..Options::default()
     })
     .await;
@@ -362,7 +362,7 @@ async fn one_corrupt_data_key_fails_alone_and_the_rest_of_its_batch_moves() {
         version: 0,
         created_at: cmk_core::model::now(),
     };
-    app.store
+    app.sqlite
         .insert_data_keys(&OrgId::from_trusted(org), std::slice::from_ref(&bad))
         .await
         .expect("insert");

@@ -1202,7 +1202,7 @@ async fn a_role_in_the_services_own_account_is_refused_before_any_aws_call() {
     let service_account = "111122223333";
     let cmk_with = |allow_same_account_roles| {
         cmk_core::Cmk::new(
-            Arc::clone(&app.store),
+            Arc::clone(&app.sqlite),
             app.queue.clone() as Arc<dyn RewrapQueue>,
             app.keys.clone() as Arc<dyn KeyProvider>,
             cmk_core::cache::DataKeyCache::disabled(),
@@ -1271,7 +1271,7 @@ async fn keys_setup_trusts_each_function_role_named_not_an_account_root() {
         "arn:aws:iam::111122223333:role/cmk-rewrap-worker",
     ];
     let cmk = cmk_core::Cmk::new(
-        Arc::clone(&app.store),
+        Arc::clone(&app.sqlite),
         app.queue.clone() as Arc<dyn RewrapQueue>,
         app.keys.clone() as Arc<dyn KeyProvider>,
         cmk_core::cache::DataKeyCache::disabled(),

@@ -7,7 +7,7 @@ use cmk_tests as common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::faults::{FaultyStore, StoreFaults};
+use common::faults::{with_faults, StoreFaults};
 
 use cmk_core::model::{KeyId, OrgId};
 use common::TestApp;
@@ -231,7 +231,7 @@ async fn a_revoked_key_under_load_writes_its_health_once_per_interval_not_once_p
     let faults = Arc::new(StoreFaults::default());
     let f = Arc::clone(&faults);
     let app = TestApp::with(common::Options {
-        wrap_store: Box::new(move |inner| Arc::new(FaultyStore { inner, faults: f })),
+        wrap_store: Box::new(move |store| with_faults(store, f)),
         ..common::Options::default()
     })
     .await;

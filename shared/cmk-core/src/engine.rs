@@ -154,7 +154,7 @@ impl RewrapEngine {
         }
         let limit = self
             .cmk
-            .store()
+            .orgs()
             .get_key(org, key)
             .await?
             .and_then(|r| r.rewrap_rate_limit);
@@ -215,7 +215,7 @@ impl RewrapEngine {
         job_id: &JobId,
         generation: u32,
     ) -> Result<Option<Job>, CoreError> {
-        let job = self.cmk.store().get_job(org, job_id).await?;
+        let job = self.cmk.progress().get_job(org, job_id).await?;
         Ok(job.filter(|j| j.state == JobState::Running && j.generation == generation))
     }
 
@@ -235,7 +235,7 @@ impl RewrapEngine {
         let Some(job) = self.live_job(org, job_id, generation).await? else {
             return Ok(());
         };
-        let partitions = self.cmk.store().data_key_partitions();
+        let partitions = self.cmk.data_keys().data_key_partitions();
         let segment = self.config.plan_segment.max(1);
         let mut positions: Vec<(&KeyId, u32)> = job
             .source_key_ids
@@ -273,7 +273,7 @@ impl RewrapEngine {
                 }
                 let ids = self
                     .cmk
-                    .store()
+                    .data_keys()
                     .list_data_key_ids(
                         org,
                         source,
@@ -349,7 +349,7 @@ impl RewrapEngine {
             // the data keys that already moved.
             let records = self
                 .cmk
-                .store()
+                .data_keys()
                 .list_data_keys(
                     org,
                     source,
@@ -478,7 +478,7 @@ impl RewrapEngine {
         }
         let moved: Vec<DataKeyId> = batch.moves.iter().map(|m| m.id.clone()).collect();
         // One atomic write; if it fails the message is redelivered and the batch redone.
-        let progress = self.cmk.store().commit_batch(org, batch).await?;
+        let progress = self.cmk.progress().commit_batch(org, batch).await?;
         self.cmk.moved(org, &moved);
         self.show_throttling(org, job, limits).await;
         if let Some((key_id, error)) = failed_key {
@@ -502,7 +502,7 @@ impl RewrapEngine {
         if changed {
             if let Err(e) = self
                 .cmk
-                .store()
+                .progress()
                 .set_job_throttle(org, &job.id, job.generation, now)
                 .await
             {
@@ -518,7 +518,7 @@ impl RewrapEngine {
             return;
         }
         let health = crate::service::failure_health(error);
-        if let Err(e) = self.cmk.store().set_key_health(org, key, &health).await {
+        if let Err(e) = self.cmk.orgs().set_key_health(org, key, &health).await {
             tracing::warn!(error = %e, "could not record key health");
         }
     }
@@ -641,7 +641,7 @@ impl RewrapEngine {
     /// interval whoever else sweeps or retries: see [`Cmk::replan_if_stalled`].
     pub async fn sweep(&self, stalled_after: Duration) -> Result<usize, CoreError> {
         let mut replanned = 0;
-        for (org, job) in self.cmk.store().running_jobs().await? {
+        for (org, job) in self.cmk.progress().running_jobs().await? {
             if self
                 .cmk
                 .replan_if_stalled(&org, &job, stalled_after)

@@ -2,6 +2,7 @@
 //! else; every adapter passes the contract suites in [`crate::testsuite`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -126,6 +127,41 @@ impl JobProgress {
 pub trait Store: OrgStore + DataKeyStore + RewrapProgress + AuditLog {}
 
 impl<T: OrgStore + DataKeyStore + RewrapProgress + AuditLog + ?Sized> Store for T {}
+
+/// The store as the use cases hold it: one handle per part, so each use case reaches only the
+/// part it needs (`orgs`, `data_keys`, `progress`, `audit`), and a test double, a fault injector
+/// or a stub, implements only the part it changes and takes the real store for the others.
+#[derive(Clone)]
+pub struct StoreParts {
+    pub orgs: Arc<dyn OrgStore>,
+    pub data_keys: Arc<dyn DataKeyStore>,
+    pub progress: Arc<dyn RewrapProgress>,
+    pub audit: Arc<dyn AuditLog>,
+}
+
+impl std::fmt::Debug for StoreParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreParts").finish_non_exhaustive()
+    }
+}
+
+impl From<Arc<dyn Store>> for StoreParts {
+    /// Every part from one store that has them all, as every adapter does.
+    fn from(store: Arc<dyn Store>) -> Self {
+        Self {
+            orgs: store.clone(),
+            data_keys: store.clone(),
+            progress: store.clone(),
+            audit: store,
+        }
+    }
+}
+
+impl<S: Store> From<Arc<S>> for StoreParts {
+    fn from(store: Arc<S>) -> Self {
+        Self::from(store as Arc<dyn Store>)
+    }
+}
 
 /// Orgs and their keys: the snapshot every key rule reads, and its one conditional commit.
 #[async_trait]

@@ -21,7 +21,10 @@ use crate::model::{
     AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, Key, KeyId, KeyRecord,
     KeySpec, KeyState, OrgId,
 };
-use crate::ports::{Kek, KeyProvider, OrgCommit, OrgSnapshot, RewrapMessage, RewrapQueue, Store};
+use crate::ports::{
+    AuditLog, DataKeyStore, Kek, KeyProvider, OrgCommit, OrgSnapshot, OrgStore, RewrapMessage,
+    RewrapProgress, RewrapQueue, StoreParts,
+};
 use crate::rules::{self, Retry};
 
 /// Settings of the use cases.
@@ -109,7 +112,7 @@ impl std::fmt::Debug for Cmk {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    store: StoreParts,
     queue: Arc<dyn RewrapQueue>,
     keys: Arc<dyn KeyProvider>,
     cache: DataKeyCache,
@@ -121,8 +124,10 @@ struct Inner {
 }
 
 impl Cmk {
+    /// `store` is one adapter that has every part (`Arc<SqliteStore>`, `Arc<dyn Store>`) or
+    /// [`StoreParts`] put together from several.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: impl Into<StoreParts>,
         queue: Arc<dyn RewrapQueue>,
         keys: Arc<dyn KeyProvider>,
         cache: DataKeyCache,
@@ -130,7 +135,7 @@ impl Cmk {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
+                store: store.into(),
                 queue,
                 keys,
                 cache,
@@ -141,8 +146,22 @@ impl Cmk {
         }
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// Orgs and their keys: snapshots, the conditional commit, key health.
+    pub(crate) fn orgs(&self) -> &Arc<dyn OrgStore> {
+        &self.inner.store.orgs
+    }
+
+    pub(crate) fn data_keys(&self) -> &Arc<dyn DataKeyStore> {
+        &self.inner.store.data_keys
+    }
+
+    /// Jobs' progress: what the engine and the sweep read and write.
+    pub(crate) fn progress(&self) -> &Arc<dyn RewrapProgress> {
+        &self.inner.store.progress
+    }
+
+    pub(crate) fn audit_log(&self) -> &Arc<dyn AuditLog> {
+        &self.inner.store.audit
     }
 
     pub(crate) fn queue(&self) -> &Arc<dyn RewrapQueue> {
@@ -158,7 +177,7 @@ impl Cmk {
     }
 
     pub async fn snapshot(&self, org: &OrgId) -> Result<OrgSnapshot, CoreError> {
-        Ok(self.inner.store.load_org(org).await?)
+        Ok(self.orgs().load_org(org).await?)
     }
 
     /// Reads a snapshot, applies `rule`, commits conditionally; retries when another writer won.
@@ -194,7 +213,7 @@ impl Cmk {
                 Decision::Answer(next) => return Ok((snapshot, next, None)),
                 Decision::Commit(commit, next) => (commit, next),
             };
-            match self.inner.store.commit(org, commit).await {
+            match self.orgs().commit(org, commit).await {
                 Ok(job) => return Ok((snapshot, next, job)),
                 Err(StoreError::Conflict(_)) => backoff(attempt).await,
                 Err(e) => return Err(e.into()),
@@ -239,8 +258,7 @@ impl Cmk {
             return Ok(false);
         }
         let claimed = self
-            .inner
-            .store
+            .progress()
             .claim_replan(org, &job.id, job.generation, idle_before)
             .await?;
         if claimed {
@@ -282,7 +300,7 @@ impl Cmk {
 
     async fn external_id(&self, org: &OrgId) -> Result<String, CoreError> {
         let fresh = format!("cmk-{}", uuid::Uuid::new_v4().simple());
-        Ok(self.inner.store.ensure_org(org, &fresh).await?)
+        Ok(self.orgs().ensure_org(org, &fresh).await?)
     }
 
     pub async fn setup(&self, org: &OrgId) -> Result<Setup, CoreError> {
@@ -340,8 +358,7 @@ impl Cmk {
             }
         }
         Ok(self
-            .inner
-            .store
+            .audit_log()
             .list_audit(org, limit.clamp(1, 500), cursor)
             .await?)
     }
@@ -530,7 +547,7 @@ impl Cmk {
             }
         };
         if !key.is_service() {
-            self.inner.store.set_key_health(org, key, &health).await?;
+            self.orgs().set_key_health(org, key, &health).await?;
             // A failure after this check records itself again, whatever the debounce said.
             lock(&self.inner.health_written).remove(&(org.clone(), key.clone()));
         }
@@ -540,7 +557,7 @@ impl Cmk {
         if health.status != crate::model::HealthStatus::Ok {
             event = event.outcome("failure");
         }
-        self.inner.store.append_audit(org, &[event]).await?;
+        self.audit_log().append_audit(org, &[event]).await?;
         view.record.health = health;
         Ok(view)
     }
@@ -579,8 +596,7 @@ impl Cmk {
                 } else {
                     "the running job is progressing or was planned recently; nothing re-planned"
                 };
-                self.inner
-                    .store
+                self.audit_log()
                     .append_audit(
                         org,
                         &[AuditEvent::new(actor, AuditAction::ReencryptionRetried)
@@ -622,8 +638,7 @@ impl Cmk {
                 created_at: crate::model::now(),
             };
             match self
-                .inner
-                .store
+                .data_keys()
                 .insert_data_keys(org, std::slice::from_ref(&record))
                 .await
             {
@@ -651,8 +666,7 @@ impl Cmk {
             return Ok(k);
         }
         let record = self
-            .inner
-            .store
+            .data_keys()
             .get_data_key(org, id)
             .await?
             .ok_or_else(|| {
@@ -675,11 +689,11 @@ impl Cmk {
     /// Maps a provider failure to `key_unavailable`, and reacts to it (see [`Cmk::key_failed`]).
     fn unavailable(&self, org: &OrgId, key: &KeyId, e: KeyError) -> CoreError {
         if self.key_failed(org, key, &e) {
-            let store = Arc::clone(&self.inner.store);
+            let orgs = Arc::clone(self.orgs());
             let health = failure_health(&e);
             let (org, key) = (org.clone(), key.clone());
             tokio::spawn(async move {
-                if let Err(err) = store.set_key_health(&org, &key, &health).await {
+                if let Err(err) = orgs.set_key_health(&org, &key, &health).await {
                     tracing::warn!(error = %err, "could not record key health");
                 }
             });

@@ -2,7 +2,7 @@
 //! the problem+json rendering. The ports are stubs that answer a fresh org and fail otherwise;
 //! the behaviour of the use cases is tested against real adapters in the workspace's `tests/`.
 //!
-//! It is long because its stubs implement every port.
+//! It is long because its stubs implement every port: one small stub per part of the store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use cmk_core::model::{
 };
 use cmk_core::ports::{
     AuditLog, BatchCommit, DataKeyStore, Delivery, JobProgress, Kek, KeyProvider, OrgCommit,
-    OrgSnapshot, OrgStore, RewrapMessage, RewrapProgress, RewrapQueue, Wrapped,
+    OrgSnapshot, OrgStore, RewrapMessage, RewrapProgress, RewrapQueue, StoreParts, Wrapped,
 };
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
@@ -36,11 +36,11 @@ fn down<T>() -> Result<T, StoreError> {
     Err(StoreError::Unavailable("stub store at 10.1.2.3".into()))
 }
 
-/// Every org is fresh; anything else fails as if the database were down.
-struct StubStore;
+/// Every org is fresh; writes fail as if the database were down.
+struct FreshOrgs;
 
 #[async_trait]
-impl OrgStore for StubStore {
+impl OrgStore for FreshOrgs {
     async fn ensure_org(&self, _: &OrgId, _: &str) -> Result<String, StoreError> {
         Ok("cmk-external".into())
     }
@@ -70,8 +70,11 @@ impl OrgStore for StubStore {
     }
 }
 
+/// No data key exists; writes fail as if the database were down.
+struct NoDataKeys;
+
 #[async_trait]
-impl DataKeyStore for StubStore {
+impl DataKeyStore for NoDataKeys {
     async fn insert_data_keys(&self, _: &OrgId, _: &[DataKeyRecord]) -> Result<(), StoreError> {
         down()
     }
@@ -108,8 +111,11 @@ impl DataKeyStore for StubStore {
     }
 }
 
+/// The database is down.
+struct DownProgress;
+
 #[async_trait]
-impl RewrapProgress for StubStore {
+impl RewrapProgress for DownProgress {
     async fn get_job(&self, _: &OrgId, _: &JobId) -> Result<Option<Job>, StoreError> {
         down()
     }
@@ -143,8 +149,11 @@ impl RewrapProgress for StubStore {
     }
 }
 
+/// The trail is empty; appends fail as if the database were down.
+struct EmptyAudit;
+
 #[async_trait]
-impl AuditLog for StubStore {
+impl AuditLog for EmptyAudit {
     async fn append_audit(&self, _: &OrgId, _: &[AuditEvent]) -> Result<(), StoreError> {
         down()
     }
@@ -194,8 +203,14 @@ impl KeyProvider for StubKeys {
 }
 
 fn app() -> Router {
+    let store = StoreParts {
+        orgs: Arc::new(FreshOrgs),
+        data_keys: Arc::new(NoDataKeys),
+        progress: Arc::new(DownProgress),
+        audit: Arc::new(EmptyAudit),
+    };
     let cmk = Cmk::new(
-        Arc::new(StubStore),
+        store,
         Arc::new(StubQueue),
         Arc::new(StubKeys),
         DataKeyCache::disabled(),
