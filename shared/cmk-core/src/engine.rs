@@ -25,7 +25,9 @@ use crate::model::{
     data_key_context, DataKeyId, DataKeyRecord, EncryptionContext, Job, JobError, JobId, JobState,
     KeyId, OrgId,
 };
-use crate::ports::{BatchCommit, DataKeyMove, Kek, PlanCursor, RewrapMessage, Wrapped};
+use crate::ports::{
+    BatchCommit, DataKeyMove, Kek, KeyFailure, PlanCursor, RewrapItem, RewrapMessage, Wrapped,
+};
 use crate::ratelimit::{Limiter, RateLimits};
 use crate::rules::{self, Finish};
 use crate::service::{Cmk, Decision};
@@ -129,6 +131,15 @@ enum Failure {
     Key { key_id: KeyId, error: KeyError },
     /// The message's time budget ran out first: the data key waits for the next delivery.
     Deferred,
+}
+
+impl From<KeyFailure> for Failure {
+    fn from(f: KeyFailure) -> Self {
+        Failure::Key {
+            key_id: f.key_id,
+            error: f.error,
+        }
+    }
 }
 
 /// The rewrapped key, or why it did not move.
@@ -400,7 +411,7 @@ impl RewrapEngine {
         Ok(())
     }
 
-    /// Rewraps a page of data keys (up to [`EngineConfig::concurrency`] at once) and commits
+    /// Rewraps a page of data keys and commits
     /// the moves and failures in one batch; returns whether some were deferred to a new message.
     async fn rewrap_and_commit(
         &self,
@@ -411,37 +422,17 @@ impl RewrapEngine {
         limits: &BatchLimits,
         records: Vec<DataKeyRecord>,
     ) -> Result<bool, CoreError> {
-        // Once a key fails (access denied, disabled, deleted, or throttled past every retry),
-        // the rest of the batch fails fast with the same reason instead of calling the
-        // provider again: a batch stays short even while KMS throttles. Only a failure of one
-        // data key's own bytes (a bad ciphertext) stays that data key's.
-        let broken: Mutex<Option<Failure>> = Mutex::new(None);
-        let results: Vec<(DataKeyRecord, RewrapResult)> = stream::iter(records)
-            .map(|record| {
-                let broken = &broken;
-                async move {
-                    let known = broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    let result = match known {
-                        Some(failure) => Err(failure),
-                        None => {
-                            let r = self
-                                .rewrap_with_retries(org, from, to, limits, &record)
-                                .await;
-                            if let Err(f @ Failure::Key { error: e, .. }) = &r {
-                                if !e.kind.is_data_key_own() {
-                                    *broken.lock().unwrap_or_else(|e| e.into_inner()) =
-                                        Some(f.clone());
-                                }
-                            }
-                            r
-                        }
-                    };
-                    (record, result)
-                }
-            })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await;
+        // Keys with no network call and no rate limit are rewrapped a page at a time; the
+        // others one data key per provider call.
+        let local = limits.from.is_none()
+            && limits.to.is_none()
+            && self.cmk.key_provider().rewraps_locally(from, to);
+        let results = if local {
+            self.rewrap_page_locally(org, from, to, records).await?
+        } else {
+            self.rewrap_page_by_calls(org, from, to, limits, records)
+                .await
+        };
 
         let mut batch = BatchCommit {
             job_id: job.id.clone(),
@@ -488,6 +479,87 @@ impl RewrapEngine {
             self.finish(org, &job.id).await?;
         }
         Ok(deferred)
+    }
+
+    /// A page of local keys in one go on a blocking thread: no network call to wait for and no
+    /// rate limit to honour, so scheduling each data key on its own would only cost time, and
+    /// the crypto leaves the async workers to serve requests meanwhile.
+    async fn rewrap_page_locally(
+        &self,
+        org: &OrgId,
+        from: &Kek,
+        to: &Kek,
+        mut records: Vec<DataKeyRecord>,
+    ) -> Result<Vec<(DataKeyRecord, RewrapResult)>, CoreError> {
+        let keys = Arc::clone(self.cmk.key_provider());
+        let (org, from, to) = (org.clone(), from.clone(), to.clone());
+        tokio::task::spawn_blocking(move || {
+            let items: Vec<RewrapItem> = records
+                .iter_mut()
+                .map(|r| RewrapItem {
+                    ctx: data_key_context(&org, &r.id),
+                    // The old wrapping is not needed once rewrapped: moved, not copied.
+                    wrapped: std::mem::take(&mut r.wrapped),
+                })
+                .collect();
+            let results = keys.rewrap_locally(&from, &to, &items);
+            if results.len() != records.len() {
+                return Err(CoreError::Internal(format!(
+                    "the key provider answered {} results for {} data keys",
+                    results.len(),
+                    records.len()
+                )));
+            }
+            Ok(records
+                .into_iter()
+                .zip(results.into_iter().map(|r| r.map_err(Failure::from)))
+                .collect())
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("the rewrap thread failed: {e}")))?
+    }
+
+    /// A page through the provider's calls, up to [`EngineConfig::concurrency`] data keys at
+    /// once, each taking its slots of the keys' rate limits.
+    async fn rewrap_page_by_calls(
+        &self,
+        org: &OrgId,
+        from: &Kek,
+        to: &Kek,
+        limits: &BatchLimits,
+        records: Vec<DataKeyRecord>,
+    ) -> Vec<(DataKeyRecord, RewrapResult)> {
+        // Once a key fails (access denied, disabled, deleted, or throttled past every retry),
+        // the rest of the batch fails fast with the same reason instead of calling the
+        // provider again: a batch stays short even while KMS throttles. Only a failure of one
+        // data key's own bytes (a bad ciphertext) stays that data key's.
+        let broken: Mutex<Option<Failure>> = Mutex::new(None);
+        stream::iter(records)
+            .map(|record| {
+                let broken = &broken;
+                async move {
+                    let known = broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let result = match known {
+                        Some(failure) => Err(failure),
+                        None => {
+                            let r = self
+                                .rewrap_with_retries(org, from, to, limits, &record)
+                                .await;
+                            if let Err(f @ Failure::Key { error: e, .. }) = &r {
+                                if !e.kind.is_data_key_own() {
+                                    *broken.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(f.clone());
+                                }
+                            }
+                            r
+                        }
+                    };
+                    (record, result)
+                }
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await
     }
 
     /// Shows on the job whether KMS throttling slowed it, and to what rate: written only when

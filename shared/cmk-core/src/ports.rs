@@ -360,6 +360,20 @@ pub struct Wrapped {
     pub resolved_key: Option<String>,
 }
 
+/// One data key of a page rewrapped in one go ([`KeyProvider::rewrap_locally`]).
+#[derive(Clone, Debug)]
+pub struct RewrapItem {
+    pub ctx: EncryptionContext,
+    pub wrapped: Vec<u8>,
+}
+
+/// Why one data key of a page did not move: using this key failed.
+#[derive(Clone, Debug)]
+pub struct KeyFailure {
+    pub key_id: KeyId,
+    pub error: KeyError,
+}
+
 /// Wraps and unwraps data keys under key-encryption keys, with an encryption context.
 #[async_trait]
 pub trait KeyProvider: Send + Sync + 'static {
@@ -410,6 +424,42 @@ pub trait KeyProvider: Send + Sync + 'static {
     ) -> Result<Option<Wrapped>, KeyError> {
         let _ = (from, to, ctx, wrapped);
         Ok(None)
+    }
+
+    /// Whether this provider rewraps from `from` to `to` in this process, with no network call
+    /// and no per-call cost (local keys): the engine then hands it a whole page at once through
+    /// [`KeyProvider::rewrap_locally`], on a blocking thread, instead of one call per data key.
+    fn rewraps_locally(&self, from: &Kek, to: &Kek) -> bool {
+        let _ = (from, to);
+        false
+    }
+
+    /// Rewraps a page of data keys from `from` to `to`: one result per item, in order. Called
+    /// only where [`KeyProvider::rewraps_locally`] said yes; CPU work only, never blocks on I/O
+    /// for long. The default unwraps and wraps each item through the async calls.
+    fn rewrap_locally(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        items: &[RewrapItem],
+    ) -> Vec<Result<Wrapped, KeyFailure>> {
+        items
+            .iter()
+            .map(|item| {
+                let plain =
+                    futures::executor::block_on(self.unwrap(from, &item.ctx, &item.wrapped))
+                        .map_err(|error| KeyFailure {
+                            key_id: from.key_id.clone(),
+                            error,
+                        })?;
+                futures::executor::block_on(self.wrap(to, &item.ctx, &plain)).map_err(|error| {
+                    KeyFailure {
+                        key_id: to.key_id.clone(),
+                        error,
+                    }
+                })
+            })
+            .collect()
     }
 
     /// A real round trip (encrypt and decrypt a test value). Returns the resolved key, if any.

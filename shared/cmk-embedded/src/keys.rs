@@ -10,10 +10,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cmk_core::crypto::{self, context_bytes, DataKey, KEY_LEN};
+use cmk_core::crypto::{context_bytes, Cipher, DataKey, KEY_LEN};
 use cmk_core::error::{KeyError, KeyErrorKind};
 use cmk_core::model::{EncryptionContext, KeyId, KeySpec, OrgId};
-use cmk_core::ports::{Kek, KeyProvider, Wrapped};
+use cmk_core::ports::{Kek, KeyFailure, KeyProvider, RewrapItem, Wrapped};
 use zeroize::Zeroizing;
 
 const WRAP_VERSION: u8 = 1;
@@ -205,11 +205,42 @@ fn revoked(key: &KeyId) -> KeyError {
 }
 
 fn aad(kek: &Kek, ctx: &EncryptionContext) -> Vec<u8> {
-    let mut aad = b"cmk-local-wrap-v1".to_vec();
-    aad.extend_from_slice(kek.key_id.as_str().as_bytes());
-    aad.push(0);
-    context_bytes(ctx, &mut aad);
+    let mut aad = Vec::new();
+    aad_into(&mut aad, kek, ctx);
     aad
+}
+
+/// Writes the authenticated data of a wrap by `kek` under `ctx` into `out` (cleared first).
+fn aad_into(out: &mut Vec<u8>, kek: &Kek, ctx: &EncryptionContext) {
+    out.clear();
+    out.extend_from_slice(b"cmk-local-wrap-v1");
+    out.extend_from_slice(kek.key_id.as_str().as_bytes());
+    out.push(0);
+    context_bytes(ctx, out);
+}
+
+fn not_wrapped_by(kek: &Kek) -> KeyError {
+    KeyError::new(
+        KeyErrorKind::InvalidCiphertext,
+        format!(
+            "the data key is not wrapped by key {} under this context",
+            kek.key_id
+        ),
+    )
+}
+
+fn is_local(kek: &Kek) -> bool {
+    matches!(kek.spec, KeySpec::ServiceManaged | KeySpec::Local)
+}
+
+/// The data key in a wrapped blob (`[version][nonce][ciphertext and tag]`), if `cipher` and
+/// `aad` open it.
+fn open_wrapped(cipher: &Cipher, aad: &[u8], wrapped: &[u8]) -> Option<DataKey> {
+    let (&version, sealed) = wrapped.split_first()?;
+    if version != WRAP_VERSION {
+        return None;
+    }
+    DataKey::from_slice(&cipher.open(aad, sealed)?)
 }
 
 #[async_trait]
@@ -259,7 +290,7 @@ impl KeyProvider for LocalKeyProvider {
     ) -> Result<Wrapped, KeyError> {
         let key = self.material(kek)?;
         let mut blob = vec![WRAP_VERSION];
-        blob.extend(crypto::seal(&key, &aad(kek, ctx), plaintext.expose()));
+        blob.extend(Cipher::new(&key).seal(&aad(kek, ctx), plaintext.expose()));
         Ok(Wrapped {
             blob,
             resolved_key: None,
@@ -273,21 +304,56 @@ impl KeyProvider for LocalKeyProvider {
         wrapped: &[u8],
     ) -> Result<DataKey, KeyError> {
         let key = self.material(kek)?;
-        let invalid = || {
-            KeyError::new(
-                KeyErrorKind::InvalidCiphertext,
-                format!(
-                    "the data key is not wrapped by key {} under this context",
-                    kek.key_id
-                ),
-            )
+        open_wrapped(&Cipher::new(&key), &aad(kek, ctx), wrapped).ok_or_else(|| not_wrapped_by(kek))
+    }
+
+    fn rewraps_locally(&self, from: &Kek, to: &Kek) -> bool {
+        is_local(from) && is_local(to)
+    }
+
+    /// Each key's material is looked up and its cipher made once for the whole page; a key
+    /// that cannot be used (revoked, missing) fails every item at once.
+    fn rewrap_locally(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        items: &[RewrapItem],
+    ) -> Vec<Result<Wrapped, KeyFailure>> {
+        let fail_all = |kek: &Kek, error: KeyError| {
+            let failure = KeyFailure {
+                key_id: kek.key_id.clone(),
+                error,
+            };
+            items.iter().map(|_| Err(failure.clone())).collect()
         };
-        let (&version, sealed) = wrapped.split_first().ok_or_else(invalid)?;
-        if version != WRAP_VERSION {
-            return Err(invalid());
-        }
-        let plain = crypto::open(&key, &aad(kek, ctx), sealed).ok_or_else(invalid)?;
-        DataKey::from_slice(&plain).ok_or_else(invalid)
+        let opener = match self.material(from) {
+            Ok(key) => Cipher::new(&key),
+            Err(e) => return fail_all(from, e),
+        };
+        let sealer = match self.material(to) {
+            Ok(key) => Cipher::new(&key),
+            Err(e) => return fail_all(to, e),
+        };
+        let mut aad = Vec::with_capacity(128);
+        items
+            .iter()
+            .map(|item| {
+                aad_into(&mut aad, from, &item.ctx);
+                let plain =
+                    open_wrapped(&opener, &aad, &item.wrapped).ok_or_else(|| KeyFailure {
+                        key_id: from.key_id.clone(),
+                        error: not_wrapped_by(from),
+                    })?;
+                aad_into(&mut aad, to, &item.ctx);
+                let mut blob = Vec::with_capacity(1 + 12 + KEY_LEN + 16);
+                blob.push(WRAP_VERSION);
+                blob.extend(sealer.seal(&aad, plain.expose()));
+                Ok(Wrapped {
+                    blob,
+                    resolved_key: None,
+                })
+            })
+            .collect()
     }
 
     async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError> {
