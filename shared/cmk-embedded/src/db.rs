@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cmk_core::error::StoreError;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::names::Names;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS orgs (
@@ -41,16 +43,11 @@ CREATE TABLE IF NOT EXISTS key_counts (
     PRIMARY KEY (org, key_id)
 ) WITHOUT ROWID;
 
-CREATE TABLE IF NOT EXISTS data_keys (
-    org TEXT NOT NULL,
-    id TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    wrapped BLOB NOT NULL,
-    version INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (org, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS data_keys_by_key ON data_keys (org, key_id, id);
+-- Org names and key ids as numbers, for the data_keys table (see names.rs). Append-only.
+CREATE TABLE IF NOT EXISTS names (
+    n INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
 
 CREATE TABLE IF NOT EXISTS jobs (
     org TEXT NOT NULL,
@@ -111,9 +108,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 "#;
 
+/// The schema this code reads and writes, kept in the database's `user_version`. Databases of
+/// the first releases carry 0 (they wrote no version) and hold schema 1, which has text ids in
+/// `data_keys`; opening one migrates it (see [`migrate_to_schema_2`]).
+pub const SCHEMA_VERSION: i64 = 2;
+
 /// The database file and its connections.
 pub struct Database {
     path: PathBuf,
+    names: Names,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
@@ -166,16 +169,113 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )
+}
+
+/// Rewrites a schema-1 `data_keys` table (text org, id, key id and time) in schema 2, in one
+/// transaction: a crash leaves the database as it was, and the next open migrates again. Row
+/// by row in Rust, with the same conversions the store uses, so the two cannot disagree.
+fn migrate_to_schema_2(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    // Another process may have migrated while this one waited for the lock.
+    if user_version(&tx).map_err(unavailable)? >= 2
+        || !has_table(&tx, "data_keys").map_err(unavailable)?
+    {
+        return Ok(());
+    }
+    tracing::info!("migrating the database to schema 2 (compact data key rows)");
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS data_keys_by_key;
+         ALTER TABLE data_keys RENAME TO data_keys_schema_1;",
+    )
+    .map_err(unavailable)?;
+    tx.execute_batch(SCHEMA).map_err(unavailable)?;
+    tx.execute_batch(crate::data_keys::SCHEMA)
+        .map_err(unavailable)?;
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO names (name)
+         SELECT org FROM data_keys_schema_1 UNION SELECT key_id FROM data_keys_schema_1;",
+    )
+    .map_err(unavailable)?;
+    {
+        let mut read = tx
+            .prepare(
+                "SELECT o.n, d.id, k.n, d.wrapped, d.version, d.created_at
+                 FROM data_keys_schema_1 d
+                 JOIN names o ON o.name = d.org JOIN names k ON k.name = d.key_id",
+            )
+            .map_err(unavailable)?;
+        let mut write = tx
+            .prepare(
+                "INSERT INTO data_keys (org, id, key_id, wrapped, version, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(unavailable)?;
+        let mut rows = read.query([]).map_err(unavailable)?;
+        while let Some(r) = rows.next().map_err(unavailable)? {
+            let id: String = r.get(1).map_err(unavailable)?;
+            let id = crate::data_keys::stored_id(&cmk_core::model::DataKeyId::from_trusted(id))?;
+            let created_at: String = r.get(5).map_err(unavailable)?;
+            let created_at = chrono::DateTime::parse_from_rfc3339(&created_at)
+                .map_err(|e| StoreError::Corrupt(format!("timestamp {created_at:?}: {e}")))?;
+            write
+                .execute(rusqlite::params![
+                    r.get::<_, i64>(0).map_err(unavailable)?,
+                    &id[..],
+                    r.get::<_, i64>(2).map_err(unavailable)?,
+                    r.get::<_, Vec<u8>>(3).map_err(unavailable)?,
+                    r.get::<_, i64>(4).map_err(unavailable)?,
+                    crate::data_keys::micros(&created_at.to_utc()),
+                ])
+                .map_err(unavailable)?;
+        }
+    }
+    tx.execute_batch("DROP TABLE data_keys_schema_1; PRAGMA user_version = 2;")
+        .map_err(unavailable)?;
+    tx.commit().map_err(unavailable)
+}
+
+/// Brings the database to [`SCHEMA_VERSION`]: creates what is missing, migrates a schema-1
+/// database, and refuses one written by a newer release rather than misreading it.
+fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
+    let version = user_version(conn).map_err(unavailable)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database was written by a newer release (schema {version}); this release \
+             reads schema {SCHEMA_VERSION} and older: run the newer release"
+        )));
+    }
+    if version < 2 && has_table(conn, "data_keys").map_err(unavailable)? {
+        migrate_to_schema_2(conn)?;
+    }
+    conn.execute_batch(SCHEMA).map_err(unavailable)?;
+    conn.execute_batch(crate::data_keys::SCHEMA)
+        .map_err(unavailable)?;
+    migrate(conn).map_err(unavailable)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(unavailable)
+}
+
 impl Database {
-    /// Opens (creating if needed) the database at `path` and applies the schema.
+    /// Opens (creating if needed) the database at `path` and brings it to the current schema.
     pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
-        let writer = Connection::open(path).map_err(unavailable)?;
+        let mut writer = Connection::open(path).map_err(unavailable)?;
         writer
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(unavailable)?;
         configure(&writer).map_err(unavailable)?;
-        writer.execute_batch(SCHEMA).map_err(unavailable)?;
-        migrate(&writer).map_err(unavailable)?;
+        prepare_schema(&mut writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let conn = Connection::open_with_flags(
@@ -188,6 +288,7 @@ impl Database {
         }
         Ok(Arc::new(Self {
             path: path.to_owned(),
+            names: Names::default(),
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -196,6 +297,17 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The interned org names and key ids (see [`crate::names`]).
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The number `data_keys` stores for an org name or key id, interning it if needed: for
+    /// tools that read the table directly (the benchmark's floor).
+    pub fn name_number(&self, name: &str) -> Result<i64, StoreError> {
+        self.with_writer(|conn| self.names.intern(conn, name))
     }
 
     fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {

@@ -2,15 +2,17 @@
 //! cloud account: a SQLite store and durable queue sharing one database, and a local key
 //! provider keeping keys in the data directory.
 
+pub mod data_keys;
 mod db;
 mod keys;
+mod names;
 mod queue;
 mod samples;
 pub mod secret_file;
 mod simulated_kms;
 mod store;
 
-pub use db::Database;
+pub use db::{Database, SCHEMA_VERSION};
 pub use keys::LocalKeyProvider;
 pub use queue::{QueueConfig, SqliteQueue};
 pub use samples::{Sample, SampleStore};

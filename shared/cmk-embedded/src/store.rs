@@ -21,7 +21,9 @@ use cmk_core::ports::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use crate::data_keys;
 use crate::db::{unavailable, Database};
+use crate::names::Names;
 
 /// How many errors of a job are returned with it.
 const ERRORS_SHOWN: usize = 100;
@@ -440,9 +442,23 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
 
 fn apply_batch(
     conn: &mut Connection,
+    names: &Names,
     org: &str,
     b: BatchCommit,
 ) -> Result<JobProgress, StoreError> {
+    // Numbers for the data_keys table, interned before the transaction (see names.rs). An org
+    // or source never interned has no data key: nothing can move.
+    let org_n = names.find(conn, org)?.unwrap_or(-1);
+    let source_n = names.find(conn, b.source.as_str())?.unwrap_or(-1);
+    let mut targets: HashMap<&str, i64> = HashMap::new();
+    for m in &b.moves {
+        if !targets.contains_key(m.to_key_id.as_str()) {
+            targets.insert(
+                m.to_key_id.as_str(),
+                names.intern(conn, m.to_key_id.as_str())?,
+            );
+        }
+    }
     let tx = immediate(conn)?;
     let row: Option<(String, i64, i64, i64, i64)> = tx
         .prepare_cached(
@@ -488,16 +504,19 @@ fn apply_batch(
             if m.from_key_id != b.source {
                 return Err(StoreError::Conflict("a move names another source".into()));
             }
-            let n = mv
-                .execute(params![
-                    org,
-                    m.id.as_str(),
-                    m.to_key_id.as_str(),
-                    m.wrapped,
-                    m.from_key_id.as_str(),
-                    m.from_version as i64,
-                ])
-                .map_err(write_err)?;
+            let n = match data_keys::id_bytes(m.id.as_str()) {
+                Some(id) => mv
+                    .execute(params![
+                        org_n,
+                        &id[..],
+                        targets[m.to_key_id.as_str()],
+                        m.wrapped,
+                        source_n,
+                        m.from_version as i64,
+                    ])
+                    .map_err(write_err)?,
+                None => 0, // no data key is stored under such an id
+            };
             if n == 1 {
                 *applied.entry(m.to_key_id.as_str()).or_default() += 1;
             }
@@ -520,7 +539,7 @@ fn apply_batch(
             .prepare_cached(
                 "INSERT OR IGNORE INTO job_failures (org, job_id, data_key_id, key_id, reason, message)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6
-                 WHERE EXISTS (SELECT 1 FROM data_keys WHERE org = ?1 AND id = ?3 AND key_id = ?7)",
+                 WHERE EXISTS (SELECT 1 FROM data_keys WHERE org = ?8 AND id = ?9 AND key_id = ?7)",
             )
             .map_err(unavailable)?;
         // A recorded failure bumps the data key's version, as on DynamoDB: a move prepared from
@@ -531,6 +550,9 @@ fn apply_batch(
             )
             .map_err(unavailable)?;
         for f in &b.failures {
+            let Some(id) = data_keys::id_bytes(f.data_key_id.as_str()) else {
+                continue; // no data key is stored under such an id
+            };
             let n = fail
                 .execute(params![
                     org,
@@ -539,11 +561,13 @@ fn apply_batch(
                     f.key_id.as_str(),
                     f.reason.as_str(),
                     f.message,
-                    b.source.as_str(),
+                    source_n,
+                    org_n,
+                    &id[..],
                 ])
                 .map_err(write_err)?;
             if n == 1 {
-                bump.execute(params![org, f.data_key_id.as_str(), b.source.as_str()])
+                bump.execute(params![org_n, &id[..], source_n])
                     .map_err(write_err)?;
             }
             recorded += n as i64;
@@ -566,24 +590,10 @@ fn apply_batch(
     Ok(progress(done, failed, moved as u64))
 }
 
-fn data_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Vec<u8>, i64, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-}
-
-fn to_record(row: (String, String, Vec<u8>, i64, String)) -> Result<DataKeyRecord, StoreError> {
-    let (id, key_id, wrapped, version, created_at) = row;
-    Ok(DataKeyRecord {
-        id: DataKeyId::from_trusted(id),
-        key_id: KeyId::from_trusted(key_id),
-        wrapped,
-        version: version as u64,
-        created_at: parse_ts(&created_at)?,
-    })
-}
-
 /// Inserts data keys all wrapped by one key, only if that key is the org's default.
 pub(crate) fn insert_data_keys_tx(
     conn: &mut Connection,
+    names: &Names,
     org: &str,
     keys: &[DataKeyRecord],
 ) -> Result<(), StoreError> {
@@ -595,6 +605,15 @@ pub(crate) fn insert_data_keys_tx(
             "data keys of one insert must share their wrapping key".into(),
         ));
     }
+    let ids = keys
+        .iter()
+        .map(|k| data_keys::stored_id(&k.id))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Interned before the transaction (see names.rs).
+    let (org_n, key_n) = (
+        names.intern(conn, org)?,
+        names.intern(conn, first.key_id.as_str())?,
+    );
     let tx = immediate(conn)?;
     let default =
         org_row(&tx, org)?.map_or_else(|| SERVICE_KEY_ID.to_owned(), |r| r.default_key_id);
@@ -611,14 +630,14 @@ pub(crate) fn insert_data_keys_tx(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(unavailable)?;
-        for k in keys {
+        for (k, id) in keys.iter().zip(&ids) {
             stmt.execute(params![
-                org,
-                k.id.as_str(),
-                k.key_id.as_str(),
+                org_n,
+                &id[..],
+                key_n,
                 k.wrapped,
                 k.version as i64,
-                ts(&k.created_at),
+                data_keys::micros(&k.created_at),
             ])
             .map_err(write_err)?;
         }
@@ -715,9 +734,9 @@ impl DataKeyStore for SqliteStore {
         org: &OrgId,
         keys: &[DataKeyRecord],
     ) -> Result<(), StoreError> {
-        let (org, keys) = (org.to_string(), keys.to_vec());
+        let (db, org, keys) = (Arc::clone(&self.db), org.to_string(), keys.to_vec());
         self.db
-            .write(move |conn| insert_data_keys_tx(conn, &org, &keys))
+            .write(move |conn| insert_data_keys_tx(conn, db.names(), &org, &keys))
             .await
     }
 
@@ -726,20 +745,9 @@ impl DataKeyStore for SqliteStore {
         org: &OrgId,
         id: &DataKeyId,
     ) -> Result<Option<DataKeyRecord>, StoreError> {
-        let (org, id) = (org.to_string(), id.to_string());
+        let (db, org, id) = (Arc::clone(&self.db), org.to_string(), id.clone());
         self.db
-            .read(move |conn| {
-                conn.prepare_cached(
-                    "SELECT id, key_id, wrapped, version, created_at FROM data_keys
-                     WHERE org = ?1 AND id = ?2",
-                )
-                .map_err(unavailable)?
-                .query_row([&org, &id], data_key_row)
-                .optional()
-                .map_err(unavailable)?
-                .map(to_record)
-                .transpose()
-            })
+            .read(move |conn| data_keys::get(conn, db.names(), &org, &id))
             .await
     }
 
@@ -755,32 +763,20 @@ impl DataKeyStore for SqliteStore {
         if partition != 0 {
             return Ok(Vec::new()); // one partition: SQLite's index serves any range
         }
-        let (org, key) = (org.to_string(), key.to_string());
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        let until = until.map(|u| u.to_string());
-        // Two statements, so that SQLite bounds the index range on both sides (an
-        // `?4 IS NULL OR id <= ?4` would scan to the end of the key's data keys).
+        let db = Arc::clone(&self.db);
+        let (org, key) = (org.to_string(), key.clone());
+        let (after, until) = (after.cloned(), until.cloned());
         self.db
             .read(move |conn| {
-                let mut stmt = match until {
-                    Some(_) => conn.prepare_cached(
-                        "SELECT id, key_id, wrapped, version, created_at FROM data_keys
-                         WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND id <= ?4
-                         ORDER BY id LIMIT ?5",
-                    ),
-                    None => conn.prepare_cached(
-                        "SELECT id, key_id, wrapped, version, created_at FROM data_keys
-                         WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND ?4 IS NULL
-                         ORDER BY id LIMIT ?5",
-                    ),
-                }
-                .map_err(unavailable)?;
-                let records = stmt
-                    .query_map(params![org, key, after, until, limit as i64], data_key_row)
-                    .map_err(unavailable)?
-                    .map(|row| to_record(row.map_err(unavailable)?))
-                    .collect();
-                records
+                data_keys::list(
+                    conn,
+                    db.names(),
+                    &org,
+                    &key,
+                    after.as_ref(),
+                    until.as_ref(),
+                    limit,
+                )
             })
             .await
     }
@@ -796,21 +792,11 @@ impl DataKeyStore for SqliteStore {
         if partition != 0 {
             return Ok(Vec::new());
         }
-        let (org, key) = (org.to_string(), key.to_string());
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let db = Arc::clone(&self.db);
+        let (org, key, after) = (org.to_string(), key.clone(), after.cloned());
         self.db
             .read(move |conn| {
-                conn.prepare_cached(
-                    "SELECT id FROM data_keys WHERE org = ?1 AND key_id = ?2 AND id > ?3
-                     ORDER BY id LIMIT ?4",
-                )
-                .map_err(unavailable)?
-                .query_map(params![org, key, after, limit as i64], |r| {
-                    r.get::<_, String>(0).map(DataKeyId::from_trusted)
-                })
-                .map_err(unavailable)?
-                .collect::<Result<_, _>>()
-                .map_err(unavailable)
+                data_keys::list_ids(conn, db.names(), &org, &key, after.as_ref(), limit)
             })
             .await
     }
@@ -894,9 +880,9 @@ impl RewrapProgress for SqliteStore {
         org: &OrgId,
         batch: BatchCommit,
     ) -> Result<JobProgress, StoreError> {
-        let org = org.to_string();
+        let (db, org) = (Arc::clone(&self.db), org.to_string());
         self.db
-            .write(move |conn| apply_batch(conn, &org, batch))
+            .write(move |conn| apply_batch(conn, db.names(), &org, batch))
             .await
     }
 }

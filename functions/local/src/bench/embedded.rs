@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cmk_core::cache::DataKeyCache;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
-use cmk_core::model::{data_key_context, DataKeyId, JobState, KeyId, OrgId};
-use cmk_core::ports::{Kek, KeyProvider};
+use cmk_core::model::{data_key_context, JobState, KeyId, OrgId};
+use cmk_core::ports::{Kek, KeyProvider, RewrapItem};
 use cmk_core::service::{NewKeySpec, ServiceConfig};
 use cmk_core::worker::{run_worker, WorkerConfig};
-use cmk_embedded::{LocalKeyProvider, QueueConfig};
+use cmk_embedded::{data_keys, LocalKeyProvider, QueueConfig};
 use rusqlite::params;
 use tokio::sync::watch;
 
@@ -150,8 +150,8 @@ pub async fn rewrap(data_keys: u64, batch_size: usize, concurrency: usize) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// The floor: read a page, unwrap + wrap each key, and move it to another key id with a
-/// conditional update, one transaction per page.
+/// The floor: read a page, rewrap it with the provider's page call (the engine's crypto path),
+/// and move each data key to another key with a conditional update, one transaction per page.
 fn floor(
     db: &cmk_embedded::Database,
     keys: &LocalKeyProvider,
@@ -159,45 +159,45 @@ fn floor(
     batch: usize,
 ) -> Result<f64> {
     let org = &kek.org;
-    let target = "floor-target";
+    let org_n = db.name_number(org.as_str())?;
+    let source_n = db.name_number(kek.key_id.as_str())?;
+    let target_n = db.name_number("floor-target")?;
     let started = Instant::now();
     db.with_writer(|conn| -> Result<()> {
-        let mut after = String::new();
+        let mut after: Vec<u8> = Vec::new();
         loop {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let page: Vec<(String, Vec<u8>, i64)> = tx
+            let page: Vec<(Vec<u8>, Vec<u8>, i64)> = tx
                 .prepare_cached(
                     "SELECT id, wrapped, version FROM data_keys
                      WHERE org = ?1 AND key_id = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
                 )?
-                .query_map(
-                    params![org.as_str(), kek.key_id.as_str(), after, batch as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )?
+                .query_map(params![org_n, source_n, after, batch as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
                 .collect::<Result<_, _>>()?;
             let Some(last) = page.last() else {
                 break;
             };
             after = last.0.clone();
+            let items = page
+                .iter()
+                .map(|(id, wrapped, _)| {
+                    Ok(RewrapItem {
+                        ctx: data_key_context(org, &data_keys::id_of(id)?),
+                        wrapped: wrapped.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rewrapped = keys.rewrap_locally(kek, kek, &items);
             {
                 let mut update = tx.prepare_cached(
                     "UPDATE data_keys SET key_id = ?6, wrapped = ?3, version = version + 1
                      WHERE org = ?1 AND id = ?2 AND key_id = ?4 AND version = ?5",
                 )?;
-                for (id, wrapped, version) in &page {
-                    let ctx = data_key_context(org, &DataKeyId::from_trusted(id.clone()));
-                    let plain = futures::executor::block_on(keys.unwrap(kek, &ctx, wrapped))
-                        .map_err(|e| anyhow!("{e}"))?;
-                    let again = futures::executor::block_on(keys.wrap(kek, &ctx, &plain))
-                        .map_err(|e| anyhow!("{e}"))?;
-                    update.execute(params![
-                        org.as_str(),
-                        id,
-                        again.blob,
-                        kek.key_id.as_str(),
-                        version,
-                        target
-                    ])?;
+                for ((id, _, version), again) in page.iter().zip(rewrapped) {
+                    let again = again.map_err(|f| anyhow!("{}", f.error))?;
+                    update.execute(params![org_n, id, again.blob, source_n, version, target_n])?;
                 }
             }
             tx.commit()?;
