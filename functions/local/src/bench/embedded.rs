@@ -3,7 +3,9 @@
 //! (a) The floor: a plain loop over the data keys that unwraps and wraps each with AES-GCM and
 //!     moves it to another key with a conditional SQLite update, batched in transactions.
 //! (b) A complete adopt job through the real engine, store and queue, with the local worker.
-//! It prints `floor_keys_per_s`, `job_keys_per_s`, the peak memory, and last `ratio=`.
+//! Before both, the reference floor of the machine (see [`super::reference`]). It prints
+//! `job_keys_per_s`, the peak memory, `reference_floor_keys_per_s` and `ratio_to_reference`,
+//! then `floor_keys_per_s` and last `ratio=` (the job against its own floor).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,26 +23,29 @@ use rusqlite::params;
 use tokio::sync::watch;
 
 use super::common::{peak_rss_mb, seed};
+use super::reference::Reference;
 use crate::local::open_backends;
 use cmk_core::ports::RewrapProgress;
 
 /// What `bench rewrap` was asked for.
-struct Args {
-    data_keys: u64,
-    batch_size: usize,
-    concurrency: usize,
+pub struct Args {
+    pub data_keys: u64,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub reference: Reference,
 }
 
-/// Seeds `data_keys` twice (one org each), runs the floor and a complete job, and prints both.
-pub async fn rewrap(data_keys: u64, batch_size: usize, concurrency: usize) -> Result<ExitCode> {
-    let args = Args {
-        data_keys,
-        batch_size,
-        concurrency,
-    };
+/// Runs the reference floor, seeds `data_keys` twice (one org each), runs its own floor and a
+/// complete job, and prints the figures.
+pub async fn rewrap(args: Args) -> Result<ExitCode> {
     if args.data_keys == 0 {
         bail!("--data-keys must be at least 1");
     }
+    // First, alone on the machine: the reference floor.
+    let reference = {
+        let (r, n) = (args.reference.clone(), args.data_keys);
+        tokio::task::spawn_blocking(move || super::reference::measure(&r, n)).await?
+    };
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     let b = open_backends(
         dir.path(),
@@ -87,7 +92,7 @@ pub async fn rewrap(data_keys: u64, batch_size: usize, concurrency: usize) -> Re
         tokio::task::spawn_blocking(move || floor(&db, &keys, &kek, batch)).await??
     };
     let floor_rate = args.data_keys as f64 / floor_secs;
-    println!("floor_keys_per_s={floor_rate:.0}");
+    println!("floor measured: {floor_rate:.0} data keys/s");
 
     // (b) A complete adopt job through the engine, the store and the queue.
     let engine = Arc::new(RewrapEngine::new(
@@ -146,6 +151,14 @@ pub async fn rewrap(data_keys: u64, batch_size: usize, concurrency: usize) -> Re
     if let Some(mb) = peak_rss_mb() {
         println!("peak_rss_mb={mb:.0}");
     }
+    match reference {
+        Ok(rate) => {
+            println!("reference_floor_keys_per_s={rate:.0}");
+            println!("ratio_to_reference={:.2}", job_rate / rate);
+        }
+        Err(why) => println!("reference_floor=unavailable: {why}"),
+    }
+    println!("floor_keys_per_s={floor_rate:.0}");
     println!("ratio={:.2}", job_rate / floor_rate);
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod conflict_proxy;
 mod conflicts;
 mod embedded;
 mod rate;
+mod reference;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,13 @@ pub struct RewrapArgs {
     /// Messages the worker handles at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// The reference floor to compare with (a script or binary taking the number of data
+    /// keys); by default `shared/bench/floor/run` beside the repository.
+    #[arg(long, value_name = "BIN", conflicts_with = "no_reference_floor")]
+    reference_floor: Option<std::path::PathBuf>,
+    /// Do not measure the reference floor (the output says it was skipped).
+    #[arg(long)]
+    no_reference_floor: bool,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
@@ -56,7 +64,18 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
             aws::rewrap(args.data_keys, args.endpoint_url).await
         }
         BenchCommand::Rewrap(args) => {
-            embedded::rewrap(args.data_keys, args.batch_size, args.concurrency).await
+            let reference = match (args.no_reference_floor, args.reference_floor) {
+                (true, _) => reference::Reference::Skip,
+                (false, Some(path)) => reference::Reference::At(path),
+                (false, None) => reference::Reference::Find,
+            };
+            embedded::rewrap(embedded::Args {
+                data_keys: args.data_keys,
+                batch_size: args.batch_size,
+                concurrency: args.concurrency,
+                reference,
+            })
+            .await
         }
         BenchCommand::RateLimit(args) => rate::rate_limit(args).await,
         BenchCommand::Conflicts(args) => conflicts::conflicts(args).await,
