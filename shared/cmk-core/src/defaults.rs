@@ -3,8 +3,15 @@
 //! settings) both take them from here. Where the local process and the functions on AWS differ
 //! on purpose, both values are here, with the reason.
 
-/// Data keys per planned batch message.
+/// Data keys per planned batch message on AWS (and the engine's default).
 pub const BATCH_SIZE: usize = 500;
+
+/// Data keys per planned batch message locally, where one SQLite transaction commits a batch:
+/// a bigger batch spreads the fixed cost of a message (receive, job read, commit, ack) over
+/// more data keys. Measured with `cmk bench rewrap --data-keys 1000000`: 166k data keys/s at
+/// 500, 186k at 2,000. On AWS a batch's commits are DynamoDB transactions of 100 items and its
+/// provider calls go over the network, so a bigger batch buys nothing there.
+pub const LOCAL_BATCH_SIZE: usize = 2_000;
 
 /// Seconds an unwrapped data key stays cached in memory.
 pub const DATA_KEY_CACHE_TTL_SECS: u64 = 300;

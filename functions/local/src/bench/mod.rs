@@ -44,7 +44,7 @@ pub struct RewrapArgs {
     #[arg(long, default_value_t = 100_000)]
     data_keys: u64,
     /// Data keys per batch (the same for the floor and the job).
-    #[arg(long, default_value_t = cmk_core::defaults::BATCH_SIZE)]
+    #[arg(long, default_value_t = cmk_core::defaults::LOCAL_BATCH_SIZE)]
     batch_size: usize,
     /// Messages the worker handles at once.
     #[arg(long, default_value_t = 4)]

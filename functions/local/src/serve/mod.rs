@@ -58,7 +58,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CMK_WORKER_CONCURRENCY", default_value_t = defaults::LOCAL_WORKER_CONCURRENCY)]
     pub worker_concurrency: usize,
     /// Data keys per re-encryption batch.
-    #[arg(long, env = "CMK_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE)]
+    #[arg(long, env = "CMK_BATCH_SIZE", default_value_t = defaults::LOCAL_BATCH_SIZE)]
     pub batch_size: usize,
     /// Seconds a received batch stays invisible before it is delivered again.
     #[arg(long, env = "CMK_VISIBILITY_TIMEOUT", default_value_t = defaults::LOCAL_VISIBILITY_TIMEOUT_SECS)]
