@@ -5,6 +5,7 @@ mod aws;
 mod common;
 mod conflict_proxy;
 mod conflicts;
+mod data_plane;
 mod embedded;
 mod rate;
 mod reference;
@@ -24,6 +25,10 @@ pub enum BenchCommand {
     /// One job on DynamoDB (an emulator) with many workers, with and without DynamoDB's
     /// transaction conflicts: whether its commits collide, and that its counts stay exact.
     Conflicts(conflicts::ConflictsArgs),
+    /// The calls services make on every read and write (decrypt, encrypt, create a data key)
+    /// over HTTP from many keep-alive connections: requests/s and p50/p99 latency, with the
+    /// data-key cache on and off.
+    DataPlane(data_plane::DataPlaneArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -79,5 +84,6 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         }
         BenchCommand::RateLimit(args) => rate::rate_limit(args).await,
         BenchCommand::Conflicts(args) => conflicts::conflicts(args).await,
+        BenchCommand::DataPlane(args) => data_plane::data_plane(args).await,
     }
 }
