@@ -440,6 +440,13 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
     Ok(job)
 }
 
+/// A key that moves of a batch go to.
+struct Target<'a> {
+    key_id: &'a str,
+    number: i64,
+    applied: i64,
+}
+
 fn apply_batch(
     conn: &mut Connection,
     names: &Names,
@@ -450,13 +457,17 @@ fn apply_batch(
     // or source never interned has no data key: nothing can move.
     let org_n = names.find(conn, org)?.unwrap_or(-1);
     let source_n = names.find(conn, b.source.as_str())?.unwrap_or(-1);
-    let mut targets: HashMap<&str, i64> = HashMap::new();
+    // The keys the moves go to (one in practice), with their numbers and the moves applied:
+    // a short list scanned per move, cheaper than hashing a key id per move.
+    let mut targets: Vec<Target<'_>> = Vec::new();
     for m in &b.moves {
-        if !targets.contains_key(m.to_key_id.as_str()) {
-            targets.insert(
-                m.to_key_id.as_str(),
-                names.intern(conn, m.to_key_id.as_str())?,
-            );
+        let to = m.to_key_id.as_str();
+        if !targets.iter().any(|t| t.key_id == to) {
+            targets.push(Target {
+                key_id: to,
+                number: names.intern(conn, to)?,
+                applied: 0,
+            });
         }
     }
     let tx = immediate(conn)?;
@@ -486,7 +497,6 @@ fn apply_batch(
         // A stale message: the job moved on. Nothing changes.
         return Ok(progress(done, failed, 0));
     }
-    let mut applied: HashMap<&str, i64> = HashMap::new();
     let mut cleared = 0i64;
     {
         let mut mv = tx
@@ -504,12 +514,16 @@ fn apply_batch(
             if m.from_key_id != b.source {
                 return Err(StoreError::Conflict("a move names another source".into()));
             }
+            let target = targets
+                .iter_mut()
+                .find(|t| t.key_id == m.to_key_id.as_str())
+                .ok_or_else(|| corrupt("a move to a key not interned"))?;
             let n = match data_keys::id_bytes(m.id.as_str()) {
                 Some(id) => mv
                     .execute(params![
                         org_n,
                         &id[..],
-                        targets[m.to_key_id.as_str()],
+                        target.number,
                         m.wrapped,
                         source_n,
                         m.from_version as i64,
@@ -517,9 +531,7 @@ fn apply_batch(
                     .map_err(write_err)?,
                 None => 0, // no data key is stored under such an id
             };
-            if n == 1 {
-                *applied.entry(m.to_key_id.as_str()).or_default() += 1;
-            }
+            target.applied += n as i64;
             // Only a job with failures can have one to clear (the common case skips the work).
             if n == 1 && failed > 0 {
                 cleared += clear
@@ -528,9 +540,9 @@ fn apply_batch(
             }
         }
     }
-    let moved: i64 = applied.values().sum();
-    for (to, n) in &applied {
-        add_count(&tx, org, to, *n)?;
+    let moved: i64 = targets.iter().map(|t| t.applied).sum();
+    for t in targets.iter().filter(|t| t.applied > 0) {
+        add_count(&tx, org, t.key_id, t.applied)?;
     }
     add_count(&tx, org, b.source.as_str(), -moved)?;
     let mut recorded = 0i64;
