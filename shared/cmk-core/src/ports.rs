@@ -202,6 +202,20 @@ pub trait DataKeyStore: Send + Sync + 'static {
         id: &DataKeyId,
     ) -> Result<Option<DataKeyRecord>, StoreError>;
 
+    /// The data keys of `ids` that exist in the org, in any order: one call for many (a store
+    /// with a cheaper batch read overrides it; the default reads them one by one).
+    async fn get_data_keys(
+        &self,
+        org: &OrgId,
+        ids: &[DataKeyId],
+    ) -> Result<Vec<DataKeyRecord>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.get_data_key(org, id).await?);
+        }
+        Ok(found)
+    }
+
     /// How many partitions the data keys of one wrapping key are spread over. Enumeration is
     /// per partition, so re-encrypting a large org does not funnel through one partition.
     fn data_key_partitions(&self) -> u32 {

@@ -112,9 +112,10 @@ pub async fn org_store_contract(store: &dyn Store) {
     rate_limits_and_throttling_are_kept(store).await;
 }
 
-/// [`crate::ports::DataKeyStore`]: inserts only under the default key.
+/// [`crate::ports::DataKeyStore`]: inserts only under the default key; many read in one call.
 pub async fn data_key_store_contract(store: &dyn Store) {
     data_keys_only_under_the_default(store).await;
+    many_data_keys_are_read_in_one_call(store).await;
 }
 
 /// [`crate::ports::RewrapProgress`]: exact totals and progress, failures and retries, one
@@ -656,6 +657,27 @@ async fn failures_and_retries(store: &dyn Store) {
     );
 }
 
+async fn many_data_keys_are_read_in_one_call(store: &dyn Store) {
+    let org = unique_org("many");
+    let records = data_keys(&KeyId::service(), 5);
+    store.insert_data_keys(&org, &records).await.unwrap();
+    let mut ids: Vec<DataKeyId> = records.iter().map(|r| r.id.clone()).collect();
+    ids.push(DataKeyId::generate()); // unknown: left out
+    ids.push(DataKeyId::from_trusted("not-a-uuid".to_owned())); // never stored: left out
+    let mut found = store.get_data_keys(&org, &ids).await.unwrap();
+    found.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    let mut expected = records.clone();
+    expected.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    assert_eq!(found.len(), expected.len());
+    for (f, e) in found.iter().zip(&expected) {
+        assert_eq!(
+            (&f.id, &f.key_id, &f.wrapped, f.version),
+            (&e.id, &e.key_id, &e.wrapped, e.version)
+        );
+    }
+    assert!(store.get_data_keys(&org, &[]).await.unwrap().is_empty());
+}
+
 async fn orgs_are_isolated(store: &dyn Store) {
     let a = unique_org("iso");
     let b = unique_org("iso");
@@ -666,6 +688,11 @@ async fn orgs_are_isolated(store: &dyn Store) {
         .await
         .unwrap()
         .is_none());
+    assert!(store
+        .get_data_keys(&b, &[records[0].id.clone()])
+        .await
+        .unwrap()
+        .is_empty());
     assert!(store
         .get_data_key(&a, &records[0].id)
         .await

@@ -98,6 +98,21 @@ pub(crate) fn get(
     .transpose()
 }
 
+/// The data keys of `ids` that exist in the org, in one read transaction.
+pub(crate) fn get_many(
+    conn: &mut Connection,
+    names: &Names,
+    org: &str,
+    ids: &[DataKeyId],
+) -> Result<Vec<DataKeyRecord>, StoreError> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        found.extend(get(&tx, names, org, id)?);
+    }
+    Ok(found)
+}
+
 /// Up to `limit` data keys of `key`, in id order, after `after` and up to `until` (inclusive).
 pub(crate) fn list(
     conn: &Connection,

@@ -763,6 +763,17 @@ impl DataKeyStore for SqliteStore {
             .await
     }
 
+    async fn get_data_keys(
+        &self,
+        org: &OrgId,
+        ids: &[DataKeyId],
+    ) -> Result<Vec<DataKeyRecord>, StoreError> {
+        let (db, org, ids) = (Arc::clone(&self.db), org.to_string(), ids.to_vec());
+        self.db
+            .read(move |conn| data_keys::get_many(conn, db.names(), &org, &ids))
+            .await
+    }
+
     async fn list_data_keys(
         &self,
         org: &OrgId,
