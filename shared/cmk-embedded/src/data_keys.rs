@@ -14,8 +14,8 @@ use cmk_core::error::StoreError;
 use cmk_core::model::{DataKeyId, DataKeyRecord, KeyId};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::db::unavailable;
 use crate::names::Names;
+use crate::unavailable::unavailable;
 
 /// The table and its index, as [`crate::db`] creates them.
 pub(crate) const SCHEMA: &str = "

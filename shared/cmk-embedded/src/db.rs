@@ -10,6 +10,7 @@ use cmk_core::error::StoreError;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::names::Names;
+use crate::unavailable::unavailable;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS orgs (
@@ -131,10 +132,6 @@ impl std::fmt::Debug for Database {
 }
 
 const READERS: usize = 4;
-
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;

@@ -11,6 +11,7 @@ mod samples;
 pub mod secret_file;
 mod simulated_kms;
 mod store;
+mod unavailable;
 
 pub use db::{Database, SCHEMA_VERSION};
 pub use keys::LocalKeyProvider;

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use cmk_core::error::StoreError;
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::db::unavailable;
+use crate::unavailable::unavailable;
 
 /// The cache of committed entries, both ways.
 #[derive(Debug, Default)]

@@ -11,7 +11,8 @@ use cmk_core::ports::{Delivery, RewrapMessage, RewrapQueue};
 use rusqlite::{params, TransactionBehavior};
 use tokio::sync::Notify;
 
-use crate::db::{unavailable, Database};
+use crate::db::Database;
+use crate::unavailable::unavailable;
 
 #[derive(Clone, Debug)]
 pub struct QueueConfig {

@@ -8,7 +8,8 @@ use cmk_core::error::StoreError;
 use cmk_core::model::{DataKeyId, OrgId};
 use rusqlite::{params, TransactionBehavior};
 
-use crate::db::{unavailable, Database};
+use crate::db::Database;
+use crate::unavailable::unavailable;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS samples (
     org TEXT NOT NULL,

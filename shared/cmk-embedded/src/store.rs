@@ -22,8 +22,9 @@ use cmk_core::ports::{
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::data_keys;
-use crate::db::{unavailable, Database};
+use crate::db::Database;
 use crate::names::Names;
+use crate::unavailable::unavailable;
 
 /// How many errors of a job are returned with it.
 const ERRORS_SHOWN: usize = 100;
