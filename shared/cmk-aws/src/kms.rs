@@ -20,6 +20,9 @@
 //!   KMS; otherwise Decrypt then Encrypt.
 //! - KMS and STS errors map to the typed failures of the port, in the customer's terms.
 //!
+//! Over 600 lines because the session cache, the regional clients and the error mapping are
+//! the one state every call goes through; they stay beside the calls that use them.
+//!
 //! Over 600 lines: the session cache, the error mapping and the provider belong together, with
 //! their tests.
 
