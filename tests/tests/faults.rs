@@ -361,6 +361,7 @@ async fn one_corrupt_data_key_fails_alone_and_the_rest_of_its_batch_moves() {
         wrapped: vec![1, 2, 3],
         version: 0,
         created_at: cmk_core::model::now(),
+        row_hint: None,
     };
     app.sqlite
         .insert_data_keys(&OrgId::from_trusted(org), std::slice::from_ref(&bad))

@@ -99,6 +99,7 @@ fn generate(
             wrapped: wrapped.blob,
             version: 0,
             created_at: cmk_core::model::now(),
+            row_hint: None,
         });
     }
     Ok((records, samples))

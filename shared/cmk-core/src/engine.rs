@@ -451,6 +451,7 @@ impl RewrapEngine {
                     from_version: record.version,
                     to_key_id: to.key_id.clone(),
                     wrapped: wrapped.blob,
+                    row_hint: record.row_hint,
                 }),
                 Err(Failure::Deferred) => deferred = true,
                 Err(Failure::Key { key_id, error }) => {

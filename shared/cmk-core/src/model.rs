@@ -348,6 +348,10 @@ pub struct DataKeyRecord {
     pub wrapped: Vec<u8>,
     pub version: u64,
     pub created_at: DateTime<Utc>,
+    /// Where the store that read this record keeps it (SQLite's rowid), so that a move finds
+    /// it without a search by id; `None` from other stores and in new records. Only a hint: a
+    /// move is still conditional on the org, id, key and version.
+    pub row_hint: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

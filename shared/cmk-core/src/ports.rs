@@ -88,6 +88,8 @@ pub struct DataKeyMove {
     pub from_version: u64,
     pub to_key_id: KeyId,
     pub wrapped: Vec<u8>,
+    /// The listed record's [`DataKeyRecord::row_hint`](crate::model::DataKeyRecord).
+    pub row_hint: Option<i64>,
 }
 
 /// The result of one batch of a job, committed atomically with the progress counters.

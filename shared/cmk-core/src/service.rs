@@ -637,6 +637,7 @@ impl Cmk {
                 wrapped: wrapped.blob,
                 version: 0,
                 created_at: crate::model::now(),
+                row_hint: None,
             };
             match self
                 .data_keys()

@@ -47,6 +47,7 @@ fn data_keys(key: &KeyId, n: usize) -> Vec<DataKeyRecord> {
             wrapped: vec![1, 2, 3, i as u8],
             version: 0,
             created_at: crate::model::now(),
+            row_hint: None,
         })
         .collect()
 }
@@ -90,6 +91,7 @@ fn moves(records: &[DataKeyRecord], to: &KeyId) -> Vec<DataKeyMove> {
             from_version: r.version,
             to_key_id: to.clone(),
             wrapped: vec![9, 9],
+            row_hint: r.row_hint,
         })
         .collect()
 }
@@ -124,6 +126,7 @@ pub async fn rewrap_progress_contract(store: &dyn Store) {
     job_total_and_exact_progress(store).await;
     failures_and_retries(store).await;
     one_replan_claim_per_idle_interval(store).await;
+    row_hints_never_move_the_wrong_data_key(store).await;
 }
 
 /// [`crate::ports::AuditLog`]: pages newest first.
@@ -655,6 +658,56 @@ async fn failures_and_retries(store: &dyn Store) {
         0,
         "a message of an earlier attempt changes nothing"
     );
+}
+
+/// A move's row hint is only a hint: one that names another data key's row moves the right
+/// data key (found by id) and leaves the other alone; a listed record's hint finds its own.
+async fn row_hints_never_move_the_wrong_data_key(store: &dyn Store) {
+    let k = key_record("k-hint", "hint");
+    let (org, job) = adopting(store, "hint", &k).await;
+    let svc = KeyId::service();
+    let mut listed = Vec::new();
+    for partition in 0..store.data_key_partitions() {
+        listed.extend(
+            store
+                .list_data_keys(&org, &svc, partition, None, None, 10)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(listed.len(), 3);
+    let mut wrong = moves(&listed[..1], &k.id);
+    wrong[0].row_hint = listed[1].row_hint.or(Some(i64::MAX));
+    let batch = |moves| BatchCommit {
+        job_id: job.id.clone(),
+        generation: 0,
+        source: svc.clone(),
+        moves,
+        failures: vec![],
+    };
+    let p = store.commit_batch(&org, batch(wrong)).await.unwrap();
+    assert_eq!(p.applied, 1, "the named data key moved");
+    let first = store
+        .get_data_key(&org, &listed[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.key_id, k.id);
+    let second = store
+        .get_data_key(&org, &listed[1].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (&second.key_id, second.version),
+        (&svc, listed[1].version),
+        "the data key whose row the hint named is untouched"
+    );
+    let p = store
+        .commit_batch(&org, batch(moves(&listed[1..], &k.id)))
+        .await
+        .unwrap();
+    assert_eq!(p.applied, 2, "listed hints find their own rows");
 }
 
 async fn many_data_keys_are_read_in_one_call(store: &dyn Store) {

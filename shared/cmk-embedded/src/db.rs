@@ -111,8 +111,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 /// The schema this code reads and writes, kept in the database's `user_version`. Databases of
 /// the first releases carry 0 (they wrote no version) and hold schema 1, which has text ids in
-/// `data_keys`; opening one migrates it (see [`migrate_to_schema_2`]).
-pub const SCHEMA_VERSION: i64 = 2;
+/// `data_keys`; schema 2 had compact ids in a table without rowids; schema 3 addresses rows by
+/// rowid. Opening an older one migrates it ([`migrate_schema_1`], [`migrate_schema_2`]).
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The database file and its connections.
 pub struct Database {
@@ -178,10 +179,11 @@ fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     )
 }
 
-/// Rewrites a schema-1 `data_keys` table (text org, id, key id and time) in schema 2, in one
-/// transaction: a crash leaves the database as it was, and the next open migrates again. Row
-/// by row in Rust, with the same conversions the store uses, so the two cannot disagree.
-fn migrate_to_schema_2(conn: &mut Connection) -> Result<(), StoreError> {
+/// Rewrites a schema-1 `data_keys` table (text org, id, key id and time) in the current
+/// schema, in one transaction: a crash leaves the database as it was, and the next open
+/// migrates again. Row by row in Rust, with the same conversions the store uses, so the two
+/// cannot disagree.
+fn migrate_schema_1(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(unavailable)?;
@@ -191,7 +193,7 @@ fn migrate_to_schema_2(conn: &mut Connection) -> Result<(), StoreError> {
     {
         return Ok(());
     }
-    tracing::info!("migrating the database to schema 2 (compact data key rows)");
+    tracing::info!("migrating the database from schema 1 (compact data key rows)");
     tx.execute_batch(
         "DROP INDEX IF EXISTS data_keys_by_key;
          ALTER TABLE data_keys RENAME TO data_keys_schema_1;",
@@ -238,8 +240,36 @@ fn migrate_to_schema_2(conn: &mut Connection) -> Result<(), StoreError> {
                 .map_err(unavailable)?;
         }
     }
-    tx.execute_batch("DROP TABLE data_keys_schema_1; PRAGMA user_version = 2;")
+    tx.execute_batch(&format!(
+        "DROP TABLE data_keys_schema_1; PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .map_err(unavailable)?;
+    tx.commit().map_err(unavailable)
+}
+
+/// Copies a schema-2 `data_keys` table (no rowid) into the current one, in one transaction.
+fn migrate_schema_2(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(unavailable)?;
+    if user_version(&tx).map_err(unavailable)? != 2 {
+        return Ok(()); // another process migrated while this one waited for the lock
+    }
+    tracing::info!("migrating the database from schema 2 (rows addressed by rowid)");
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS data_keys_by_key;
+         ALTER TABLE data_keys RENAME TO data_keys_schema_2;",
+    )
+    .map_err(unavailable)?;
+    tx.execute_batch(crate::data_keys::SCHEMA)
+        .map_err(unavailable)?;
+    tx.execute_batch(&format!(
+        "INSERT INTO data_keys (org, id, key_id, wrapped, version, created_at)
+         SELECT org, id, key_id, wrapped, version, created_at FROM data_keys_schema_2 ORDER BY org, id;
+         DROP TABLE data_keys_schema_2;
+         PRAGMA user_version = {SCHEMA_VERSION};"
+    ))
+    .map_err(unavailable)?;
     tx.commit().map_err(unavailable)
 }
 
@@ -254,7 +284,9 @@ fn prepare_schema(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     if version < 2 && has_table(conn, "data_keys").map_err(unavailable)? {
-        migrate_to_schema_2(conn)?;
+        migrate_schema_1(conn)?;
+    } else if version == 2 {
+        migrate_schema_2(conn)?;
     }
     conn.execute_batch(SCHEMA).map_err(unavailable)?;
     conn.execute_batch(crate::data_keys::SCHEMA)
@@ -353,6 +385,43 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_of_schema_2_is_migrated_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cmk.db");
+        {
+            // Schema 2 as commits 318fe62 to b9d3361 wrote it, with one data key.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(SCHEMA).expect("tables");
+            conn.execute_batch(
+                "CREATE TABLE data_keys (
+                     org INTEGER NOT NULL, id BLOB NOT NULL, key_id INTEGER NOT NULL,
+                     wrapped BLOB NOT NULL, version INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                     PRIMARY KEY (org, id)) WITHOUT ROWID;
+                 CREATE INDEX data_keys_by_key ON data_keys (org, key_id, id);
+                 INSERT INTO names (n, name) VALUES (1, 'acme'), (2, 'service');
+                 INSERT INTO data_keys VALUES (1, x'0190b6c4000070008000000000000001', 2, x'0102', 3, 1700000000000000);
+                 PRAGMA user_version = 2;",
+            )
+            .expect("schema 2");
+        }
+        for _ in 0..2 {
+            let db = Database::open(&path).expect("open and migrate");
+            let conn = Database::lock(&db.writer);
+            assert_eq!(user_version(&conn).expect("version"), SCHEMA_VERSION);
+            let row: (i64, i64, Vec<u8>, i64) = conn
+                .query_row(
+                    "SELECT n, key_id, wrapped, version FROM data_keys
+                     WHERE org = 1 AND id = x'0190b6c4000070008000000000000001'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .expect("the data key");
+            assert_eq!((row.1, row.2, row.3), (2, vec![1, 2], 3));
+            assert!(!has_table(&conn, "data_keys_schema_2").expect("tables"));
+        }
+    }
 
     #[test]
     fn a_database_of_the_previous_release_gains_the_new_columns_on_open() {

@@ -506,6 +506,13 @@ fn apply_batch(
                  WHERE org = ?1 AND id = ?2 AND key_id = ?5 AND version = ?6",
             )
             .map_err(unavailable)?;
+        // The same move, finding the row by the rowid the listing read (see data_keys.rs).
+        let mut mv_at = tx
+            .prepare_cached(
+                "UPDATE data_keys SET key_id = ?3, wrapped = ?4, version = version + 1
+                 WHERE n = ?7 AND org = ?1 AND id = ?2 AND key_id = ?5 AND version = ?6",
+            )
+            .map_err(unavailable)?;
         let mut clear = tx
             .prepare_cached(
                 "DELETE FROM job_failures WHERE org = ?1 AND job_id = ?2 AND data_key_id = ?3",
@@ -520,16 +527,37 @@ fn apply_batch(
                 .find(|t| t.key_id == m.to_key_id.as_str())
                 .ok_or_else(|| corrupt("a move to a key not interned"))?;
             let n = match data_keys::id_bytes(m.id.as_str()) {
-                Some(id) => mv
-                    .execute(params![
-                        org_n,
-                        &id[..],
-                        target.number,
-                        m.wrapped,
-                        source_n,
-                        m.from_version as i64,
-                    ])
-                    .map_err(write_err)?,
+                Some(id) => {
+                    let (id, version) = (&id[..], m.from_version as i64);
+                    let at = match m.row_hint {
+                        Some(row) => mv_at
+                            .execute(params![
+                                org_n,
+                                id,
+                                target.number,
+                                m.wrapped,
+                                source_n,
+                                version,
+                                row
+                            ])
+                            .map_err(write_err)?,
+                        None => 0,
+                    };
+                    // No hint, or one that did not match: the search by id decides.
+                    if at == 1 {
+                        1
+                    } else {
+                        mv.execute(params![
+                            org_n,
+                            id,
+                            target.number,
+                            m.wrapped,
+                            source_n,
+                            version
+                        ])
+                        .map_err(write_err)?
+                    }
+                }
                 None => 0, // no data key is stored under such an id
             };
             target.applied += n as i64;

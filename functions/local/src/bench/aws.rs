@@ -161,6 +161,7 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
                     wrapped: w.blob,
                     version: 0,
                     created_at: cmk_core::model::now(),
+                    row_hint: None,
                 })
             }
         })

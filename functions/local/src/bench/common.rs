@@ -41,6 +41,7 @@ pub async fn seed(
                 wrapped: wrapped.blob,
                 version: 0,
                 created_at: cmk_core::model::now(),
+                row_hint: None,
             });
         }
         store.insert_data_keys(org, &records).await?;

@@ -180,13 +180,13 @@ fn floor(
         let mut after: Vec<u8> = Vec::new();
         loop {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let page: Vec<(Vec<u8>, Vec<u8>, i64)> = tx
+            let page: Vec<(Vec<u8>, Vec<u8>, i64, i64)> = tx
                 .prepare_cached(
-                    "SELECT id, wrapped, version FROM data_keys
+                    "SELECT id, wrapped, version, n FROM data_keys
                      WHERE org = ?1 AND key_id = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
                 )?
                 .query_map(params![org_n, source_n, after, batch as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<Result<_, _>>()?;
             let Some(last) = page.last() else {
@@ -195,7 +195,7 @@ fn floor(
             after = last.0.clone();
             let items = page
                 .iter()
-                .map(|(id, wrapped, _)| {
+                .map(|(id, wrapped, _, _)| {
                     Ok(RewrapItem {
                         ctx: data_key_context(org, &data_keys::id_of(id)?),
                         wrapped: wrapped.clone(),
@@ -206,11 +206,13 @@ fn floor(
             {
                 let mut update = tx.prepare_cached(
                     "UPDATE data_keys SET key_id = ?6, wrapped = ?3, version = version + 1
-                     WHERE org = ?1 AND id = ?2 AND key_id = ?4 AND version = ?5",
+                     WHERE n = ?7 AND org = ?1 AND id = ?2 AND key_id = ?4 AND version = ?5",
                 )?;
-                for ((id, _, version), again) in page.iter().zip(rewrapped) {
+                for ((id, _, version, row), again) in page.iter().zip(rewrapped) {
                     let again = again.map_err(|f| anyhow!("{}", f.error))?;
-                    update.execute(params![org_n, id, again.blob, source_n, version, target_n])?;
+                    update.execute(params![
+                        org_n, id, again.blob, source_n, version, target_n, row
+                    ])?;
                 }
             }
             tx.commit()?;

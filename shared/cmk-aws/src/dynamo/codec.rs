@@ -233,6 +233,7 @@ pub(super) fn data_key_from(item: &Item) -> Result<DataKeyRecord, StoreError> {
         wrapped,
         version: get_n(item, "version")? as u64,
         created_at: parse_ts(get_s(item, "created_at")?)?,
+        row_hint: None,
     })
 }
 

@@ -68,6 +68,7 @@ async fn an_sdk_retry_of_a_transaction_sends_the_same_client_request_token() {
         wrapped: vec![1, 2, 3],
         version: 0,
         created_at: cmk_core::model::now(),
+        row_hint: None,
     };
     store
         .insert_data_keys(&org, std::slice::from_ref(&record))
