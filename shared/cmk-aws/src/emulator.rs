@@ -133,38 +133,3 @@ impl Emulator {
         response.get(9..12)?.parse().ok()
     }
 }
-
-/// A policy allowing every KMS action: what a customer's role grants the service in tests.
-pub const ALLOW_KMS: &str =
-    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
-
-/// Creates a customer's role `name` that anyone presenting `external_id` may assume, with
-/// [`ALLOW_KMS`]; returns its ARN.
-///
-/// # Panics
-/// When the emulator refuses a call: a test set-up failure.
-pub async fn customer_role(iam: &aws_sdk_iam::Client, name: &str, external_id: &str) -> String {
-    let trust = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-                       "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]
-    });
-    let arn = iam
-        .create_role()
-        .role_name(name)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("role")
-        .role
-        .expect("role")
-        .arn;
-    iam.put_role_policy()
-        .role_name(name)
-        .policy_name("kms")
-        .policy_document(ALLOW_KMS)
-        .send()
-        .await
-        .expect("policy");
-    arn
-}
