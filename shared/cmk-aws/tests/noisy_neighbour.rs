@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use cmk_aws::emulator::Emulator;
 use cmk_aws::{KmsKeyProvider, KmsSettings};
+use cmk_aws_testkit::customer_role;
 use cmk_core::crypto::DataKey;
 use cmk_core::error::KeyErrorKind;
 use cmk_core::model::{EncryptionContext, KeyId, KeySpec, OrgId};
@@ -69,8 +70,8 @@ async fn a_revoked_org_costs_one_sts_call_per_interval_and_never_slows_another_o
         );
     }
     // Org A's customer changed the trust policy: org A's external id is no longer trusted.
-    let role_a = common::customer_role(&iam, "customer-a", "cmk-someone-else").await;
-    let role_b = common::customer_role(&iam, "customer-b", "cmk-ext-b").await;
+    let role_a = customer_role(&iam, "customer-a", "cmk-someone-else").await;
+    let role_b = customer_role(&iam, "customer-b", "cmk-ext-b").await;
     emu.enforce_iam(true).await;
 
     let failure_memory = Duration::from_secs(10);

@@ -202,31 +202,7 @@ async fn sdk(ep: &str) -> aws_config::SdkConfig {
 
 /// A customer role trusting any principal that presents `external_id`, allowed to use KMS.
 async fn customer_role(iam: &aws_sdk_iam::Client, external_id: &str) -> String {
-    let name = unique("customer-role");
-    let trust = json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-                       "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]
-    });
-    let arn = iam
-        .create_role()
-        .role_name(&name)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("role")
-        .role
-        .expect("role")
-        .arn;
-    let policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]});
-    iam.put_role_policy()
-        .role_name(&name)
-        .policy_name("kms")
-        .policy_document(policy.to_string())
-        .send()
-        .await
-        .expect("policy");
-    arn
+    cmk_aws_testkit::customer_role(iam, &unique("customer-role"), external_id).await
 }
 
 /// A KMS key with an alias; returns (key ARN, alias ARN).

@@ -67,35 +67,3 @@ pub async fn service_identity(emu: &cmk_aws::emulator::Emulator) -> SdkConfig {
     ))
     .await
 }
-
-/// An identity policy allowing every KMS action (the emulator does not match resource ARNs).
-pub const ALLOW_KMS: &str =
-    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
-
-/// A customer's role named `name` that trusts any principal presenting `external_id`, allowed
-/// every KMS action; returns its ARN.
-pub async fn customer_role(iam: &aws_sdk_iam::Client, name: &str, external_id: &str) -> String {
-    let trust = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-                       "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]
-    });
-    let arn = iam
-        .create_role()
-        .role_name(name)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("role")
-        .role
-        .expect("role")
-        .arn;
-    iam.put_role_policy()
-        .role_name(name)
-        .policy_name("kms")
-        .policy_document(ALLOW_KMS)
-        .send()
-        .await
-        .expect("policy");
-    arn
-}

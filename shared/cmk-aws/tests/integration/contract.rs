@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use cmk_aws::{DynamoStore, KmsKeyProvider, KmsSettings, SqsQueue};
+use cmk_aws_testkit::customer_role;
 use cmk_core::model::{KeyId, KeySpec, OrgId};
 use cmk_core::ports::Kek;
 use cmk_core::testsuite;
@@ -73,22 +74,7 @@ async fn kms_key_provider_passes_the_key_provider_contract() {
         .expect("meta")
         .arn
         .expect("arn");
-    let role_name = common::unique("customer");
-    let trust = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-                       "Condition": {"StringEquals": {"sts:ExternalId": "ext-contract"}}}]
-    });
-    let role_arn = iam
-        .create_role()
-        .role_name(&role_name)
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("role")
-        .role
-        .expect("role")
-        .arn;
+    let role_arn = customer_role(&iam, &common::unique("customer"), "ext-contract").await;
     let provider = KmsKeyProvider::new(&config, KmsSettings::new(&service_key));
     let org = OrgId::from_trusted("contract");
     let service = Kek {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use aws_credential_types::Credentials;
 use cmk_aws::backend::{build, AwsSettings};
 use cmk_aws::emulator::Emulator;
+use cmk_aws_testkit::{customer_role, ALLOW_KMS};
 use cmk_core::engine::{EngineConfig, RewrapEngine};
 use cmk_core::model::{EncryptionContext, HealthStatus, Job, JobState, Key, KeySpec, OrgId};
 use cmk_core::service::NewKeySpec;
@@ -122,9 +123,8 @@ impl Scene {
 
         // Customer roles in the operator's account (trust policies are checked there), and a
         // key in a second account, reached by assuming a role there.
-        let good_role = common::customer_role(&iam, "customer", &external_id).await;
-        let wrong_role =
-            common::customer_role(&iam, "someone-else", "not-this-orgs-external-id").await;
+        let good_role = customer_role(&iam, "customer", &external_id).await;
+        let wrong_role = customer_role(&iam, "someone-else", "not-this-orgs-external-id").await;
         let local_key = create_key(&kms_root).await.arn.unwrap();
 
         let assumed = aws_sdk_sts::Client::new(&root)
@@ -148,7 +148,7 @@ impl Scene {
         // The customer's role in the second account (trusting the service with the org's
         // external id; the emulator does not check trust policies across accounts).
         let iam_second = aws_sdk_iam::Client::new(&second);
-        let created = common::customer_role(&iam_second, "customer-second", &external_id).await;
+        let created = customer_role(&iam_second, "customer-second", &external_id).await;
         assert_eq!(created, SECOND_ROLE);
         let kms_second = aws_sdk_kms::Client::new(&second);
         let far_meta = create_key(&kms_second).await;
@@ -381,7 +381,7 @@ impl Scene {
             .put_role_policy()
             .role_name("customer-second")
             .policy_name("kms")
-            .policy_document(common::ALLOW_KMS)
+            .policy_document(ALLOW_KMS)
             .send()
             .await
             .expect("restore the permission");

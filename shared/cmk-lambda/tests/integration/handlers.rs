@@ -500,19 +500,8 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
     let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
     let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
     let iam = aws_sdk_iam::Client::new(&env.config);
-    let trust = json!({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-        "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]});
-    let role_arn = iam
-        .create_role()
-        .role_name(common::unique("customer"))
-        .assume_role_policy_document(trust.to_string())
-        .send()
-        .await
-        .expect("role")
-        .role
-        .expect("role")
-        .arn;
+    let role_arn =
+        cmk_aws_testkit::customer_role(&iam, &common::unique("customer"), &external_id).await;
     let key_arn = aws_sdk_kms::Client::new(&env.config)
         .create_key()
         .send()

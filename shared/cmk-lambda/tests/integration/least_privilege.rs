@@ -275,31 +275,12 @@ impl Scene {
         .await;
         assert_status(&setup, StatusCode::OK);
         let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
-        let operator_iam = aws_sdk_iam::Client::new(&self.admin);
-        let role_name = common::unique("customer");
-        let trust = json!({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}]});
-        let role_arn = operator_iam
-            .create_role()
-            .role_name(&role_name)
-            .assume_role_policy_document(trust.to_string())
-            .send()
-            .await
-            .expect("role")
-            .role
-            .expect("role")
-            .arn;
-        operator_iam
-            .put_role_policy()
-            .role_name(&role_name)
-            .policy_name("kms")
-            .policy_document(
-                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
-            )
-            .send()
-            .await
-            .expect("role policy");
+        let role_arn = cmk_aws_testkit::customer_role(
+            &aws_sdk_iam::Client::new(&self.admin),
+            &common::unique("customer"),
+            &external_id,
+        )
+        .await;
         let key_arn = create_key(&aws_sdk_kms::Client::new(&self.admin)).await;
         let add_body =
             json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn});
