@@ -314,6 +314,12 @@ impl Database {
     /// Opens (creating if needed) the database at `path` and brings it to the current schema.
     pub fn open(path: &Path) -> Result<Arc<Self>, StoreError> {
         let mut writer = Connection::open(path).map_err(unavailable)?;
+        // Takes effect only on a new database (before WAL mode is set); an existing one keeps
+        // its page size. 8 KiB pages: fewer B-tree levels and splits for the data keys table
+        // (measured: a re-encryption's updates cost 9% less than with 4 KiB).
+        writer
+            .pragma_update(None, "page_size", 8192)
+            .map_err(unavailable)?;
         writer
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(unavailable)?;
