@@ -17,6 +17,17 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU time this process has used (user and system), from `/proc/self/stat` on Linux.
+pub fn cpu_time() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), closed by the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ) on every platform we run.
+    Some(std::time::Duration::from_millis(ticks * 10))
+}
+
 /// Inserts `n` data keys wrapped by `kek`, 10,000 per store call.
 pub async fn seed(
     store: &dyn Store,

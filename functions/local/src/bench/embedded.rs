@@ -22,7 +22,7 @@ use cmk_embedded::{data_keys, LocalKeyProvider, QueueConfig};
 use rusqlite::params;
 use tokio::sync::watch;
 
-use super::common::{peak_rss_mb, seed};
+use super::common::{cpu_time, peak_rss_mb, seed};
 use super::reference::Reference;
 use crate::local::open_backends;
 use cmk_core::ports::RewrapProgress;
@@ -114,6 +114,8 @@ pub async fn rewrap(args: Args) -> Result<ExitCode> {
             let _ = stop_rx.wait_for(|s| *s).await;
         },
     ));
+    let busy_before = b.store.database().writer_busy();
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let (_, job) = b
         .cmk
@@ -132,6 +134,10 @@ pub async fn rewrap(args: Args) -> Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let job_secs = started.elapsed().as_secs_f64();
+    let cores = cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before).as_secs_f64() / job_secs);
+    let writer_busy = (b.store.database().writer_busy() - busy_before).as_secs_f64() / job_secs;
     let _ = stop_tx.send(true);
     let _ = worker.await;
     if finished.state != JobState::Completed || finished.done != args.data_keys {
@@ -148,6 +154,11 @@ pub async fn rewrap(args: Args) -> Result<ExitCode> {
         "data_keys={} batch_size={}",
         args.data_keys, args.batch_size
     );
+    // The share of the job's time the one SQLite writer was held: near 1, the writer bounds it.
+    println!("writer_busy={writer_busy:.2}");
+    if let Some(cores) = cores {
+        println!("cpu_cores_used={cores:.2}");
+    }
     if let Some(mb) = peak_rss_mb() {
         println!("peak_rss_mb={mb:.0}");
     }
