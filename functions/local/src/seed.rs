@@ -1,6 +1,7 @@
 //! `cmk seed` and `cmk verify`: fill an org with data keys and sample ciphertexts, then prove
 //! that every sample still decrypts to the same bytes (after any number of re-encryptions).
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -166,6 +167,9 @@ pub async fn seed(data_dir: &Path, args: SeedArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Pages of samples `cmk verify` checks at once.
+const CHECKS_IN_FLIGHT: usize = 3;
+
 /// A sample, and what is wrong with it if anything.
 type Checked = (Sample, Option<String>);
 
@@ -179,29 +183,35 @@ pub async fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
     let mut after: Option<DataKeyId> = None;
     let (mut checked, mut failed) = (0u64, 0u64);
     let mut reported = 0;
-    // One page is checked while the next is read: the two use both cores.
-    let mut checking: Option<tokio::task::JoinHandle<Result<Vec<Checked>>>> = None;
-    loop {
-        let page = samples.page(&org, after.as_ref(), 2_000).await?;
-        if let Some(task) = checking.take() {
-            for (s, problem) in task.await?? {
-                checked += 1;
-                if let Some(problem) = problem {
-                    failed += 1;
-                    if reported < 20 {
-                        reported += 1;
-                        pb.suspend(|| println!("FAILED data key {}: {problem}", s.data_key_id));
-                    }
+    // Pages are checked while the next ones are read, a few at once, so that the reads and the
+    // checks use both cores; results are taken in page order.
+    let mut checking: VecDeque<tokio::task::JoinHandle<Result<Vec<Checked>>>> = VecDeque::new();
+    let mut take = |checked_page: Vec<Checked>, checked: &mut u64, failed: &mut u64| {
+        for (s, problem) in checked_page {
+            *checked += 1;
+            if let Some(problem) = problem {
+                *failed += 1;
+                if reported < 20 {
+                    reported += 1;
+                    pb.suspend(|| println!("FAILED data key {}: {problem}", s.data_key_id));
                 }
             }
-            pb.set_position(checked);
+        }
+        pb.set_position(*checked);
+    };
+    loop {
+        let page = samples.page(&org, after.as_ref(), 2_000).await?;
+        while checking.len() >= CHECKS_IN_FLIGHT || (page.is_empty() && !checking.is_empty()) {
+            if let Some(task) = checking.pop_front() {
+                take(task.await??, &mut checked, &mut failed);
+            }
         }
         let Some(last) = page.last() else {
             break;
         };
         after = Some(last.data_key_id.clone());
         let (cmk, org, ctx) = (b.cmk.clone(), org.clone(), ctx.clone());
-        checking = Some(tokio::spawn(async move {
+        checking.push_back(tokio::spawn(async move {
             // One store read for the page's data keys; each still goes through its wrapping key.
             let items: Vec<(&str, &EncryptionContext)> =
                 page.iter().map(|s| (s.ciphertext.as_str(), &ctx)).collect();
