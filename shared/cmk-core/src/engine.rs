@@ -356,6 +356,7 @@ impl RewrapEngine {
         };
         let mut after = after.cloned();
         loop {
+            let started = std::time::Instant::now();
             // Only what the source still wraps: a redelivered range costs no provider call for
             // the data keys that already moved.
             let records = self
@@ -378,6 +379,7 @@ impl RewrapEngine {
             let deferred = self
                 .rewrap_and_commit(org, &job, &from, &to, &limits, records)
                 .await?;
+            crate::metrics::batch_seconds(started.elapsed().as_secs_f64());
             if deferred || (more && tokio::time::Instant::now() >= limits.deadline) {
                 // Out of time: what moved is committed; a new message takes the rest of the
                 // range from this page on (what moved is no longer listed there).
@@ -470,7 +472,10 @@ impl RewrapEngine {
         }
         let moved: Vec<DataKeyId> = batch.moves.iter().map(|m| m.id.clone()).collect();
         // One atomic write; if it fails the message is redelivered and the batch redone.
+        let failures = batch.failures.len() as u64;
         let progress = self.cmk.progress().commit_batch(org, batch).await?;
+        crate::metrics::data_keys_moved(progress.applied);
+        crate::metrics::data_keys_failed(failures);
         self.cmk.moved(org, &moved);
         self.show_throttling(org, job, limits).await;
         if let Some((key_id, error)) = failed_key {

@@ -19,12 +19,12 @@ use crate::crypto::{self, DataKey};
 use crate::error::{CoreError, KeyError, StoreError};
 use crate::model::{
     data_key_context, validate_key_name, validate_kms_key_arn, validate_role_arn, AuditAction,
-    AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, Key, KeyId, KeyRecord,
-    KeySpec, KeyState, OrgId,
+    AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobState, Key, KeyId,
+    KeyRecord, KeySpec, KeyState, OrgId,
 };
 use crate::ports::{
-    AuditLog, DataKeyStore, Kek, KeyProvider, OrgCommit, OrgSnapshot, OrgStore, RewrapMessage,
-    RewrapProgress, RewrapQueue, StoreParts,
+    AuditLog, DataKeyStore, JobChange, Kek, KeyProvider, OrgCommit, OrgSnapshot, OrgStore,
+    RewrapMessage, RewrapProgress, RewrapQueue, StoreParts,
 };
 use crate::rules::{self, Retry};
 
@@ -214,8 +214,14 @@ impl Cmk {
                 Decision::Answer(next) => return Ok((snapshot, next, None)),
                 Decision::Commit(commit, next) => (commit, next),
             };
+            let transition = commit.job.as_ref().map(job_transition);
             match self.orgs().commit(org, commit).await {
-                Ok(job) => return Ok((snapshot, next, job)),
+                Ok(job) => {
+                    if let Some(transition) = transition {
+                        crate::metrics::job_transition(transition);
+                    }
+                    return Ok((snapshot, next, job));
+                }
                 Err(StoreError::Conflict(_)) => backoff(attempt).await,
                 Err(e) => return Err(e.into()),
             }
@@ -547,6 +553,7 @@ impl Cmk {
                 failure_health(&e)
             }
         };
+        crate::metrics::key_check(health.status.as_str());
         if !key.is_service() {
             self.orgs().set_key_health(org, key, &health).await?;
             // A failure after this check records itself again, whatever the debounce said.
@@ -835,6 +842,19 @@ impl Cmk {
             }
         }
         Ok(results)
+    }
+}
+
+/// What a job change is, as [`crate::metrics::JOB_TRANSITIONS`] counts it.
+fn job_transition(change: &JobChange) -> &'static str {
+    match change {
+        JobChange::Start(_) => "started",
+        JobChange::Update(u) => match u.state {
+            JobState::Running => "retried",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        },
     }
 }
 

@@ -23,6 +23,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod metrics;
 mod openapi;
 pub mod page;
 
@@ -122,6 +123,7 @@ pub fn app(routes: Router<AppState>, state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
                     REQUEST_ID_HEADER,
                 )))
+                .layer(axum::middleware::from_fn(metrics::count_request))
                 // Enforced by the body extractors, whose rejection becomes a 400 problem.
                 .layer(DefaultBodyLimit::max(BODY_LIMIT)),
         )

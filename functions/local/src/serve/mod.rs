@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// The org whose admin gets the ready login link printed at start.
     #[arg(long, env = "CMK_ADMIN_ORG", default_value = "acme")]
     pub admin_org: String,
+    /// Serves `GET /metrics` (Prometheus text, unauthenticated) on a non-loopback address too.
+    /// On a loopback address it is always served.
+    #[arg(long, env = "CMK_METRICS")]
+    pub metrics: bool,
 }
 
 fn init_tracing() {
@@ -116,6 +120,12 @@ async fn shutdown_signal() {
 
 pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     init_tracing();
+    // Before anything records: counts made with no recorder installed are lost.
+    let metrics = if args.metrics || args.addr.ip().is_loopback() {
+        Some(cmk_http::metrics::prometheus().map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
     // Fail closed before anything starts: no secret, no service.
     let secret = token_secret(data_dir)?;
     let auth = Arc::new(Hs256Authenticator::new(&secret).context("the token secret")?);
@@ -191,10 +201,13 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         stopped(stop_rx.clone()),
     ));
 
-    let app = cmk_http::router(AppState {
+    let mut app = cmk_http::router(AppState {
         cmk: cmk.clone(),
         auth,
     });
+    if let Some(handle) = metrics.clone() {
+        app = app.merge(cmk_http::metrics::metrics_route(handle));
+    }
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -211,6 +224,9 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         "  try: curl -H \"Authorization: Bearer $({exe} token --data-dir {dir} --org acme)\" http://{addr}/v1/orgs/acme/keys"
     );
     println!("  API description: http://{addr}/openapi.json");
+    if metrics.is_some() {
+        println!("  metrics (Prometheus): http://{addr}/metrics");
+    }
     // A ready login link for the admin page: the token rides in the fragment, never sent.
     let token = cmk_http::auth::issue_token(
         &secret,

@@ -12,17 +12,23 @@ use serde_json::Value;
 
 const CMK: &str = env!("CARGO_BIN_EXE_cmk");
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Server {
-    fn start(data_dir: &Path) -> Self {
+    pub(crate) fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &["--addr", "127.0.0.1:0"])
+    }
+
+    /// `cmk serve` with `args` (which name the address).
+    pub(crate) fn start_with(data_dir: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(CMK)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["serve", "--addr", "127.0.0.1:0", "--batch-size", "50"])
+            .args(["serve", "--batch-size", "50"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -49,15 +55,15 @@ impl Drop for Server {
 }
 
 #[derive(Debug)]
-struct Out {
+pub(crate) struct Out {
     ok: bool,
     code: Option<i32>,
-    stdout: String,
+    pub(crate) stdout: String,
     stderr: String,
 }
 
 /// A local command on the data directory (token, seed, verify, local-key).
-fn local(data_dir: &Path, args: &[&str]) -> Out {
+pub(crate) fn local(data_dir: &Path, args: &[&str]) -> Out {
     let out = Command::new(CMK)
         .arg("--data-dir")
         .arg(data_dir)
@@ -74,7 +80,7 @@ fn local(data_dir: &Path, args: &[&str]) -> Out {
 }
 
 /// An admin command against `server`, with `token` in `CMK_TOKEN` (none if `None`).
-fn admin(server: &Server, token: Option<&str>, args: &[&str]) -> Out {
+pub(crate) fn admin(server: &Server, token: Option<&str>, args: &[&str]) -> Out {
     let mut cmd = Command::new(CMK);
     cmd.args(args)
         .env("CMK_URL", &server.base)
@@ -92,7 +98,7 @@ fn admin(server: &Server, token: Option<&str>, args: &[&str]) -> Out {
     }
 }
 
-fn ok(out: Out) -> Out {
+pub(crate) fn ok(out: Out) -> Out {
     assert!(out.ok, "expected success: {out:#?}");
     out
 }
@@ -107,11 +113,11 @@ fn fails_with(out: Out, needle: &str) -> Out {
     out
 }
 
-fn json(out: &Out) -> Value {
+pub(crate) fn json(out: &Out) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:#?}"))
 }
 
-fn token(data_dir: &Path, org: &str, role: &str) -> String {
+pub(crate) fn token(data_dir: &Path, org: &str, role: &str) -> String {
     let out = ok(local(data_dir, &["token", "--org", org, "--role", role]));
     out.stdout.trim().to_owned()
 }

@@ -4,4 +4,5 @@
 mod cli;
 mod e2e;
 mod e2e_aws;
+mod metrics;
 mod secrets;

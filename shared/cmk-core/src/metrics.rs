@@ -1,0 +1,54 @@
+//! The service's metrics, named in one place and recorded through the `metrics` facade, so that
+//! each runtime chooses where they go: Prometheus text at `GET /metrics` locally, CloudWatch
+//! Embedded Metric Format on Lambda. With no recorder installed (tests, tools) recording costs
+//! next to nothing.
+//!
+//! Labels are low-cardinality only: a route template, a status, an outcome, a state. An org or
+//! a key id is never a label (one series per customer would grow without bound).
+
+use metrics::{counter, histogram};
+
+/// Data keys a re-encryption moved to their target (each counted once, however often its batch
+/// was delivered).
+pub const DATA_KEYS_MOVED: &str = "cmk_rewrap_data_keys_moved_total";
+/// Data keys a re-encryption batch could not move (recorded as the job's failures).
+pub const DATA_KEYS_FAILED: &str = "cmk_rewrap_data_keys_failed_total";
+/// Job transitions, labelled `transition`: `started`, `completed`, `failed`, `cancelled`, and
+/// `retried` (a failed job running again).
+pub const JOB_TRANSITIONS: &str = "cmk_jobs_total";
+/// Seconds one re-encryption batch took: its page listed, rewrapped and committed.
+pub const BATCH_SECONDS: &str = "cmk_rewrap_batch_seconds";
+/// HTTP requests answered, labelled `route` (the template, e.g. `/v1/orgs/{org}/decrypt`) and
+/// `status`.
+pub const HTTP_REQUESTS: &str = "cmk_http_requests_total";
+/// Round-trip checks of customer keys, labelled `result` (a health status: `ok`,
+/// `access_denied`, ...).
+pub const KEY_CHECKS: &str = "cmk_key_checks_total";
+
+pub fn data_keys_moved(n: u64) {
+    counter!(DATA_KEYS_MOVED).increment(n);
+}
+
+pub fn data_keys_failed(n: u64) {
+    counter!(DATA_KEYS_FAILED).increment(n);
+}
+
+/// A job transition that was committed (see [`JOB_TRANSITIONS`]).
+pub fn job_transition(transition: &'static str) {
+    counter!(JOB_TRANSITIONS, "transition" => transition).increment(1);
+}
+
+pub fn batch_seconds(seconds: f64) {
+    histogram!(BATCH_SECONDS).record(seconds);
+}
+
+/// A request answered: `route` is the matched route template, never the path itself (which
+/// holds org names and ids).
+pub fn http_request(route: &str, status: u16) {
+    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string())
+        .increment(1);
+}
+
+pub fn key_check(result: &'static str) {
+    counter!(KEY_CHECKS, "result" => result).increment(1);
+}
