@@ -219,6 +219,17 @@ where
     KeyError::new(kind, format!("{what}: {why} ({})", describe(&e)))
 }
 
+/// Counts a call's outcome (`ok`, `throttled`, `access_denied` or `other`) with `record`.
+fn counted<T>(r: Result<T, KeyError>, record: fn(&'static str)) -> Result<T, KeyError> {
+    record(match &r {
+        Ok(_) => "ok",
+        Err(e) if e.kind == KeyErrorKind::Throttled => "throttled",
+        Err(e) if e.kind == KeyErrorKind::AccessDenied => "access_denied",
+        Err(_) => "other",
+    });
+    r
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -461,7 +472,8 @@ impl KmsKeyProvider {
                     );
                 }
                 err
-            })?;
+            });
+        let out = counted(out, cmk_core::metrics::sts_session)?;
         let creds = out
             .credentials()
             .ok_or_else(|| KeyError::new(KeyErrorKind::Transient, "STS returned no credentials"))?;
@@ -502,7 +514,8 @@ impl KmsKeyProvider {
             .set_encryption_context(Some(ctx.clone().into_iter().collect()))
             .send()
             .await
-            .map_err(|e| key_error(e, &format!("encrypting with KMS key {key_id}")))?;
+            .map_err(|e| key_error(e, &format!("encrypting with KMS key {key_id}")));
+        let out = counted(out, cmk_core::metrics::kms_call)?;
         wrapped_from(out.ciphertext_blob(), out.key_id())
     }
 
@@ -574,7 +587,8 @@ impl KeyProvider for KmsKeyProvider {
             .set_encryption_context(Some(ctx.clone().into_iter().collect()))
             .send()
             .await
-            .map_err(|e| key_error(e, &format!("decrypting with KMS key {key_id}")))?;
+            .map_err(|e| key_error(e, &format!("decrypting with KMS key {key_id}")));
+        let out = counted(out, cmk_core::metrics::kms_call)?;
         // Take the SDK's plaintext buffer and wipe it once copied into the data key.
         out.plaintext
             .map(|p| zeroize::Zeroizing::new(p.into_inner()))
@@ -615,7 +629,8 @@ impl KeyProvider for KmsKeyProvider {
                     e,
                     &format!("re-encrypting from KMS key {source_key} to {destination_key}"),
                 )
-            })?;
+            });
+        let out = counted(out, cmk_core::metrics::kms_call)?;
         wrapped_from(out.ciphertext_blob(), out.key_id()).map(Some)
     }
 

@@ -21,6 +21,10 @@ pub const BATCH_SECONDS: &str = "cmk_rewrap_batch_seconds";
 /// HTTP requests answered, labelled `route` (the template, e.g. `/v1/orgs/{org}/decrypt`) and
 /// `status`.
 pub const HTTP_REQUESTS: &str = "cmk_http_requests_total";
+/// AWS KMS calls, labelled `outcome`: `ok`, `throttled`, `access_denied`, `other`.
+pub const KMS_CALLS: &str = "cmk_kms_calls_total";
+/// STS `AssumeRole` calls for customer keys' sessions, labelled `outcome` as [`KMS_CALLS`].
+pub const STS_SESSIONS: &str = "cmk_sts_sessions_total";
 /// Round-trip checks of customer keys, labelled `result` (a health status: `ok`,
 /// `access_denied`, ...).
 pub const KEY_CHECKS: &str = "cmk_key_checks_total";
@@ -47,6 +51,14 @@ pub fn batch_seconds(seconds: f64) {
 pub fn http_request(route: &str, status: u16) {
     counter!(HTTP_REQUESTS, "route" => route.to_owned(), "status" => status.to_string())
         .increment(1);
+}
+
+pub fn kms_call(outcome: &'static str) {
+    counter!(KMS_CALLS, "outcome" => outcome).increment(1);
+}
+
+pub fn sts_session(outcome: &'static str) {
+    counter!(STS_SESSIONS, "outcome" => outcome).increment(1);
 }
 
 pub fn key_check(result: &'static str) {
