@@ -140,5 +140,18 @@ pub async fn run(function: HttpFunction) -> Result<(), lambda_http::Error> {
     let config = cmk_aws::backend::sdk_config(settings.aws.endpoint_url.as_deref()).await;
     let backend = cmk_aws::backend::build(&config, &settings.aws);
     tracing::info!(function = function.name(), table = %settings.aws.table, "starting");
-    lambda_http::run(app(function, backend.cmk, &settings.claims)).await
+    crate::emf::install(function.name());
+    let handler = app(function, backend.cmk, &settings.claims)
+        .layer(axum::middleware::from_fn(flush_metrics));
+    lambda_http::run(handler).await
+}
+
+/// Prints the request's metrics once it is answered (one invocation, one request).
+async fn flush_metrics(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    crate::emf::flush();
+    response
 }

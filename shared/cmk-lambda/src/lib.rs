@@ -6,11 +6,13 @@
 //!   services) handed to the shared router as a `Principal`;
 //! - [`http`]: the `keys-read`, `keys-write` and `data-keys` functions, each the shared axum
 //!   Router with only its own routes, run by `lambda_http`;
-//! - [`worker`]: the SQS-triggered `rewrap-worker`, with partial batch failures.
+//! - [`worker`]: the SQS-triggered `rewrap-worker`, with partial batch failures;
+//! - [`emf`]: the service's metrics as CloudWatch Embedded Metric Format lines on stdout.
 //!
 //! SDK clients are built once per cold start, and building them makes no AWS call.
 
 pub mod config;
+pub mod emf;
 pub mod gateway;
 pub mod http;
 #[cfg(feature = "testing")]

@@ -168,8 +168,13 @@ pub async fn run() -> Result<(), Error> {
     );
     tracing::info!(table = %settings.aws.table, queue = %settings.aws.queue_url, "starting");
     let worker = &worker;
+    crate::emf::install("rewrap-worker");
     lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: LambdaEvent<Value>| async move { worker.handle(event).await },
+        move |event: LambdaEvent<Value>| async move {
+            let answer = worker.handle(event).await;
+            crate::emf::flush(); // the batch's metrics, as EMF lines
+            answer
+        },
     ))
     .await
 }
