@@ -287,11 +287,6 @@ fn every_function_builds_a_workspace_binary() {
             "{id}"
         );
         assert_eq!(s(function_property(&t, f, "Handler")), "bootstrap", "{id}");
-        assert_eq!(
-            seq(function_property(&t, f, "Architectures")),
-            &vec![Yaml::from("arm64")],
-            "{id}"
-        );
     }
     // Bin names are unique across the workspace (cargo-lambda builds by bin name).
     let all: Vec<String> = workspace_bins().into_keys().collect();
@@ -653,5 +648,93 @@ fn the_template_gives_each_function_the_configuration_it_reads() {
         "RewrapWorkerRoleArn",
     ] {
         assert!(!t["Outputs"][output]["Value"].is_null(), "output {output}");
+    }
+}
+
+/// The metrics the code records (cmk-core's `metrics` module), with their label names.
+fn emitted_metrics() -> BTreeMap<&'static str, &'static [&'static str]> {
+    use cmk_core::metrics as m;
+    BTreeMap::from([
+        (m::DATA_KEYS_MOVED, &[][..]),
+        (m::DATA_KEYS_FAILED, &[][..]),
+        (m::JOB_TRANSITIONS, &["transition"][..]),
+        (m::BATCH_SECONDS, &[][..]),
+        (m::HTTP_REQUESTS, &["route", "status"][..]),
+        (m::KEY_CHECKS, &["result"][..]),
+        (m::KMS_CALLS, &["outcome"][..]),
+        (m::STS_SESSIONS, &["outcome"][..]),
+    ])
+}
+
+/// Every metric an alarm watches in namespace `cmk` is one the code records, with exactly the
+/// dimensions its EMF documents carry (`function`, a function's name, and the metric's labels):
+/// an alarm on a misspelt name or a partial dimension set would never fire.
+#[test]
+fn every_alarm_watches_a_metric_the_functions_emit() {
+    let t = template();
+    let emitted = emitted_metrics();
+    let functions: BTreeSet<&str> = [
+        HttpFunction::KeysRead.name(),
+        HttpFunction::KeysWrite.name(),
+        HttpFunction::DataKeys.name(),
+        "rewrap-worker",
+    ]
+    .into();
+    let mut watched = 0;
+    for (id, alarm) in resources(&t, "AWS::CloudWatch::Alarm") {
+        let p = &alarm["Properties"];
+        let mut metrics: Vec<&Yaml> = Vec::new();
+        if !p["MetricName"].is_null() {
+            metrics.push(p);
+        }
+        for m in p["Metrics"].as_sequence().into_iter().flatten() {
+            if !m["MetricStat"].is_null() {
+                metrics.push(&m["MetricStat"]["Metric"]);
+            }
+        }
+        for m in metrics {
+            if m["Namespace"].as_str() != Some("cmk") {
+                continue;
+            }
+            watched += 1;
+            let name = s(&m["MetricName"]);
+            let labels = emitted
+                .get(name)
+                .unwrap_or_else(|| panic!("{id} watches {name}, which no code records"));
+            let dims: BTreeMap<&str, &str> = seq(&m["Dimensions"])
+                .iter()
+                .map(|d| (s(&d["Name"]), s(&d["Value"])))
+                .collect();
+            let expected: BTreeSet<&str> =
+                std::iter::once("function").chain(labels.iter().copied()).collect();
+            assert_eq!(
+                dims.keys().copied().collect::<BTreeSet<_>>(),
+                expected,
+                "{id}: the dimensions of {name}"
+            );
+            assert!(
+                functions.contains(dims["function"]),
+                "{id}: no function is named {}",
+                dims["function"]
+            );
+        }
+    }
+    assert!(watched >= 5, "the alarms on the service's own metrics");
+}
+
+#[test]
+fn every_function_runs_on_the_architecture_parameter() {
+    let t = template();
+    let allowed: Vec<&str> = seq(&t["Parameters"]["Architecture"]["AllowedValues"])
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(allowed, ["arm64", "x86_64"]);
+    for (id, f) in resources(&t, "AWS::Serverless::Function") {
+        assert_eq!(
+            function_property(&t, f, "Architectures"),
+            &Yaml::Sequence(vec![reference("Architecture")]),
+            "{id}"
+        );
     }
 }
