@@ -18,7 +18,10 @@ fn response(outcome: Outcome) -> Value {
 async fn the_binary_answers_api_gateway_events() {
     let mut runtime = FakeRuntime::start().await;
     let env = runtime.function_env();
-    runtime.spawn(env!("CARGO_BIN_EXE_cmk-data-keys"), &env);
+    runtime.spawn(
+        &cmk_lambda::testing::function_binary(env!("CARGO_BIN_EXE_cmk-data-keys"), "cmk-data-keys"),
+        &env,
+    );
 
     // IAM context, but no content-type: 400 before any AWS call.
     let mut untyped = fixture("data-keys/decrypt.json");

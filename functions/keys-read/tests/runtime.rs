@@ -7,7 +7,9 @@
 use cmk_lambda::testing::{fixture, FakeRuntime, Outcome};
 use serde_json::Value;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_cmk-keys-read");
+fn binary() -> String {
+    cmk_lambda::testing::function_binary(env!("CARGO_BIN_EXE_cmk-keys-read"), "cmk-keys-read")
+}
 
 fn response(outcome: Outcome) -> Value {
     match outcome {
@@ -20,7 +22,7 @@ fn response(outcome: Outcome) -> Value {
 async fn the_binary_answers_api_gateway_events() {
     let mut runtime = FakeRuntime::start().await;
     let env = runtime.function_env();
-    runtime.spawn(BINARY, &env);
+    runtime.spawn(&binary(), &env);
 
     let page = response(runtime.invoke(fixture("keys-read/page.json")).await);
     assert_eq!(page["statusCode"], 200);
@@ -45,7 +47,7 @@ async fn a_missing_variable_stops_the_cold_start() {
         .into_iter()
         .filter(|(k, _)| k != "CMK_TABLE")
         .collect();
-    let out = std::process::Command::new(BINARY)
+    let out = std::process::Command::new(binary())
         .env_clear()
         .envs(env)
         .output()

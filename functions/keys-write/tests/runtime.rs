@@ -18,7 +18,13 @@ fn response(outcome: Outcome) -> Value {
 async fn the_binary_answers_api_gateway_events() {
     let mut runtime = FakeRuntime::start().await;
     let env = runtime.function_env();
-    runtime.spawn(env!("CARGO_BIN_EXE_cmk-keys-write"), &env);
+    runtime.spawn(
+        &cmk_lambda::testing::function_binary(
+            env!("CARGO_BIN_EXE_cmk-keys-write"),
+            "cmk-keys-write",
+        ),
+        &env,
+    );
 
     let mut member = fixture("keys-write/add-key.json");
     member["requestContext"]["authorizer"]["jwt"]["claims"]["role"] = "member".into();

@@ -13,7 +13,13 @@ use cmk_lambda::testing::{fixture, FakeRuntime, Outcome};
 async fn the_binary_answers_partial_batch_failures() {
     let mut runtime = FakeRuntime::start().await;
     let env = runtime.function_env();
-    runtime.spawn(env!("CARGO_BIN_EXE_cmk-rewrap-worker"), &env);
+    runtime.spawn(
+        &cmk_lambda::testing::function_binary(
+            env!("CARGO_BIN_EXE_cmk-rewrap-worker"),
+            "cmk-rewrap-worker",
+        ),
+        &env,
+    );
 
     let mut event = fixture("rewrap-worker/sqs-rewrap.json");
     let records = event["Records"].as_array_mut().expect("records");

@@ -19,6 +19,20 @@ use axum::{Json, Router};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+/// The function binary a test runs: the one cargo built for the test (`built`), or, when
+/// `CMK_BOOTSTRAP_DIR` is set, the packaged `<dir>/<bin>/bootstrap` (what `scripts/package`
+/// builds with cargo-lambda, as Lambda will run it).
+pub fn function_binary(built: &str, bin: &str) -> String {
+    match std::env::var_os("CMK_BOOTSTRAP_DIR") {
+        Some(dir) => std::path::Path::new(&dir)
+            .join(bin)
+            .join("bootstrap")
+            .display()
+            .to_string(),
+        None => built.to_owned(),
+    }
+}
+
 /// A fixture of the repository's `events/` directory, e.g. `keys-read/page.json`.
 pub fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -705,8 +705,9 @@ fn every_alarm_watches_a_metric_the_functions_emit() {
                 .iter()
                 .map(|d| (s(&d["Name"]), s(&d["Value"])))
                 .collect();
-            let expected: BTreeSet<&str> =
-                std::iter::once("function").chain(labels.iter().copied()).collect();
+            let expected: BTreeSet<&str> = std::iter::once("function")
+                .chain(labels.iter().copied())
+                .collect();
             assert_eq!(
                 dims.keys().copied().collect::<BTreeSet<_>>(),
                 expected,
