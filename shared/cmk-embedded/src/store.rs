@@ -441,73 +441,36 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
     Ok(job)
 }
 
-/// A batch as the writer applies it: each move's and failure's stored id and the key each
-/// move goes to, worked out before the writer is taken. The writer is the one resource every
-/// batch waits for, so nothing that can be done without it is done while holding it (parsing
-/// ids, and freeing the batch afterwards: [`SqliteStore::commit_batch`] drops it outside).
-struct PreparedBatch {
-    batch: BatchCommit,
-    /// Per move: its id in stored form (`None`: no data key is stored under such an id).
-    move_ids: Vec<Option<[u8; 16]>>,
-    /// Per move: the index in `targets` of the key it goes to.
-    move_targets: Vec<usize>,
-    /// The keys the moves go to (one in practice): a short list, cheaper than a hash per move.
-    targets: Vec<KeyId>,
-    /// Per failure: its data key's id in stored form.
-    failure_ids: Vec<Option<[u8; 16]>>,
-}
-
-impl PreparedBatch {
-    fn new(batch: BatchCommit) -> Result<Self, StoreError> {
-        let mut targets: Vec<KeyId> = Vec::new();
-        let mut move_ids = Vec::with_capacity(batch.moves.len());
-        let mut move_targets = Vec::with_capacity(batch.moves.len());
-        for m in &batch.moves {
-            if m.from_key_id != batch.source {
-                return Err(StoreError::Conflict("a move names another source".into()));
-            }
-            let target = match targets.iter().position(|t| *t == m.to_key_id) {
-                Some(i) => i,
-                None => {
-                    targets.push(m.to_key_id.clone());
-                    targets.len() - 1
-                }
-            };
-            move_ids.push(data_keys::id_bytes(m.id.as_str()));
-            move_targets.push(target);
-        }
-        let failure_ids = batch
-            .failures
-            .iter()
-            .map(|f| data_keys::id_bytes(f.data_key_id.as_str()))
-            .collect();
-        Ok(Self {
-            batch,
-            move_ids,
-            move_targets,
-            targets,
-            failure_ids,
-        })
-    }
+/// A key that moves of a batch go to.
+struct Target<'a> {
+    key_id: &'a str,
+    number: i64,
+    applied: i64,
 }
 
 fn apply_batch(
     conn: &mut Connection,
     names: &Names,
     org: &str,
-    p: &PreparedBatch,
+    b: BatchCommit,
 ) -> Result<JobProgress, StoreError> {
-    let b = &p.batch;
     // Numbers for the data_keys table, interned before the transaction (see names.rs). An org
     // or source never interned has no data key: nothing can move.
     let org_n = names.find(conn, org)?.unwrap_or(-1);
     let source_n = names.find(conn, b.source.as_str())?.unwrap_or(-1);
-    // The targets' numbers, and the moves applied to each.
-    let mut target_n = Vec::with_capacity(p.targets.len());
-    for t in &p.targets {
-        target_n.push(names.intern(conn, t.as_str())?);
+    // The keys the moves go to (one in practice), with their numbers and the moves applied:
+    // a short list scanned per move, cheaper than hashing a key id per move.
+    let mut targets: Vec<Target<'_>> = Vec::new();
+    for m in &b.moves {
+        let to = m.to_key_id.as_str();
+        if !targets.iter().any(|t| t.key_id == to) {
+            targets.push(Target {
+                key_id: to,
+                number: names.intern(conn, to)?,
+                applied: 0,
+            });
+        }
     }
-    let mut applied = vec![0i64; p.targets.len()];
     let tx = immediate(conn)?;
     let row: Option<(String, i64, i64, i64, i64)> = tx
         .prepare_cached(
@@ -555,26 +518,49 @@ fn apply_batch(
                 "DELETE FROM job_failures WHERE org = ?1 AND job_id = ?2 AND data_key_id = ?3",
             )
             .map_err(unavailable)?;
-        for ((m, id), &target) in b.moves.iter().zip(&p.move_ids).zip(&p.move_targets) {
-            let Some(id) = id else {
-                continue; // no data key is stored under such an id
+        for m in &b.moves {
+            if m.from_key_id != b.source {
+                return Err(StoreError::Conflict("a move names another source".into()));
+            }
+            let target = targets
+                .iter_mut()
+                .find(|t| t.key_id == m.to_key_id.as_str())
+                .ok_or_else(|| corrupt("a move to a key not interned"))?;
+            let n = match data_keys::id_bytes(m.id.as_str()) {
+                Some(id) => {
+                    let (id, version) = (&id[..], m.from_version as i64);
+                    let at = match m.row_hint {
+                        Some(row) => mv_at
+                            .execute(params![
+                                org_n,
+                                id,
+                                target.number,
+                                m.wrapped,
+                                source_n,
+                                version,
+                                row
+                            ])
+                            .map_err(write_err)?,
+                        None => 0,
+                    };
+                    // No hint, or one that did not match: the search by id decides.
+                    if at == 1 {
+                        1
+                    } else {
+                        mv.execute(params![
+                            org_n,
+                            id,
+                            target.number,
+                            m.wrapped,
+                            source_n,
+                            version
+                        ])
+                        .map_err(write_err)?
+                    }
+                }
+                None => 0, // no data key is stored under such an id
             };
-            let (id, version) = (&id[..], m.from_version as i64);
-            let to = target_n[target];
-            let at = match m.row_hint {
-                Some(row) => mv_at
-                    .execute(params![org_n, id, to, m.wrapped, source_n, version, row])
-                    .map_err(write_err)?,
-                None => 0,
-            };
-            // No hint, or one that did not match: the search by id decides.
-            let n = if at == 1 {
-                1
-            } else {
-                mv.execute(params![org_n, id, to, m.wrapped, source_n, version])
-                    .map_err(write_err)?
-            };
-            applied[target] += n as i64;
+            target.applied += n as i64;
             // Only a job with failures can have one to clear (the common case skips the work).
             if n == 1 && failed > 0 {
                 cleared += clear
@@ -583,9 +569,9 @@ fn apply_batch(
             }
         }
     }
-    let moved: i64 = applied.iter().sum();
-    for (t, &n) in p.targets.iter().zip(&applied).filter(|(_, &n)| n > 0) {
-        add_count(&tx, org, t.as_str(), n)?;
+    let moved: i64 = targets.iter().map(|t| t.applied).sum();
+    for t in targets.iter().filter(|t| t.applied > 0) {
+        add_count(&tx, org, t.key_id, t.applied)?;
     }
     add_count(&tx, org, b.source.as_str(), -moved)?;
     let mut recorded = 0i64;
@@ -604,8 +590,8 @@ fn apply_batch(
                 "UPDATE data_keys SET version = version + 1 WHERE org = ?1 AND id = ?2 AND key_id = ?3",
             )
             .map_err(unavailable)?;
-        for (f, id) in b.failures.iter().zip(&p.failure_ids) {
-            let Some(id) = id else {
+        for f in &b.failures {
+            let Some(id) = data_keys::id_bytes(f.data_key_id.as_str()) else {
                 continue; // no data key is stored under such an id
             };
             let n = fail
@@ -947,13 +933,9 @@ impl RewrapProgress for SqliteStore {
         batch: BatchCommit,
     ) -> Result<JobProgress, StoreError> {
         let (db, org) = (Arc::clone(&self.db), org.to_string());
-        let prepared = PreparedBatch::new(batch)?;
-        let (progress, prepared) = self
-            .db
-            .write(move |conn| Ok((apply_batch(conn, db.names(), &org, &prepared)?, prepared)))
-            .await?;
-        drop(prepared); // freed after the writer is released
-        Ok(progress)
+        self.db
+            .write(move |conn| apply_batch(conn, db.names(), &org, batch))
+            .await
     }
 }
 
