@@ -186,26 +186,21 @@ pub async fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
     // Pages are checked while the next ones are read, a few at once, so that the reads and the
     // checks use both cores; results are taken in page order.
     let mut checking: VecDeque<tokio::task::JoinHandle<Result<Vec<Checked>>>> = VecDeque::new();
-    let mut take = |checked_page: Vec<Checked>, checked: &mut u64, failed: &mut u64| {
+    let mut take = |checked_page: Vec<Checked>| {
         for (s, problem) in checked_page {
-            *checked += 1;
+            checked += 1;
             if let Some(problem) = problem {
-                *failed += 1;
+                failed += 1;
                 if reported < 20 {
                     reported += 1;
                     pb.suspend(|| println!("FAILED data key {}: {problem}", s.data_key_id));
                 }
             }
         }
-        pb.set_position(*checked);
+        pb.set_position(checked);
     };
     loop {
         let page = samples.page(&org, after.as_ref(), 2_000).await?;
-        while checking.len() >= CHECKS_IN_FLIGHT || (page.is_empty() && !checking.is_empty()) {
-            if let Some(task) = checking.pop_front() {
-                take(task.await??, &mut checked, &mut failed);
-            }
-        }
         let Some(last) = page.last() else {
             break;
         };
@@ -230,6 +225,14 @@ pub async fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
                 })
                 .collect())
         }));
+        if checking.len() >= CHECKS_IN_FLIGHT {
+            if let Some(task) = checking.pop_front() {
+                take(task.await??);
+            }
+        }
+    }
+    for task in checking {
+        take(task.await??);
     }
     pb.finish_and_clear();
     println!(
