@@ -1,5 +1,5 @@
-//! One SQLite database (WAL) shared by the store and the queue: a single writer connection and a
-//! few reader connections, each used on a blocking thread.
+//! One SQLite database (WAL) shared by the store and the queue: a single writer connection, owned
+//! by a writer thread, and a few reader connections, each used on a blocking thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
