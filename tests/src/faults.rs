@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use cmk_core::crypto::DataKey;
 use cmk_core::error::{KeyError, KeyErrorKind, StoreError};
 use cmk_core::model::{
@@ -87,9 +88,22 @@ impl OrgStore for FaultyOrgs {
         self.inner.get_key(org, key).await
     }
 
-    async fn set_key_health(&self, org: &OrgId, key: &KeyId, h: &Health) -> Result<(), StoreError> {
+    async fn set_key_health(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        h: &Health,
+    ) -> Result<Option<Health>, StoreError> {
         self.faults.health_writes.fetch_add(1, Ordering::SeqCst);
         self.inner.set_key_health(org, key, h).await
+    }
+
+    async fn keys_due_for_check(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, KeyRecord)>, StoreError> {
+        self.inner.keys_due_for_check(before, limit).await
     }
 }
 

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::describe;
-use crate::dynamo::{BY_WRAPPING_KEY, RUNNING_JOBS};
+use crate::dynamo::{BY_WRAPPING_KEY, KEYS_BY_CHECK, RUNNING_JOBS};
 
 /// Deliveries of a rewrap message before it goes to the dead-letter queue.
 pub const MAX_RECEIVE_COUNT: u32 = 5;
@@ -20,10 +20,11 @@ pub const MAX_RECEIVE_COUNT: u32 = 5;
 pub const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The table's key attributes and indexes: `(index, partition key, sort key)`.
-pub const TABLE_KEYS: [(&str, &str, &str); 3] = [
+pub const TABLE_KEYS: [(&str, &str, &str); 4] = [
     ("", "pk", "sk"),
     (BY_WRAPPING_KEY, "gsi1pk", "gsi1sk"),
     (RUNNING_JOBS, "gsi2pk", "gsi2sk"),
+    (KEYS_BY_CHECK, "gsi3pk", "gsi3sk"),
 ];
 
 fn schema(pk: &str, sk: &str) -> Result<Vec<KeySchemaElement>, String> {

@@ -596,9 +596,7 @@ impl RewrapEngine {
             return;
         }
         let health = crate::service::failure_health(error);
-        if let Err(e) = self.cmk.orgs().set_key_health(org, key, &health).await {
-            tracing::warn!(error = %e, "could not record key health");
-        }
+        self.cmk.record_failure(org, key, health).await;
     }
 
     /// Rewraps one data key from `from` to `to`, retrying throttled and transient failures

@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod defaults;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod ports;

@@ -28,6 +28,9 @@ pub const STS_SESSIONS: &str = "cmk_sts_sessions_total";
 /// Round-trip checks of customer keys, labelled `result` (a health status: `ok`,
 /// `access_denied`, ...).
 pub const KEY_CHECKS: &str = "cmk_key_checks_total";
+/// Changes of a customer key's health, labelled `status` (the new one): `ok` is a recovery,
+/// anything else a key that stopped working.
+pub const KEY_HEALTH_CHANGES: &str = "cmk_key_health_changes_total";
 
 pub fn data_keys_moved(n: u64) {
     counter!(DATA_KEYS_MOVED).increment(n);
@@ -63,4 +66,8 @@ pub fn sts_session(outcome: &'static str) {
 
 pub fn key_check(result: &'static str) {
     counter!(KEY_CHECKS, "result" => result).increment(1);
+}
+
+pub fn key_health_changed(status: &'static str) {
+    counter!(KEY_HEALTH_CHANGES, "status" => status).increment(1);
 }

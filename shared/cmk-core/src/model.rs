@@ -269,10 +269,25 @@ impl HealthStatus {
     }
 }
 
+/// What the last use or check of a key found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub status: HealthStatus,
+    /// When the key was last used or checked; `None`: never.
     pub checked_at: Option<DateTime<Utc>>,
+    /// Why the key cannot be used, while it cannot.
+    pub message: Option<String>,
+    /// The most recent failure, kept after the key works again, so an admin sees what went
+    /// wrong and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<HealthFailure>,
+}
+
+/// A failed use or check of a key, as [`Health::last_failure`] keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthFailure {
+    pub status: HealthStatus,
+    pub at: DateTime<Utc>,
     pub message: Option<String>,
 }
 
@@ -282,6 +297,7 @@ impl Health {
             status: HealthStatus::Unknown,
             checked_at: None,
             message: None,
+            last_failure: None,
         }
     }
     pub fn ok(at: DateTime<Utc>) -> Self {
@@ -289,7 +305,45 @@ impl Health {
             status: HealthStatus::Ok,
             checked_at: Some(at),
             message: None,
+            last_failure: None,
         }
+    }
+    /// An observed failure: `status` at `at`, with why.
+    pub fn failed(status: HealthStatus, at: DateTime<Utc>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            checked_at: Some(at),
+            message: Some(message.into()),
+            last_failure: None,
+        }
+    }
+
+    /// The key was used or checked and it did not work.
+    pub fn is_failure(&self) -> bool {
+        self.status != HealthStatus::Ok && self.checked_at.is_some()
+    }
+
+    /// This observation as it is recorded after `previous`: a failure becomes the last failure;
+    /// a success keeps the previous one.
+    pub fn following(mut self, previous: &Health) -> Health {
+        self.last_failure = match self.checked_at {
+            Some(at) if self.is_failure() => Some(HealthFailure {
+                status: self.status,
+                at,
+                message: self.message.clone(),
+            }),
+            _ => previous.last_failure.clone().or_else(|| {
+                previous
+                    .checked_at
+                    .filter(|_| previous.is_failure())
+                    .map(|at| HealthFailure {
+                        status: previous.status,
+                        at,
+                        message: previous.message.clone(),
+                    })
+            }),
+        };
+        self
     }
 }
 
@@ -466,6 +520,7 @@ pub enum AuditAction {
     KeyAdded,
     KeyCheck,
     KeyDefaultSet,
+    KeyHealthChanged,
     KeyDisableRequested,
     KeyDisabled,
     KeyRateLimitSet,
@@ -483,6 +538,7 @@ impl AuditAction {
             AuditAction::KeyAdded => "key.added",
             AuditAction::KeyCheck => "key.check",
             AuditAction::KeyDefaultSet => "key.default_set",
+            AuditAction::KeyHealthChanged => "key.health_changed",
             AuditAction::KeyDisableRequested => "key.disable_requested",
             AuditAction::KeyDisabled => "key.disabled",
             AuditAction::KeyRateLimitSet => "key.rate_limit_set",
@@ -642,6 +698,57 @@ pub fn validate_kms_key_arn(arn: &str) -> Result<(), InvalidValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_health_keeps_the_last_failure_after_the_key_works_again() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).expect("time");
+        let denied = Health::failed(HealthStatus::AccessDenied, t(10), "revoked")
+            .following(&Health::ok(t(0)));
+        let last = denied
+            .last_failure
+            .clone()
+            .expect("a failure is its own last failure");
+        assert_eq!((last.status, last.at), (HealthStatus::AccessDenied, t(10)));
+        assert_eq!(last.message.as_deref(), Some("revoked"));
+
+        let ok = Health::ok(t(20)).following(&denied);
+        assert_eq!(ok.status, HealthStatus::Ok);
+        assert_eq!(ok.message, None);
+        assert_eq!(ok.last_failure, denied.last_failure, "kept after recovery");
+        assert_eq!(
+            Health::ok(t(30)).following(&ok).last_failure,
+            denied.last_failure,
+            "and after more successes"
+        );
+
+        let throttled = Health::failed(HealthStatus::Throttled, t(40), "slow down").following(&ok);
+        assert_eq!(
+            throttled.last_failure.map(|f| f.status),
+            Some(HealthStatus::Throttled),
+            "a newer failure replaces it"
+        );
+
+        let recorded_before_last_failures_existed = Health {
+            last_failure: None,
+            ..Health::failed(HealthStatus::KeyDisabled, t(50), "disabled")
+        };
+        assert_eq!(
+            Health::ok(t(60))
+                .following(&recorded_before_last_failures_existed)
+                .last_failure
+                .map(|f| (f.status, f.at)),
+            Some((HealthStatus::KeyDisabled, t(50))),
+            "a failure recorded without one still counts"
+        );
+        assert_eq!(
+            Health::ok(t(0)).following(&Health::unknown()).last_failure,
+            None
+        );
+        assert!(
+            !Health::unknown().is_failure(),
+            "never checked is not a failure"
+        );
+    }
 
     #[test]
     fn refusals_name_the_field_at_fault() {

@@ -181,12 +181,24 @@ pub trait OrgStore: Send + Sync + 'static {
     async fn get_key(&self, org: &OrgId, key: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Records a key's health (not versioned: health is an observation, not a rule input).
+    /// Returns the health it replaced, read in the same atomic write, so that of two
+    /// observers recording the same change only one sees it as a change; `None` when the key
+    /// does not exist (nothing is written).
     async fn set_key_health(
         &self,
         org: &OrgId,
         key: &KeyId,
         health: &Health,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<Health>, StoreError>;
+
+    /// Customer managed keys that are not disabled and were last checked before
+    /// `checked_before` (or never), across orgs, least recently checked first, at most `limit`:
+    /// the continuous health checks' work list.
+    async fn keys_due_for_check(
+        &self,
+        checked_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, KeyRecord)>, StoreError>;
 }
 
 /// Data keys: inserted under the default key, read one by one, and enumerated per wrapping

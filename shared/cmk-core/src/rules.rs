@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 
 use crate::error::CoreError;
 use crate::model::{
-    AuditAction, AuditEvent, Health, HealthStatus, Job, JobId, JobKind, JobState, Key, KeyId,
-    KeyRecord, KeySpec, KeyState,
+    AuditAction, AuditEvent, Health, Job, JobId, JobKind, JobState, Key, KeyId, KeyRecord, KeySpec,
+    KeyState,
 };
 use crate::ports::{JobChange, JobUpdate, OrgCommit, OrgSnapshot};
 
@@ -29,9 +29,8 @@ fn service_record() -> KeyRecord {
         spec: KeySpec::ServiceManaged,
         state: KeyState::Active,
         health: Health {
-            status: HealthStatus::Ok,
             checked_at: None,
-            message: None,
+            ..Health::ok(DateTime::<Utc>::UNIX_EPOCH)
         },
         created_at: DateTime::<Utc>::UNIX_EPOCH,
         created_by: "system".to_owned(),

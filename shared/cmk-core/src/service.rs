@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::cache::DataKeyCache;
 use crate::crypto::{self, DataKey};
-use crate::error::{CoreError, KeyError, StoreError};
+use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
 use crate::model::{
     data_key_context, validate_key_name, validate_kms_key_arn, validate_role_arn, AuditAction,
     AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobState, Key, KeyId,
@@ -544,20 +544,11 @@ impl Cmk {
     pub async fn check_key(&self, actor: &str, org: &OrgId, key: &KeyId) -> Result<Key, CoreError> {
         let mut view = self.get_key(org, key).await?;
         let kek = self.kek(org, key).await?;
-        let now = crate::model::now();
-        let health = match self.inner.keys.check(&kek).await {
-            Ok(_) => Health::ok(now),
-            Err(e) => {
-                // The check's own write below records the health; only the cache reacts here.
-                let _ = self.key_failed(org, key, &e);
-                failure_health(&e)
-            }
-        };
-        crate::metrics::key_check(health.status.as_str());
+        let mut health = self.round_trip(&kek, None).await;
         if !key.is_service() {
-            self.orgs().set_key_health(org, key, &health).await?;
-            // A failure after this check records itself again, whatever the debounce said.
-            lock(&self.inner.health_written).remove(&(org.clone(), key.clone()));
+            (health, _) = self
+                .record_check(actor, org, key, &view.record.health, health)
+                .await?;
         }
         let mut event = AuditEvent::new(actor, AuditAction::KeyCheck)
             .key(key)
@@ -725,14 +716,9 @@ impl Cmk {
     /// Maps a provider failure to `key_unavailable`, and reacts to it (see [`Cmk::key_failed`]).
     fn unavailable(&self, org: &OrgId, key: &KeyId, e: KeyError) -> CoreError {
         if self.key_failed(org, key, &e) {
-            let orgs = Arc::clone(self.orgs());
-            let health = failure_health(&e);
+            let (cmk, health) = (self.clone(), failure_health(&e));
             let (org, key) = (org.clone(), key.clone());
-            tokio::spawn(async move {
-                if let Err(err) = orgs.set_key_health(&org, &key, &health).await {
-                    tracing::warn!(error = %err, "could not record key health");
-                }
-            });
+            tokio::spawn(async move { cmk.record_failure(&org, &key, health).await });
         }
         CoreError::KeyUnavailable {
             key_id: key.clone(),
@@ -766,6 +752,106 @@ impl Cmk {
                 v.insert(now);
                 true
             }
+        }
+    }
+
+    /// A real round trip through the key's provider, as health: `timeout` bounds a check that
+    /// runs unattended, so a key that hangs costs its own check only.
+    pub(crate) async fn round_trip(&self, kek: &Kek, timeout: Option<Duration>) -> Health {
+        let check = self.inner.keys.check(kek);
+        let result = match timeout {
+            Some(limit) => tokio::time::timeout(limit, check)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KeyError::new(
+                        KeyErrorKind::Transient,
+                        format!("the check did not answer within {} s", limit.as_secs_f32()),
+                    ))
+                }),
+            None => check.await,
+        };
+        let health = match result {
+            Ok(_) => Health::ok(crate::model::now()),
+            Err(e) => {
+                // The caller records the health; only the cache reacts here.
+                let _ = self.key_failed(&kek.org, &kek.key_id, &e);
+                failure_health(&e)
+            }
+        };
+        crate::metrics::key_check(health.status.as_str());
+        health
+    }
+
+    /// Records what a use or check of a customer key found, after `previous` (its health as
+    /// read before). When the status changed, audits `key.health_changed` with the old and new
+    /// status and the reason, and counts it: the store returns the health it replaced in the
+    /// same write, so of two observers of one change only one records it as a change.
+    /// Returns the health recorded and whether it was a change.
+    pub(crate) async fn record_health(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        key: &KeyId,
+        previous: &Health,
+        observed: Health,
+    ) -> Result<(Health, bool), CoreError> {
+        let health = observed.following(previous);
+        let replaced = self.orgs().set_key_health(org, key, &health).await?;
+        let Some(replaced) = replaced.filter(|r| r.status != health.status) else {
+            return Ok((health, false));
+        };
+        let (from, to) = (replaced.status.as_str(), health.status.as_str());
+        crate::metrics::key_health_changed(to);
+        if health.is_failure() {
+            tracing::warn!(%org, %key, from, to, reason = health.message.as_deref().unwrap_or_default(), "a key's health changed");
+        } else {
+            tracing::info!(%org, %key, from, to, "a key's health changed");
+        }
+        let mut detail = format!("{from} -> {to}");
+        if let Some(message) = health.message.as_deref().filter(|_| health.is_failure()) {
+            detail = format!("{detail}: {message}");
+        }
+        let mut event = AuditEvent::new(actor, AuditAction::KeyHealthChanged)
+            .key(key)
+            .detail(detail);
+        if health.is_failure() {
+            event = event.outcome("failure");
+        }
+        self.audit_log().append_audit(org, &[event]).await?;
+        Ok((health, true))
+    }
+
+    /// Records what a check of a key found (see [`Cmk::record_health`]). A failed use after it
+    /// records itself again, whatever the debounce of [`Cmk::key_failed`] said.
+    pub(crate) async fn record_check(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        key: &KeyId,
+        previous: &Health,
+        observed: Health,
+    ) -> Result<(Health, bool), CoreError> {
+        let recorded = self
+            .record_health(actor, org, key, previous, observed)
+            .await?;
+        lock(&self.inner.health_written).remove(&(org.clone(), key.clone()));
+        Ok(recorded)
+    }
+
+    /// Records a failed use of a key (the data plane, a re-encryption), reading its health
+    /// first. Best effort: the failure is already the caller's answer.
+    pub(crate) async fn record_failure(&self, org: &OrgId, key: &KeyId, observed: Health) {
+        let result = async {
+            let previous = match self.orgs().get_key(org, key).await? {
+                Some(record) => record.health,
+                None => return Ok(()),
+            };
+            self.record_health(HEALTH_ACTOR, org, key, &previous, observed)
+                .await
+                .map(drop)
+        };
+        if let Err(e) = result.await {
+            tracing::warn!(error = %e, %org, %key, "could not record key health");
         }
     }
 
@@ -858,13 +944,12 @@ fn job_transition(change: &JobChange) -> &'static str {
     }
 }
 
+/// Who the audit trail names for health the service observed by itself.
+pub(crate) const HEALTH_ACTOR: &str = "system";
+
 /// The health a failed use of a key records.
 pub(crate) fn failure_health(e: &KeyError) -> Health {
-    Health {
-        status: e.kind.health(),
-        checked_at: Some(crate::model::now()),
-        message: Some(e.message.clone()),
-    }
+    Health::failed(e.kind.health(), crate::model::now(), e.message.clone())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -112,6 +112,7 @@ pub async fn org_store_contract(store: &dyn Store) {
     names_are_unique(store).await;
     the_largest_commits_fit(store).await;
     rate_limits_and_throttling_are_kept(store).await;
+    keys_fall_due_for_health_checks(store).await;
 }
 
 /// [`crate::ports::DataKeyStore`]: inserts only under the default key; many read in one call.
@@ -307,11 +308,7 @@ async fn fresh_org_and_versions(store: &dyn Store) {
     assert_eq!(s.keys, vec![k1.clone()]);
     assert_eq!(s.external_id.as_deref(), Some("ext-1"));
 
-    let health = Health {
-        status: HealthStatus::AccessDenied,
-        checked_at: Some(crate::model::now()),
-        message: Some("revoked".into()),
-    };
+    let health = Health::failed(HealthStatus::AccessDenied, crate::model::now(), "revoked");
     store.set_key_health(&org, &k1.id, &health).await.unwrap();
     let got = store.get_key(&org, &k1.id).await.unwrap().unwrap();
     assert_eq!(got.health.status, HealthStatus::AccessDenied);
@@ -319,6 +316,97 @@ async fn fresh_org_and_versions(store: &dyn Store) {
         store.load_org(&org).await.unwrap().version,
         1,
         "health is an observation: it does not bump the version"
+    );
+}
+
+/// Health writes return what they replaced; the keys due for a check are the ones not
+/// disabled, last checked before the time asked (or never), least recently checked first.
+async fn keys_fall_due_for_health_checks(store: &dyn Store) {
+    let org = unique_org("health");
+    // Checks in 2001, before anything another suite writes, so that only never-checked keys
+    // of other orgs sort before these.
+    let at = |s: i64| chrono::DateTime::from_timestamp(978_307_200 + s, 123_456_000).unwrap();
+    let checked = |id: &str, s: i64| KeyRecord {
+        health: Health::ok(at(s)),
+        ..key_record(id, id)
+    };
+    let mut disabled = checked("k4", 1);
+    disabled.state = KeyState::Disabled;
+    let mut c = commit(0, &KeyId::service());
+    c.upsert_keys = vec![
+        checked("k1", 5),
+        checked("k3", 2),
+        disabled,
+        checked("k5", 20),
+    ];
+    store.commit(&org, c).await.unwrap();
+    let mine = |due: Vec<(OrgId, KeyRecord)>| -> Vec<String> {
+        due.into_iter()
+            .filter(|(o, _)| *o == org)
+            .map(|(_, k)| k.id.to_string())
+            .collect()
+    };
+
+    let due = store.keys_due_for_check(at(10), 10_000).await.unwrap();
+    assert_eq!(
+        mine(due),
+        ["k3", "k1"],
+        "due: not disabled, checked before the time asked, least recently checked first"
+    );
+    assert_eq!(
+        store.keys_due_for_check(at(10), 1).await.unwrap().len(),
+        1,
+        "at most the limit"
+    );
+
+    let denied = Health {
+        last_failure: Some(crate::model::HealthFailure {
+            status: HealthStatus::AccessDenied,
+            at: at(30),
+            message: Some("revoked".into()),
+        }),
+        ..Health::failed(HealthStatus::AccessDenied, at(30), "revoked")
+    };
+    let k3 = KeyId::from_trusted("k3");
+    let replaced = store.set_key_health(&org, &k3, &denied).await.unwrap();
+    assert_eq!(
+        replaced,
+        Some(Health::ok(at(2))),
+        "a health write returns the health it replaced"
+    );
+    assert_eq!(
+        store.get_key(&org, &k3).await.unwrap().unwrap().health,
+        denied,
+        "and stores all of it, the last failure too"
+    );
+    assert_eq!(
+        mine(store.keys_due_for_check(at(10), 10_000).await.unwrap()),
+        ["k1"],
+        "a key checked since is no longer due"
+    );
+    assert_eq!(
+        mine(store.keys_due_for_check(at(31), 10_000).await.unwrap()),
+        ["k1", "k5", "k3"],
+        "and falls due again in the order of its last check"
+    );
+
+    let missing = KeyId::from_trusted("k9");
+    assert_eq!(
+        store.set_key_health(&org, &missing, &denied).await.unwrap(),
+        None,
+        "the health of a key that does not exist is not written"
+    );
+    assert!(store.get_key(&org, &missing).await.unwrap().is_none());
+
+    let mut k1 = checked("k1", 5);
+    k1.state = KeyState::Disabled;
+    let mut c = commit(1, &KeyId::service());
+    c.upsert_keys = vec![k1];
+    store.commit(&org, c).await.unwrap();
+    assert_eq!(
+        mine(store.keys_due_for_check(at(31), 10_000).await.unwrap()),
+        ["k5", "k3"],
+        "a key disabled since is never due"
     );
 }
 

@@ -1,11 +1,14 @@
 //! The local worker: polls the queue and hands each message to the [`RewrapEngine`], with a
-//! periodic sweep for stalled jobs. On AWS the worker Lambda does the same per SQS batch
-//! (`cmk-lambda`), with the same engine.
+//! periodic sweep for stalled jobs; and beside it the continuous key health checks
+//! ([`run_health_checks`]). On AWS the worker Lambda does the same per SQS batch and per
+//! scheduled sweep (`cmk-lambda`), with the same engine and checks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::RewrapEngine;
+use crate::health::HealthCheckConfig;
+use crate::Cmk;
 
 /// Settings of [`run_worker`].
 #[derive(Clone, Debug)]
@@ -99,4 +102,35 @@ pub async fn run_worker(
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Runs a health-check run at start and then every `every` until `shutdown` resolves (a run in
+/// progress is dropped then: each check records itself, and what was not checked stays due).
+pub async fn run_health_checks(
+    cmk: Cmk,
+    config: HealthCheckConfig,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let runs = async {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match cmk.check_due_keys(&config).await {
+                Ok(run) if run.checked + run.skipped > 0 => tracing::info!(
+                    checked = run.checked,
+                    changed = run.changed,
+                    skipped = run.skipped,
+                    "key health checks done"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "key health checks failed"),
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        () = runs => {}
+    }
 }

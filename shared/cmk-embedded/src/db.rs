@@ -158,10 +158,19 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Columns added after the first release, added in place to a database made before them
 /// (SQLite adds a nullable column without rewriting the table).
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     ("keys", "rewrap_rate_limit", "INTEGER"),
     ("jobs", "throttled_rate", "INTEGER"),
+    // A key's last check in microseconds; NULL in a database made before it, which makes
+    // every key due for one check at once.
+    ("keys", "checked_at", "INTEGER"),
 ];
+
+/// Indexes on added columns, created once the columns exist.
+const ADDED_INDEXES: &str = "
+-- The health checks' work list: keys not disabled, least recently checked first.
+CREATE INDEX IF NOT EXISTS keys_due ON keys (checked_at) WHERE state != 'disabled';
+";
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, decl) in ADDED_COLUMNS {
@@ -178,7 +187,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             }
         }
     }
-    Ok(())
+    conn.execute_batch(ADDED_INDEXES)
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {

@@ -108,14 +108,24 @@ fn org_row(conn: &Connection, org: &str) -> Result<Option<OrgRow>, StoreError> {
 }
 
 fn read_keys(conn: &Connection, org: &str) -> Result<Vec<KeyRecord>, StoreError> {
+    let keys = query_keys(conn, "WHERE org = ?1 ORDER BY seq", params![org])?;
+    Ok(keys.into_iter().map(|(_, k)| k).collect())
+}
+
+/// Keys and their orgs: `SELECT org, <every key column> FROM keys` and then `rest`.
+fn query_keys(
+    conn: &Connection,
+    rest: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(String, KeyRecord)>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, name, spec, state, health, created_at, created_by, rewrap_rate_limit
-             FROM keys WHERE org = ?1 ORDER BY seq",
-        )
+        .prepare_cached(&format!(
+            "SELECT org, id, name, spec, state, health, created_at, created_by, rewrap_rate_limit
+             FROM keys {rest}"
+        ))
         .map_err(unavailable)?;
     let rows = stmt
-        .query_map([org], |r| {
+        .query_map(params, |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -124,26 +134,36 @@ fn read_keys(conn: &Connection, org: &str) -> Result<Vec<KeyRecord>, StoreError>
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
                 r.get::<_, String>(6)?,
-                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, Option<i64>>(8)?,
             ))
         })
         .map_err(unavailable)?;
     let mut keys = Vec::new();
     for row in rows {
-        let (id, name, spec, state, health, created_at, created_by, rate_limit) =
+        let (org, id, name, spec, state, health, created_at, created_by, rate_limit) =
             row.map_err(unavailable)?;
-        keys.push(KeyRecord {
-            id: KeyId::from_trusted(id),
-            name,
-            spec: from_json(&spec)?,
-            state: KeyState::parse(&state).ok_or_else(|| corrupt("key state"))?,
-            health: from_json(&health)?,
-            created_at: parse_ts(&created_at)?,
-            created_by,
-            rewrap_rate_limit: rate_limit.map(|n| n as u32),
-        });
+        keys.push((
+            org,
+            KeyRecord {
+                id: KeyId::from_trusted(id),
+                name,
+                spec: from_json(&spec)?,
+                state: KeyState::parse(&state).ok_or_else(|| corrupt("key state"))?,
+                health: from_json(&health)?,
+                created_at: parse_ts(&created_at)?,
+                created_by,
+                rewrap_rate_limit: rate_limit.map(|n| n as u32),
+            },
+        ));
     }
     Ok(keys)
+}
+
+/// The `checked_at` column: a key's last check in microseconds, indexed for the health checks'
+/// work list (the same instant is in the `health` JSON).
+fn checked_at_micros(health: &Health) -> Option<i64> {
+    health.checked_at.map(|t| t.timestamp_micros())
 }
 
 fn read_key(conn: &Connection, org: &str, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -337,11 +357,11 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
     for k in &c.upsert_keys {
         tx.prepare_cached(
             "INSERT INTO keys (org, id, seq, name, name_folded, spec, state, health, created_at, created_by,
-                               rewrap_rate_limit)
-             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys WHERE org = ?1), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                               rewrap_rate_limit, checked_at)
+             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM keys WHERE org = ?1), ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (org, id) DO UPDATE SET name = excluded.name, name_folded = excluded.name_folded,
                  spec = excluded.spec, state = excluded.state, health = excluded.health,
-                 rewrap_rate_limit = excluded.rewrap_rate_limit",
+                 rewrap_rate_limit = excluded.rewrap_rate_limit, checked_at = excluded.checked_at",
         )
         .map_err(unavailable)?
         .execute(params![
@@ -355,6 +375,7 @@ fn apply_commit(conn: &mut Connection, org: &str, c: OrgCommit) -> Result<Option
             ts(&k.created_at),
             k.created_by,
             k.rewrap_rate_limit,
+            checked_at_micros(&k.health),
         ])
         .map_err(write_err)?;
     }
@@ -753,18 +774,60 @@ impl OrgStore for SqliteStore {
         org: &OrgId,
         key: &KeyId,
         health: &Health,
-    ) -> Result<(), StoreError> {
-        let (org, key, health) = (org.to_string(), key.to_string(), json(health)?);
+    ) -> Result<Option<Health>, StoreError> {
+        let (org, key) = (org.to_string(), key.to_string());
+        let (checked_at, health) = (checked_at_micros(health), json(health)?);
         self.db
             .write(move |conn| {
-                conn.execute(
-                    "UPDATE keys SET health = ?3 WHERE org = ?1 AND id = ?2",
-                    params![org, key, health],
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(write_err)?;
+                let previous: Option<String> = tx
+                    .query_row(
+                        "SELECT health FROM keys WHERE org = ?1 AND id = ?2",
+                        params![org, key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                let Some(previous) = previous else {
+                    return Ok(None);
+                };
+                tx.execute(
+                    "UPDATE keys SET health = ?3, checked_at = ?4 WHERE org = ?1 AND id = ?2",
+                    params![org, key, health, checked_at],
                 )
                 .map_err(write_err)?;
-                Ok(())
+                tx.commit().map_err(write_err)?;
+                from_json(&previous).map(Some)
             })
             .await
+    }
+
+    async fn keys_due_for_check(
+        &self,
+        checked_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, KeyRecord)>, StoreError> {
+        let before = checked_before.timestamp_micros();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let keys = self
+            .db
+            .read(move |conn| {
+                // `keys_due` is a partial index on exactly this condition, in this order.
+                query_keys(
+                    conn,
+                    "INDEXED BY keys_due
+                     WHERE state != 'disabled' AND (checked_at IS NULL OR checked_at < ?1)
+                     ORDER BY checked_at LIMIT ?2",
+                    params![before, limit],
+                )
+            })
+            .await?;
+        Ok(keys
+            .into_iter()
+            .map(|(org, k)| (OrgId::from_trusted(org), k))
+            .collect())
     }
 }
 

@@ -12,6 +12,7 @@ use axum::body::{to_bytes, Body};
 use axum::http::{header, Method, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use cmk_core::cache::DataKeyCache;
 use cmk_core::crypto::DataKey;
 use cmk_core::error::{KeyError, KeyErrorKind, QueueError, StoreError};
@@ -65,8 +66,21 @@ impl OrgStore for FreshOrgs {
         down()
     }
 
-    async fn set_key_health(&self, _: &OrgId, _: &KeyId, _: &Health) -> Result<(), StoreError> {
+    async fn set_key_health(
+        &self,
+        _: &OrgId,
+        _: &KeyId,
+        _: &Health,
+    ) -> Result<Option<Health>, StoreError> {
         down()
+    }
+
+    async fn keys_due_for_check(
+        &self,
+        _: DateTime<Utc>,
+        _: usize,
+    ) -> Result<Vec<(OrgId, KeyRecord)>, StoreError> {
+        Ok(Vec::new())
     }
 }
 

@@ -13,12 +13,15 @@
 //! | `CMK_WORKER_CONCURRENCY` | worker | `10` | SQS messages of one invocation handled at once |
 //! | `CMK_WORKER_MAX_CONCURRENCY` | worker | `10` | the most worker instances at once (the template's `WorkerMaxConcurrency`): each spends this share of a key's re-encryption rate limit |
 //! | `CMK_STALLED_AFTER` | keys-write, worker | `900` | seconds without a plan or progress before a retry or the scheduled sweep re-plans a running job |
+//! | `CMK_HEALTH_CHECK_INTERVAL` | worker | `900` | seconds between two health checks of one customer key (run by the scheduled sweep); `0` turns them off |
+//! | `CMK_HEALTH_CHECKS_PER_RUN` | worker | `1500` | most keys one scheduled sweep checks |
 //! | `CMK_FAILURE_MEMORY` | all | `10` | seconds a customer key's failure (a refused `AssumeRole`) is remembered; failing calls write a key's health at most once per interval |
 
 use std::time::Duration;
 
 use cmk_aws::AwsSettings;
 use cmk_core::defaults;
+use cmk_core::health::HealthCheckConfig;
 
 /// A configuration that cannot start the function.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +143,8 @@ pub struct WorkerSettings {
     /// re-encryption rate limit (`CMK_WORKER_MAX_CONCURRENCY`, the template's
     /// `WorkerMaxConcurrency`).
     pub max_instances: u32,
+    /// The key health checks each scheduled sweep runs; `None` when turned off.
+    pub health_checks: Option<HealthCheckConfig>,
 }
 
 impl WorkerSettings {
@@ -174,8 +179,32 @@ impl WorkerSettings {
                 u64::from(defaults::WORKER_MAX_CONCURRENCY),
                 1..=1_000,
             )? as u32,
+            health_checks: health_checks(var)?,
         })
     }
+}
+
+/// The health checks of the scheduled sweep, which shares the worker's 60 s timeout with the
+/// stalled-job sweep: a run starts no check after 40 s.
+fn health_checks(var: Vars<'_>) -> Result<Option<HealthCheckConfig>, ConfigError> {
+    let interval = number(
+        var,
+        "CMK_HEALTH_CHECK_INTERVAL",
+        defaults::HEALTH_CHECK_INTERVAL_SECS,
+        0..=7 * 86_400,
+    )?;
+    let per_run = number(
+        var,
+        "CMK_HEALTH_CHECKS_PER_RUN",
+        defaults::HEALTH_CHECKS_PER_RUN as u64,
+        1..=100_000,
+    )?;
+    Ok((interval > 0).then(|| HealthCheckConfig {
+        interval: Duration::from_secs(interval),
+        per_run: per_run as usize,
+        budget: Duration::from_secs(40),
+        ..HealthCheckConfig::default()
+    }))
 }
 
 #[cfg(test)]
@@ -247,11 +276,32 @@ mod tests {
         )
         .expect("set");
         assert_eq!((s.batch_size, s.concurrency), (100, 4));
+        let checks = |pairs: &[(&str, &str)]| {
+            WorkerSettings::from_vars(aws(), &vars(pairs))
+                .expect("health checks")
+                .health_checks
+                .map(|h| (h.interval.as_secs(), h.per_run))
+        };
+        assert_eq!(checks(&[]), Some((900, 1_500)), "on by default");
+        assert_eq!(
+            checks(&[
+                ("CMK_HEALTH_CHECK_INTERVAL", "60"),
+                ("CMK_HEALTH_CHECKS_PER_RUN", "10")
+            ]),
+            Some((60, 10))
+        );
+        assert_eq!(
+            checks(&[("CMK_HEALTH_CHECK_INTERVAL", "0")]),
+            None,
+            "0 turns them off"
+        );
         for (name, value) in [
             ("CMK_BATCH_SIZE", "0"),
             ("CMK_BATCH_SIZE", "many"),
             ("CMK_WORKER_CONCURRENCY", "1000"),
             ("CMK_STALLED_AFTER", "-1"),
+            ("CMK_HEALTH_CHECK_INTERVAL", "soon"),
+            ("CMK_HEALTH_CHECKS_PER_RUN", "0"),
         ] {
             let e = WorkerSettings::from_vars(aws(), &vars(&[(name, value)]))
                 .expect_err(value)

@@ -10,11 +10,14 @@
 //!
 //! An EventBridge scheduled event (`source` = `aws.events`) runs [`RewrapEngine::sweep`]
 //! instead: it re-plans running jobs that made no progress, e.g. because a message was lost.
+//! Then it runs the continuous key health checks ([`cmk_core::health`]) for the keys that are
+//! due.
 
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsMessage};
 use cmk_core::engine::{EngineConfig, RewrapEngine};
+use cmk_core::health::HealthCheckConfig;
 use futures::stream::{self, StreamExt};
 use lambda_runtime::{Error, LambdaEvent};
 use serde_json::Value;
@@ -40,6 +43,8 @@ pub struct Worker {
     engine: RewrapEngine,
     concurrency: usize,
     stalled_after: Duration,
+    /// The key health checks the scheduled sweep runs; `None`: turned off.
+    health_checks: Option<HealthCheckConfig>,
 }
 
 impl Worker {
@@ -48,7 +53,14 @@ impl Worker {
             engine,
             concurrency: concurrency.max(1),
             stalled_after,
+            health_checks: None,
         }
+    }
+
+    /// Runs these key health checks after each scheduled sweep.
+    pub fn with_health_checks(mut self, config: Option<HealthCheckConfig>) -> Self {
+        self.health_checks = config;
+        self
     }
 
     /// Handles one invocation: an SQS batch, or a scheduled sweep.
@@ -61,8 +73,20 @@ impl Worker {
             return self.batch(records).await;
         }
         if payload.get("source").and_then(Value::as_str) == Some("aws.events") {
-            let replanned = self.engine.sweep(self.stalled_after).await?;
-            tracing::info!(replanned, "stalled-job sweep done");
+            let replanned = self.engine.sweep(self.stalled_after).await;
+            if let Ok(replanned) = replanned {
+                tracing::info!(replanned, "stalled-job sweep done");
+            }
+            if let Some(config) = &self.health_checks {
+                let run = self.engine.cmk().check_due_keys(config).await?;
+                tracing::info!(
+                    checked = run.checked,
+                    changed = run.changed,
+                    skipped = run.skipped,
+                    "key health checks done"
+                );
+            }
+            replanned?;
             return Ok(SqsBatchResponse::default());
         }
         Err("expected an SQS event or an EventBridge scheduled event".into())
@@ -165,7 +189,8 @@ pub async fn run() -> Result<(), Error> {
         engine(backend.cmk, &settings),
         settings.concurrency,
         settings.stalled_after,
-    );
+    )
+    .with_health_checks(settings.health_checks.clone());
     tracing::info!(table = %settings.aws.table, queue = %settings.aws.queue_url, "starting");
     let worker = &worker;
     crate::emf::install("rewrap-worker");

@@ -16,8 +16,9 @@ use cmk_aws::backend::AwsSettings;
 use cmk_core::cache::DataKeyCache;
 use cmk_core::defaults;
 use cmk_core::engine::{EngineConfig, RewrapEngine};
+use cmk_core::health::HealthCheckConfig;
 use cmk_core::service::ServiceConfig;
-use cmk_core::worker::{run_worker, WorkerConfig};
+use cmk_core::worker::{run_health_checks, run_worker, WorkerConfig};
 use cmk_embedded::QueueConfig;
 use cmk_http::auth::Hs256Authenticator;
 use cmk_http::AppState;
@@ -80,6 +81,13 @@ pub struct ServeArgs {
     /// The org whose admin gets the ready login link printed at start.
     #[arg(long, env = "CMK_ADMIN_ORG", default_value = "acme")]
     pub admin_org: String,
+    /// Seconds between two health checks of one customer key: a real round trip through its
+    /// provider, so a revoked key shows even when nothing uses it (0 turns the checks off).
+    #[arg(long, env = "CMK_HEALTH_CHECK_INTERVAL", default_value_t = defaults::HEALTH_CHECK_INTERVAL_SECS)]
+    pub health_check_interval: u64,
+    /// Seconds between two runs of the health checks (each checks the keys that are due).
+    #[arg(long, env = "CMK_HEALTH_CHECK_EVERY", default_value_t = defaults::LOCAL_HEALTH_CHECK_EVERY_SECS)]
+    pub health_check_every: u64,
     /// Serves `GET /metrics` (Prometheus text, unauthenticated) on a non-loopback address too.
     /// On a loopback address it is always served.
     #[arg(long, env = "CMK_METRICS")]
@@ -200,6 +208,17 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         },
         stopped(stop_rx.clone()),
     ));
+    let health_checks = (args.health_check_interval > 0).then(|| {
+        tokio::spawn(run_health_checks(
+            cmk.clone(),
+            HealthCheckConfig {
+                interval: Duration::from_secs(args.health_check_interval),
+                ..HealthCheckConfig::default()
+            },
+            Duration::from_secs(args.health_check_every.max(1)),
+            stopped(stop_rx.clone()),
+        ))
+    });
 
     let mut app = cmk_http::router(AppState {
         cmk: cmk.clone(),
@@ -250,6 +269,9 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         .is_err()
     {
         tracing::warn!("the worker did not stop in 30 s; unfinished batches will be redelivered");
+    }
+    if let Some(health_checks) = health_checks {
+        let _ = health_checks.await;
     }
     println!("cmk stopped");
     Ok(ExitCode::SUCCESS)

@@ -4,5 +4,6 @@
 mod cli;
 mod e2e;
 mod e2e_aws;
+mod health;
 mod metrics;
 mod secrets;

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use super::cli::{admin, json, local, ok, token, Server};
 
 /// `GET path` over plain HTTP/1.0 (the connection closes after the answer): status and body.
-fn get(base: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(base: &str, path: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(addr).expect("connect");
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
@@ -25,7 +25,7 @@ fn get(base: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample named exactly `series` (name and labels as Prometheus prints them).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?

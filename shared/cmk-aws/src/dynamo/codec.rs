@@ -11,7 +11,10 @@ use cmk_core::model::{
 };
 
 use super::error::corrupt;
-use super::schema::{audit_pk, job_sk, key_sk, org_pk, COUNT_PREFIX, KEY_PREFIX, PROGRESS_SHARDS};
+use super::schema::{
+    audit_pk, gsi3sk, job_sk, key_sk, org_pk, CHECKED_KEYS, COUNT_PREFIX, KEY_PREFIX,
+    PROGRESS_SHARDS,
+};
 
 /// A DynamoDB item as the SDK gives and takes it.
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -94,6 +97,11 @@ pub(super) fn key_item(org: &OrgId, k: &KeyRecord, seq: i64) -> Result<Item, Sto
     ]);
     if let Some(limit) = k.rewrap_rate_limit {
         item.insert("rewrap_rate_limit".into(), n(limit));
+    }
+    // A disabled key leaves the health checks' index: its item is replaced without these.
+    if k.state != KeyState::Disabled {
+        item.insert("gsi3pk".into(), s(CHECKED_KEYS));
+        item.insert("gsi3sk".into(), s(gsi3sk(k.health.checked_at.as_ref())));
     }
     Ok(item)
 }

@@ -8,7 +8,7 @@
 //! | item | pk | sk | attributes |
 //! | --- | --- | --- | --- |
 //! | org head | `ORG#{org}` | `#HEAD` | `version` (N), `external_id`, `default_key_id`, `current_job_id` |
-//! | key | `ORG#{org}` | `KEY#{key}` | `seq`, `name`, `spec` (JSON), `state`, `health` (JSON), `created_at`, `created_by` |
+//! | key | `ORG#{org}` | `KEY#{key}` | `seq`, `name`, `spec` (JSON), `state`, `health` (JSON), `created_at`, `created_by`; unless disabled, `gsi3pk` = `KEYS` and `gsi3sk` = last check (µs, zero-padded) |
 //! | key name | `ORG#{org}` | `NAME#{lowercased name}` | `key_id` (uniqueness guard) |
 //! | data-key count | `ORG#{org}` | `COUNT#{key}#{shard}` | `n` (N) — sharded, summed on read |
 //! | job | `ORG#{org}` | `JOB#{job}` | `kind`, `state`, `sources`, `target`, `total`, `done`, `failed`, `generation`, `progress_shards`, times; `gsi2pk` = `RUNNING` while running |
@@ -18,7 +18,11 @@
 //! | data key | `DK#{org}#{id}` | `DK` | `key_id`, `wrapped` (B), `version`, `created_at`, `gsi1pk` = `{org}#{key}#{partition}`, `gsi1sk` = id |
 //!
 //! Indexes: `by_wrapping_key` (`gsi1pk`, `gsi1sk`) enumerates a key's data keys per partition;
-//! `running_jobs` (`gsi2pk`, `gsi2sk`) is sparse and lists running jobs for the sweep.
+//! `running_jobs` (`gsi2pk`, `gsi2sk`) is sparse and lists running jobs for the sweep;
+//! `keys_by_check` (`gsi3pk`, `gsi3sk`) is sparse and lists the keys that are not disabled,
+//! least recently checked first, for the continuous health checks. Its one partition takes
+//! one write per key per health check (every 15 minutes by default): about 110 writes/s for
+//! 100,000 keys, a tenth of what one index partition takes.
 //!
 //! # Capacity
 //!
@@ -90,7 +94,7 @@ use cmk_core::ports::{
 };
 
 pub use schema::{
-    partition_of, BY_WRAPPING_KEY, COUNT_SHARDS, MOVES_PER_TRANSACTION, PARTITIONS,
+    partition_of, BY_WRAPPING_KEY, COUNT_SHARDS, KEYS_BY_CHECK, MOVES_PER_TRANSACTION, PARTITIONS,
     PROGRESS_SHARDS, RUNNING_JOBS,
 };
 pub use store::{request_token, DynamoStore};
@@ -120,8 +124,16 @@ impl OrgStore for DynamoStore {
         org: &OrgId,
         key: &KeyId,
         health: &Health,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Health>, StoreError> {
         self.write_key_health(org, key, health).await
+    }
+
+    async fn keys_due_for_check(
+        &self,
+        checked_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, KeyRecord)>, StoreError> {
+        self.query_keys_due(checked_before, limit).await
     }
 }
 

@@ -2,18 +2,20 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, ReturnValue, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
 use cmk_core::error::StoreError;
 use cmk_core::model::{Health, Job, JobId, JobState, KeyId, KeyRecord, OrgId, SERVICE_KEY_ID};
 use cmk_core::ports::{JobChange, JobUpdate, OrgCommit, OrgSnapshot};
 
 use super::codec::{
-    count_sums, event_item, get_n, get_s, job_item, json, key_from, key_item, n, opt_s, s, ts,
+    count_sums, event_item, from_json, get_n, get_s, job_item, json, key_from, key_item, n, opt_s,
+    s, ts,
 };
 use super::error::{build, corrupt, failed_conditions, sdk_err};
 use super::schema::{
-    count_sk, job_sk, key_sk, name_sk, org_pk, progress_sk, COUNT_PREFIX, COUNT_SHARDS, HEAD,
-    KEY_PREFIX, PROGRESS_SHARDS,
+    count_sk, gsi3sk, job_sk, key_sk, name_sk, org_of_pk, org_pk, progress_sk, CHECKED_KEYS,
+    COUNT_PREFIX, COUNT_SHARDS, HEAD, KEYS_BY_CHECK, KEY_PREFIX, PROGRESS_SHARDS,
 };
 use super::store::DynamoStore;
 use crate::describe;
@@ -382,29 +384,70 @@ impl DynamoStore {
             .transpose()
     }
 
+    /// Writes a key's health and its place in the health checks' index; returns the health it
+    /// replaced (`UPDATED_OLD`), `None` for a key that does not exist.
     pub(super) async fn write_key_health(
         &self,
         org: &OrgId,
         key: &KeyId,
         health: &Health,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Health>, StoreError> {
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(org_pk(org)))
             .key("sk", s(key_sk(key)))
-            .update_expression("SET #h = :h")
+            .update_expression("SET #h = :h, gsi3sk = :c")
             .expression_attribute_names("#h", "health")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":h", s(json(health)?))
+            .expression_attribute_values(":c", s(gsi3sk(health.checked_at.as_ref())))
+            .return_values(ReturnValue::UpdatedOld)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if crate::error_code(&e) == Some("ConditionalCheckFailedException") => Ok(()),
+            Ok(out) => {
+                let old = out.attributes.unwrap_or_default();
+                Ok(Some(from_json(get_s(&old, "health")?)?))
+            }
+            Err(e) if crate::error_code(&e) == Some("ConditionalCheckFailedException") => Ok(None),
             Err(e) => Err(sdk_err(e)),
         }
+    }
+
+    /// Keys not disabled, last checked before `before`, least recently checked first.
+    pub(super) async fn query_keys_due(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, KeyRecord)>, StoreError> {
+        let mut keys = Vec::new();
+        let mut start = None;
+        while keys.len() < limit {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(KEYS_BY_CHECK)
+                .key_condition_expression("gsi3pk = :k AND gsi3sk < :before")
+                .expression_attribute_values(":k", s(CHECKED_KEYS))
+                .expression_attribute_values(":before", s(gsi3sk(Some(&before))))
+                .limit(i32::try_from(limit - keys.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            for item in out.items.unwrap_or_default() {
+                let org = org_of_pk(get_s(&item, "pk")?).ok_or_else(|| corrupt("key pk"))?;
+                keys.push((org, key_from(&item)?.1));
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(keys)
     }
 
     /// A job's state change on one of its progress shards. Unconditional: it is written in the

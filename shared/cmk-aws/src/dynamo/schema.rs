@@ -1,5 +1,6 @@
 //! The table's keys: every partition and sort key is built here, and nowhere else.
 
+use chrono::{DateTime, Utc};
 use cmk_core::model::{DataKeyId, JobId, KeyId, OrgId};
 use cmk_core::ports::BatchCommit;
 use rand::Rng;
@@ -22,10 +23,32 @@ pub const BY_WRAPPING_KEY: &str = "by_wrapping_key";
 
 pub const RUNNING_JOBS: &str = "running_jobs";
 
+/// The health checks' work list: every key that is not disabled, by last check.
+pub const KEYS_BY_CHECK: &str = "keys_by_check";
+
+/// The one partition of [`KEYS_BY_CHECK`].
+pub(super) const CHECKED_KEYS: &str = "KEYS";
+
+/// A key's sort key in [`KEYS_BY_CHECK`]: its last check in microseconds since the epoch,
+/// zero-padded so that text order is time order; a key never checked sorts first.
+pub(super) fn gsi3sk(checked_at: Option<&DateTime<Utc>>) -> String {
+    format!(
+        "{:020}",
+        checked_at.map_or(0, |t| t.timestamp_micros().max(0))
+    )
+}
+
 pub(super) const HEAD: &str = "#HEAD";
 
 pub(super) fn org_pk(org: &OrgId) -> String {
-    format!("ORG#{org}")
+    format!("{ORG_PREFIX}{org}")
+}
+
+const ORG_PREFIX: &str = "ORG#";
+
+/// The org an org item's partition key names.
+pub(super) fn org_of_pk(pk: &str) -> Option<OrgId> {
+    pk.strip_prefix(ORG_PREFIX).map(OrgId::from_trusted)
 }
 
 pub(super) fn dk_pk(org: &OrgId, id: &DataKeyId) -> String {

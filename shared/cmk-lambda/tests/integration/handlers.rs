@@ -590,3 +590,108 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
         assert_eq!(&decrypt(&fresh.data, &org, ct).await, plaintext);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_sweep_checks_the_keys_that_are_due_on_the_emulator() {
+    use cmk_core::model::{Health, HealthStatus, KeyId, OrgId};
+    use cmk_core::ports::OrgStore;
+
+    let Some(endpoint) = common::emulator_endpoint() else {
+        return;
+    };
+    let env = common::emulated(&endpoint).await;
+    let f = Functions::new(&env.config, &env.settings);
+    let org = common::unique("org");
+    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
+    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
+    let iam = aws_sdk_iam::Client::new(&env.config);
+    let role_arn =
+        cmk_aws_testkit::customer_role(&iam, &common::unique("customer"), &external_id).await;
+    let key_arn = aws_sdk_kms::Client::new(&env.config)
+        .create_key()
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+    let mut add = org_event("keys-write/add-key.json", &org);
+    set_body(
+        &mut add,
+        &json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
+    );
+    let added = call(&f.write, &add).await;
+    assert_eq!(added.status, StatusCode::CREATED);
+    let key = added.json()["key"]["id"].as_str().expect("id").to_owned();
+
+    // An hour ago a use of the key failed; nothing has used it since.
+    let failed_at = cmk_core::model::now() - chrono::Duration::hours(1);
+    env.backend
+        .store
+        .set_key_health(
+            &OrgId::from_trusted(&org),
+            &KeyId::from_trusted(&key),
+            &Health::failed(HealthStatus::AccessDenied, failed_at, "refused"),
+        )
+        .await
+        .expect("health");
+
+    let worker = Worker::new(
+        cmk_core::engine::RewrapEngine::new(
+            cmk_aws::backend::build(&env.config, &env.settings).cmk,
+            Default::default(),
+        ),
+        4,
+        Duration::from_secs(900),
+    )
+    .with_health_checks(Some(cmk_core::health::HealthCheckConfig {
+        interval: Duration::from_secs(600),
+        ..Default::default()
+    }));
+    let sweep = || async {
+        worker
+            .handle(LambdaEvent::new(
+                fixture("rewrap-worker/schedule.json"),
+                Context::default(),
+            ))
+            .await
+            .expect("the scheduled sweep")
+    };
+    let health = || async {
+        let keys = call(&f.read, &org_event("keys-read/list-keys.json", &org)).await;
+        keys.json()["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["id"] == key.as_str())
+            .expect("the key")["health"]
+            .clone()
+    };
+
+    sweep().await;
+    let checked = health().await;
+    assert_eq!(
+        checked["status"], "ok",
+        "checked by a round trip: {checked}"
+    );
+    assert_eq!(checked["last_failure"]["status"], "access_denied");
+    let audit = call(&f.read, &org_event("keys-read/audit.json", &org))
+        .await
+        .json();
+    let changes: Vec<&Value> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["action"] == "key.health_changed")
+        .collect();
+    assert_eq!(changes.len(), 1, "{audit}");
+    assert_eq!(changes[0]["detail"], "access_denied -> ok");
+    assert_eq!(changes[0]["actor"], "system");
+
+    sweep().await;
+    assert_eq!(
+        health().await["checked_at"],
+        checked["checked_at"],
+        "checked at most once per interval"
+    );
+}

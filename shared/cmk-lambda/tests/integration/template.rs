@@ -553,6 +553,7 @@ fn resolve(v: &Yaml) -> String {
             "JwtOrgClaim" => "org".into(),
             "JwtRoleClaim" => "role".into(),
             "WorkerMaxConcurrency" => "10".into(),
+            "HealthCheckInterval" => "900".into(),
             "RewrapQueue" => "https://sqs.us-east-1.amazonaws.com/123456789012/cmk-rewrap".into(),
             other => format!("{other}-value"),
         },
@@ -635,6 +636,11 @@ fn the_template_gives_each_function_the_configuration_it_reads() {
         w.max_instances, 10,
         "the worker takes its share of each key's rate limit by the template's concurrency"
     );
+    assert_eq!(
+        w.health_checks.map(|h| h.interval.as_secs()),
+        Some(900),
+        "the scheduled sweep checks keys' health at the template's interval"
+    );
 
     // The outputs an operator and customers need.
     for output in [
@@ -661,6 +667,7 @@ fn emitted_metrics() -> BTreeMap<&'static str, &'static [&'static str]> {
         (m::BATCH_SECONDS, &[][..]),
         (m::HTTP_REQUESTS, &["route", "status"][..]),
         (m::KEY_CHECKS, &["result"][..]),
+        (m::KEY_HEALTH_CHANGES, &["status"][..]),
         (m::KMS_CALLS, &["outcome"][..]),
         (m::STS_SESSIONS, &["outcome"][..]),
     ])
