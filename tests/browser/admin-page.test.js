@@ -365,6 +365,7 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     await page.getByRole('button', { name: 'Actions for recovery' }).click();
     await page.getByRole('menuitem', { name: 'Check health' }).click();
     await eventually(async () => assert.match(await cellText('recovery', 'Health'), /^OK/));
+    assert.match(await cellText('recovery', 'Health'), /Last failed .*: Access denied/, 'the last failure stays in view');
     await screenshot(page, 'retried-desktop');
     verify(dataDir);
     await assertNoPageProblems();

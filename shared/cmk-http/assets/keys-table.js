@@ -9,6 +9,7 @@ import {
   describeError,
   formatCount,
   formatTime,
+  healthLabel,
 } from './words.js';
 import { openDisable, openRate } from './disable-dialogs.js';
 import { DOTS, $, alertMessage, el, notice, svgIcon } from './dom.js';
@@ -38,11 +39,20 @@ function rowFor(k) {
   const healthCell = el(
     'td',
     { role: 'cell', 'data-label': 'Health' },
-    badge(HEALTH_LABELS[k.health.status] || k.health.status, healthTone),
+    badge(healthLabel(k.health), healthTone),
     k.health.message && k.health.status !== 'ok'
       ? el('span', { class: 'sub' }, k.health.message)
       : null,
     k.health.checked_at ? el('span', { class: 'sub checked' }, `Checked ${formatTime(k.health.checked_at)}`) : null,
+    k.health.status === 'ok' && k.health.last_failure
+      ? el(
+          'span',
+          { class: 'sub', title: k.health.last_failure.message || '' },
+          `Last failed ${formatTime(k.health.last_failure.at)}: ${
+            HEALTH_LABELS[k.health.last_failure.status] || k.health.last_failure.status
+          }`,
+        )
+      : null,
   );
 
   const noDefault = whyNoDefault(k);

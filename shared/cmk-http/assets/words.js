@@ -22,6 +22,12 @@ export const HEALTH_LABELS = {
   unknown: 'Not checked',
 };
 
+/** A key's health badge: `unknown` after a check means the check itself got no answer. */
+export function healthLabel(health) {
+  if (health.status === 'unknown' && health.checked_at) return 'Check failed';
+  return HEALTH_LABELS[health.status] || health.status;
+}
+
 export const JOB_KIND_LABELS = {
   adopt: 'First key added',
   disable: 'Disable key',

@@ -131,8 +131,24 @@ impl From<JobState> for JobStateDto {
 #[schema(as = KeyHealth)]
 pub struct HealthDto {
     pub status: HealthStatusDto,
+    /// When the key was last used or checked: by an admin, by a failed use, or by the
+    /// continuous health checks (at most every `CMK_HEALTH_CHECK_INTERVAL`). `null`: never.
     #[schema(required = true)]
     pub checked_at: Option<DateTime<Utc>>,
+    /// Why the key cannot be used, while it cannot.
+    #[schema(required = true)]
+    pub message: Option<String>,
+    /// The key's most recent failure, kept after it works again; `null` if it never failed.
+    #[schema(required = true)]
+    pub last_failure: Option<HealthFailureDto>,
+}
+
+/// A failed use or check of a key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = KeyHealthFailure)]
+pub struct HealthFailureDto {
+    pub status: HealthStatusDto,
+    pub at: DateTime<Utc>,
     #[schema(required = true)]
     pub message: Option<String>,
 }
@@ -206,6 +222,11 @@ impl From<Key> for KeyDto {
                 status: r.health.status.into(),
                 checked_at: r.health.checked_at,
                 message: r.health.message,
+                last_failure: r.health.last_failure.map(|f| HealthFailureDto {
+                    status: f.status.into(),
+                    at: f.at,
+                    message: f.message,
+                }),
             },
             aws,
             rewrap_rate_limit: r.rewrap_rate_limit,
