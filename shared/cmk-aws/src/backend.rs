@@ -12,7 +12,7 @@ use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
 
 use crate::metrics::CallCounter;
-use crate::{DynamoStore, KmsKeyProvider, KmsSettings, SqsQueue};
+use crate::{DynamoStore, EventBridgePublisher, KmsKeyProvider, KmsSettings, SqsQueue};
 
 /// Everything the AWS backend needs, parsed before serving.
 #[derive(Clone, Debug)]
@@ -44,6 +44,9 @@ pub struct AwsSettings {
     /// Allows customer roles in the service's own account (`CMK_ALLOW_SAME_ACCOUNT_ROLES`, for
     /// single-account test setups; off by default).
     pub allow_same_account_roles: bool,
+    /// The EventBridge bus that key health changes and job transitions go to (`CMK_EVENT_BUS`;
+    /// the template sets `default`); `None`: no events.
+    pub event_bus: Option<String>,
 }
 
 /// Reads a required environment variable, naming it when missing.
@@ -89,6 +92,10 @@ impl AwsSettings {
             ),
             service_account_id: Some(service_account_id()?),
             allow_same_account_roles: parsed("CMK_ALLOW_SAME_ACCOUNT_ROLES", false)?,
+            event_bus: std::env::var("CMK_EVENT_BUS")
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
         })
     }
 }
@@ -201,6 +208,13 @@ pub fn build_counted(
             allow_same_account_roles: settings.allow_same_account_roles,
         },
     );
+    let cmk = match &settings.event_bus {
+        Some(bus) => cmk.with_events(Arc::new(EventBridgePublisher::new(
+            aws_sdk_eventbridge::Client::new(config),
+            bus.clone(),
+        ))),
+        None => cmk,
+    };
     AwsBackend {
         cmk,
         store,

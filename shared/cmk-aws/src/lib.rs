@@ -1,11 +1,13 @@
 //! AWS adapters of the CMK ports: a DynamoDB [`Store`](cmk_core::ports::Store) (see
 //! [`dynamo`] for the table design), an SQS [`RewrapQueue`](cmk_core::ports::RewrapQueue) and an
-//! AWS KMS [`KeyProvider`](cmk_core::ports::KeyProvider) that reaches customer keys through STS.
+//! AWS KMS [`KeyProvider`](cmk_core::ports::KeyProvider) that reaches customer keys through STS,
+//! and an EventBridge [`EventPublisher`](cmk_core::ports::EventPublisher).
 
 pub mod backend;
 pub mod dynamo;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod events;
 pub mod kms;
 pub mod metrics;
 pub mod resources;
@@ -13,6 +15,7 @@ pub mod sqs;
 
 pub use backend::{AwsBackend, AwsSettings};
 pub use dynamo::DynamoStore;
+pub use events::EventBridgePublisher;
 pub use kms::{KmsKeyProvider, KmsSettings};
 pub use sqs::SqsQueue;
 

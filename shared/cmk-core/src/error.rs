@@ -149,6 +149,11 @@ impl KeyError {
     }
 }
 
+/// An event that was not published (see [`crate::ports::EventPublisher`]).
+#[derive(Debug, thiserror::Error)]
+#[error("events not published: {0}")]
+pub struct EventError(pub String);
+
 /// Failures of the [`crate::ports::Authenticator`] port.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

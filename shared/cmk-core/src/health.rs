@@ -126,7 +126,7 @@ impl Cmk {
         let kek = self.kek(org, &record.id).await?;
         let observed = self.round_trip(&kek, Some(timeout)).await;
         let (_, changed) = self
-            .record_check(HEALTH_ACTOR, org, &record.id, &record.health, observed)
+            .record_check(HEALTH_ACTOR, org, record, observed)
             .await?;
         Ok(changed)
     }

@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod defaults;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod model;

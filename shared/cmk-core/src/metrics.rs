@@ -31,6 +31,10 @@ pub const KEY_CHECKS: &str = "cmk_key_checks_total";
 /// Changes of a customer key's health, labelled `status` (the new one): `ok` is a recovery,
 /// anything else a key that stopped working.
 pub const KEY_HEALTH_CHANGES: &str = "cmk_key_health_changes_total";
+/// Events published ([`crate::events`]), labelled `outcome`: `sent` (accepted by EventBridge,
+/// or answered 2xx by the webhook), `failed` (refused, or given up on after retries),
+/// `dropped` (the webhook's queue was full).
+pub const EVENTS: &str = "cmk_events_total";
 
 pub fn data_keys_moved(n: u64) {
     counter!(DATA_KEYS_MOVED).increment(n);
@@ -70,4 +74,9 @@ pub fn key_check(result: &'static str) {
 
 pub fn key_health_changed(status: &'static str) {
     counter!(KEY_HEALTH_CHANGES, "status" => status).increment(1);
+}
+
+/// `n` events reached a final outcome (see [`EVENTS`]).
+pub fn events(outcome: &'static str, n: u64) {
+    counter!(EVENTS, "outcome" => outcome).increment(n);
 }

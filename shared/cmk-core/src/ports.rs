@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::DataKey;
-use crate::error::{AuthError, KeyError, QueueError, StoreError};
+use crate::error::{AuthError, EventError, KeyError, QueueError, StoreError};
+use crate::events::ServiceEvent;
 use crate::model::{
     AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobError, JobId,
     JobState, KeyId, KeyRecord, KeySpec, OrgId, Principal,
@@ -498,4 +499,12 @@ pub trait KeyProvider: Send + Sync + 'static {
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     async fn authenticate(&self, bearer_token: &str) -> Result<Principal, AuthError>;
+}
+
+/// Where [`ServiceEvent`]s go: EventBridge on AWS, a webhook locally. Best effort: the caller
+/// logs an error and carries on; the adapter counts each event's outcome
+/// ([`crate::metrics::events`]), since only it knows when delivery is final.
+#[async_trait]
+pub trait EventPublisher: Send + Sync + 'static {
+    async fn publish(&self, events: &[ServiceEvent]) -> Result<(), EventError>;
 }

@@ -6,7 +6,7 @@
 //! live in [`crate::rules`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -17,14 +17,15 @@ use zeroize::Zeroizing;
 use crate::cache::DataKeyCache;
 use crate::crypto::{self, DataKey};
 use crate::error::{CoreError, KeyError, KeyErrorKind, StoreError};
+use crate::events::ServiceEvent;
 use crate::model::{
     data_key_context, validate_key_name, validate_kms_key_arn, validate_role_arn, AuditAction,
     AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobState, Key, KeyId,
     KeyRecord, KeySpec, KeyState, OrgId,
 };
 use crate::ports::{
-    AuditLog, DataKeyStore, JobChange, Kek, KeyProvider, OrgCommit, OrgSnapshot, OrgStore,
-    RewrapMessage, RewrapProgress, RewrapQueue, StoreParts,
+    AuditLog, DataKeyStore, EventPublisher, JobChange, Kek, KeyProvider, OrgCommit, OrgSnapshot,
+    OrgStore, RewrapMessage, RewrapProgress, RewrapQueue, StoreParts,
 };
 use crate::rules::{self, Retry};
 
@@ -97,6 +98,9 @@ pub enum NewKeySpec {
 
 /// Most attempts at a conditional commit before answering [`CoreError::Contention`].
 const COMMIT_ATTEMPTS: u32 = 64;
+/// The longest a change waits for its events to be handed over before it carries on.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most attempts at inserting a data key while the default changes under it.
 const INSERT_ATTEMPTS: u32 = 8;
 
@@ -122,6 +126,8 @@ struct Inner {
     keks: Mutex<HashMap<(OrgId, KeyId), Kek>>,
     /// When a failure last wrote each key's health (the debounce of [`Cmk::key_failed`]).
     health_written: Mutex<HashMap<(OrgId, KeyId), Instant>>,
+    /// Where events go, if anywhere ([`Cmk::with_events`]).
+    events: OnceLock<Arc<dyn EventPublisher>>,
 }
 
 impl Cmk {
@@ -143,7 +149,40 @@ impl Cmk {
                 config,
                 keks: Mutex::new(HashMap::new()),
                 health_written: Mutex::new(HashMap::new()),
+                events: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Publishes [`ServiceEvent`]s (key health changes, job transitions) to `events`. Set once,
+    /// before the service is used; a second call changes nothing.
+    pub fn with_events(self, events: Arc<dyn EventPublisher>) -> Self {
+        if self.inner.events.set(events).is_err() {
+            tracing::warn!("an event publisher was already set; keeping the first");
+        }
+        self
+    }
+
+    /// Publishes events of a committed change. Never fails the caller: the change stands, and
+    /// the adapter has counted what it could not deliver.
+    pub(crate) async fn publish(&self, events: Vec<ServiceEvent>) {
+        let Some(publisher) = self.inner.events.get() else {
+            return;
+        };
+        if events.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publisher.publish(&events)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, events = events.len(), "events not published"),
+            Err(_) => {
+                crate::metrics::events("failed", events.len() as u64);
+                tracing::warn!(
+                    events = events.len(),
+                    "events not published within {} s",
+                    PUBLISH_TIMEOUT.as_secs()
+                );
+            }
         }
     }
 
@@ -219,6 +258,12 @@ impl Cmk {
                 Ok(job) => {
                     if let Some(transition) = transition {
                         crate::metrics::job_transition(transition);
+                        if let Some(event) = job
+                            .as_ref()
+                            .and_then(|j| ServiceEvent::job_changed(transition, &snapshot, j))
+                        {
+                            self.publish(vec![event]).await;
+                        }
                     }
                     return Ok((snapshot, next, job));
                 }
@@ -546,9 +591,7 @@ impl Cmk {
         let kek = self.kek(org, key).await?;
         let mut health = self.round_trip(&kek, None).await;
         if !key.is_service() {
-            (health, _) = self
-                .record_check(actor, org, key, &view.record.health, health)
-                .await?;
+            (health, _) = self.record_check(actor, org, &view.record, health).await?;
         }
         let mut event = AuditEvent::new(actor, AuditAction::KeyCheck)
             .key(key)
@@ -791,11 +834,11 @@ impl Cmk {
         &self,
         actor: &str,
         org: &OrgId,
-        key: &KeyId,
-        previous: &Health,
+        record: &KeyRecord,
         observed: Health,
     ) -> Result<(Health, bool), CoreError> {
-        let health = observed.following(previous);
+        let key = &record.id;
+        let health = observed.following(&record.health);
         let replaced = self.orgs().set_key_health(org, key, &health).await?;
         let Some(replaced) = replaced.filter(|r| r.status != health.status) else {
             return Ok((health, false));
@@ -818,6 +861,13 @@ impl Cmk {
             event = event.outcome("failure");
         }
         self.audit_log().append_audit(org, &[event]).await?;
+        self.publish(vec![ServiceEvent::key_health_changed(
+            org,
+            record,
+            replaced.status,
+            &health,
+        )])
+        .await;
         Ok((health, true))
     }
 
@@ -827,14 +877,11 @@ impl Cmk {
         &self,
         actor: &str,
         org: &OrgId,
-        key: &KeyId,
-        previous: &Health,
+        record: &KeyRecord,
         observed: Health,
     ) -> Result<(Health, bool), CoreError> {
-        let recorded = self
-            .record_health(actor, org, key, previous, observed)
-            .await?;
-        lock(&self.inner.health_written).remove(&(org.clone(), key.clone()));
+        let recorded = self.record_health(actor, org, record, observed).await?;
+        lock(&self.inner.health_written).remove(&(org.clone(), record.id.clone()));
         Ok(recorded)
     }
 
@@ -842,11 +889,10 @@ impl Cmk {
     /// first. Best effort: the failure is already the caller's answer.
     pub(crate) async fn record_failure(&self, org: &OrgId, key: &KeyId, observed: Health) {
         let result = async {
-            let previous = match self.orgs().get_key(org, key).await? {
-                Some(record) => record.health,
-                None => return Ok(()),
+            let Some(record) = self.orgs().get_key(org, key).await? else {
+                return Ok(());
             };
-            self.record_health(HEALTH_ACTOR, org, key, &previous, observed)
+            self.record_health(HEALTH_ACTOR, org, &record, observed)
                 .await
                 .map(drop)
         };

@@ -234,6 +234,7 @@ mod tests {
             stalled_after: Duration::from_secs(900),
             service_account_id: None,
             allow_same_account_roles: false,
+            event_bus: None,
         }
     }
 

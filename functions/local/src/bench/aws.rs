@@ -110,6 +110,7 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
             stalled_after: Duration::from_secs(60),
             service_account_id: None,
             allow_same_account_roles: true,
+            event_bus: None,
         },
         Some(&counter),
     );

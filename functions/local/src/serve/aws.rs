@@ -29,6 +29,10 @@ pub struct AwsArgs {
     /// same definitions as template.yaml.
     #[arg(long)]
     pub create_resources: bool,
+    /// The EventBridge bus that key health changes and job transitions go to (e.g. `default`);
+    /// none by default.
+    #[arg(long, env = "CMK_EVENT_BUS")]
+    pub event_bus: Option<String>,
 }
 
 const SERVICE_ALIAS: &str = "alias/cmk-service";

@@ -177,6 +177,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
                 stalled_after: Duration::from_secs(args.stalled_after.max(1)),
                 service_account_id: Some(resources.service_account_id),
                 allow_same_account_roles: args.allow_same_account_roles,
+                event_bus: args.aws.event_bus.clone(),
             };
             let backend = cmk_aws::backend::build(&resources.config, &settings);
             let at = format!("table {}, queue {}", args.aws.table, backend.queue.url());

@@ -115,6 +115,7 @@ impl Scene {
                 stalled_after: Duration::from_secs(60),
                 service_account_id: None,
                 allow_same_account_roles: true,
+                event_bus: None,
             },
         );
         let cmk = backend.cmk.clone();

@@ -591,15 +591,104 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
     }
 }
 
+/// An EventBridge bus of the test's own with a rule that sends the service's events to a new
+/// SQS queue, as an operator would route them: returns the bus name and the queue's URL.
+async fn events_to_a_queue(config: &aws_config::SdkConfig) -> (String, String) {
+    let bus = common::unique("cmk-bus");
+    let events = aws_sdk_eventbridge::Client::new(config);
+    events
+        .create_event_bus()
+        .name(&bus)
+        .send()
+        .await
+        .expect("bus");
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let url = sqs
+        .create_queue()
+        .queue_name(common::unique("cmk-events"))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("attributes")
+        .attributes
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .cloned()
+        })
+        .expect("arn");
+    events
+        .put_rule()
+        .name("cmk-events")
+        .event_bus_name(&bus)
+        .event_pattern(json!({"source": [cmk_core::events::SOURCE]}).to_string())
+        .send()
+        .await
+        .expect("rule");
+    events
+        .put_targets()
+        .rule("cmk-events")
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(arn)
+                .build()
+                .expect("target"),
+        )
+        .send()
+        .await
+        .expect("target");
+    (bus, url)
+}
+
+/// Every event the rule delivered to `queue` so far (EventBridge's envelope per message).
+async fn delivered_events(config: &aws_config::SdkConfig, queue: &str) -> Vec<Value> {
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let mut events = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("receive")
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            return events;
+        }
+        for m in got {
+            events.push(serde_json::from_str(m.body().expect("body")).expect("an event"));
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle().expect("receipt"))
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_scheduled_sweep_checks_the_keys_that_are_due_on_the_emulator() {
+async fn the_scheduled_sweep_checks_due_keys_and_events_reach_eventbridge_on_the_emulator() {
     use cmk_core::model::{Health, HealthStatus, KeyId, OrgId};
     use cmk_core::ports::OrgStore;
 
     let Some(endpoint) = common::emulator_endpoint() else {
         return;
     };
-    let env = common::emulated(&endpoint).await;
+    let mut env = common::emulated(&endpoint).await;
+    let (bus, events_queue) = events_to_a_queue(&env.config).await;
+    env.settings.event_bus = Some(bus);
     let f = Functions::new(&env.config, &env.settings);
     let org = common::unique("org");
     let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
@@ -623,6 +712,19 @@ async fn the_scheduled_sweep_checks_the_keys_that_are_due_on_the_emulator() {
     let added = call(&f.write, &add).await;
     assert_eq!(added.status, StatusCode::CREATED);
     let key = added.json()["key"]["id"].as_str().expect("id").to_owned();
+    let job_id = added.json()["reencryption"]["id"]
+        .as_str()
+        .expect("job")
+        .to_owned();
+    common::run_queue(
+        &f.worker,
+        &aws_sdk_sqs::Client::new(&env.config),
+        &env.queue_url,
+        &f.read,
+        &org,
+        Vec::new(),
+    )
+    .await;
 
     // An hour ago a use of the key failed; nothing has used it since.
     let failed_at = cmk_core::model::now() - chrono::Duration::hours(1);
@@ -694,4 +796,97 @@ async fn the_scheduled_sweep_checks_the_keys_that_are_due_on_the_emulator() {
         checked["checked_at"],
         "checked at most once per interval"
     );
+
+    // The job's start (keys-write), its end (the worker) and the health change (the sweep),
+    // each once, through an EventBridge rule to a queue.
+    let events = delivered_events(&env.config, &events_queue).await;
+    let types: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["detail-type"].as_str())
+        .collect();
+    let mut sorted = types.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            cmk_core::events::KEY_HEALTH_CHANGED,
+            cmk_core::events::REENCRYPTION_COMPLETED,
+            cmk_core::events::REENCRYPTION_STARTED,
+        ],
+        "{events:?}"
+    );
+    let of = |t: &str| {
+        events
+            .iter()
+            .find(|e| e["detail-type"] == t)
+            .expect("the event")
+    };
+    for e in &events {
+        assert_eq!(e["source"], cmk_core::events::SOURCE);
+        assert_eq!(e["detail"]["org"], org.as_str());
+    }
+    let completed = &of(cmk_core::events::REENCRYPTION_COMPLETED)["detail"];
+    assert_eq!(completed["job_id"], job_id.as_str());
+    assert_eq!(completed["kind"], "adopt");
+    assert_eq!(completed["target_key"]["name"], "prod");
+    assert_eq!(completed["done"], completed["total"]);
+    let changed = &of(cmk_core::events::KEY_HEALTH_CHANGED)["detail"];
+    assert_eq!(changed["key_id"], key.as_str());
+    assert_eq!(changed["key_name"], "prod");
+    assert_eq!(
+        (
+            changed["previous_status"].as_str(),
+            changed["status"].as_str()
+        ),
+        (Some("access_denied"), Some("ok"))
+    );
+}
+
+/// Events are best effort: with a bus that does not exist every put fails, and the key is
+/// still added and its job still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_event_put_fails_neither_the_request_nor_the_job_on_the_emulator() {
+    let Some(endpoint) = common::emulator_endpoint() else {
+        return;
+    };
+    let mut env = common::emulated(&endpoint).await;
+    env.settings.event_bus = Some(common::unique("no-such-bus"));
+    let f = Functions::new(&env.config, &env.settings);
+    let org = common::unique("org");
+    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
+    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
+    let iam = aws_sdk_iam::Client::new(&env.config);
+    let role_arn =
+        cmk_aws_testkit::customer_role(&iam, &common::unique("customer"), &external_id).await;
+    let key_arn = aws_sdk_kms::Client::new(&env.config)
+        .create_key()
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+    let mut add = org_event("keys-write/add-key.json", &org);
+    set_body(
+        &mut add,
+        &json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
+    );
+    let added = call(&f.write, &add).await;
+    assert_eq!(
+        added.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    common::run_queue(
+        &f.worker,
+        &aws_sdk_sqs::Client::new(&env.config),
+        &env.queue_url,
+        &f.read,
+        &org,
+        Vec::new(),
+    )
+    .await;
+    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
+    assert_eq!(job.json()["reencryption"]["state"], "completed");
 }

@@ -223,6 +223,8 @@ impl Scene {
             stalled_after: Duration::from_secs(60),
             service_account_id: None,
             allow_same_account_roles: true,
+            // As the template sets it: the functions that change things publish events.
+            event_bus: Some("default".into()),
         };
 
         // IAM enforced from here on.

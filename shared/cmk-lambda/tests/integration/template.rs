@@ -448,6 +448,8 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
     ]);
     let service_key = set(&["kms:Encrypt", "kms:Decrypt"]);
     let assume = set(&["sts:AssumeRole"]);
+    // Every function that changes keys' health or jobs tells EventBridge.
+    let events = set(&["events:PutEvents"]);
 
     // keys-read reads the table: nothing else, in particular no customer keys.
     assert_eq!(names(&read), reads);
@@ -462,12 +464,13 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
             &writes,
             &service_key,
             &assume,
+            &events,
             &set(&["sqs:SendMessage"])
         ])
     );
     assert_eq!(
         names(&data),
-        union(&[&reads, &writes, &service_key, &assume])
+        union(&[&reads, &writes, &service_key, &assume, &events])
     );
     assert_eq!(
         names(&worker),
@@ -477,6 +480,7 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
             &set(&["dynamodb:DeleteItem"]),
             &service_key,
             &assume,
+            &events,
             &set(&[
                 "sqs:ReceiveMessage",
                 "sqs:DeleteMessage",
@@ -500,6 +504,12 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
                     "sqs" => *r == get_att("RewrapQueue", "Arn"),
                     "kms" => *r == get_att("ServiceKey", "Arn"),
                     "sts" => r["Fn::Sub"].as_str() == Some("arn:${AWS::Partition}:iam::*:role/*"),
+                    "events" => {
+                        r["Fn::Sub"].as_str()
+                            == Some(
+                                "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default",
+                            )
+                    }
                     _ => false,
                 };
                 assert!(ok, "{action} on {r:?}");
@@ -744,5 +754,45 @@ fn every_function_runs_on_the_architecture_parameter() {
             &Yaml::Sequence(vec![reference("Architecture")]),
             "{id}"
         );
+    }
+}
+
+/// A function publishes events exactly when its role may put them: `CMK_EVENT_BUS` names the
+/// bus its `events:PutEvents` statement allows (the default bus), with the service's source
+/// only; keys-read, which changes nothing, has neither.
+#[test]
+fn the_functions_that_put_events_name_the_bus_their_role_allows() {
+    let t = template();
+    for binary in [
+        HttpFunction::KeysRead.binary(),
+        HttpFunction::KeysWrite.binary(),
+        HttpFunction::DataKeys.binary(),
+        cmk_lambda::worker::BINARY,
+    ] {
+        let (id, f) = function_by_binary(&t, binary);
+        let bus = f["Properties"]["Environment"]["Variables"]["CMK_EVENT_BUS"].as_str();
+        let role = role_of(&t, binary);
+        let may_put = allowed(&t, &role).contains_key("events:PutEvents");
+        assert_eq!(
+            bus.is_some(),
+            may_put,
+            "{id}: CMK_EVENT_BUS and events:PutEvents"
+        );
+        if binary == HttpFunction::KeysRead.binary() {
+            assert!(!may_put, "keys-read publishes nothing");
+            continue;
+        }
+        assert_eq!(bus, Some("default"), "{id}");
+        for policy in seq(&t["Resources"][role.as_str()]["Properties"]["Policies"]) {
+            for st in seq(&policy["PolicyDocument"]["Statement"]) {
+                if st["Action"][0].as_str() == Some("events:PutEvents") {
+                    assert_eq!(
+                        s(&st["Condition"]["StringEquals"]["events:source"]),
+                        cmk_core::events::SOURCE,
+                        "{id}: only the service's own events"
+                    );
+                }
+            }
+        }
     }
 }

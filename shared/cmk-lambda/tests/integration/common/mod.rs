@@ -164,6 +164,7 @@ fn settings(table: &str, queue_url: &str, service_key: &str, endpoint: &str) -> 
         stalled_after: std::time::Duration::from_secs(60),
         service_account_id: None,
         allow_same_account_roles: true,
+        event_bus: None,
     }
 }
 
