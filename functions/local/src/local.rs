@@ -46,24 +46,48 @@ const SECRET_HEX_LEN: usize = 2 * cmk_http::auth::MIN_SECRET_LEN;
 /// Fails closed: a secret file shorter than 32 bytes of secret (64 hex digits) stops the
 /// command with an error naming the file, since a short key would let anyone mint tokens.
 pub fn token_secret(data_dir: &Path) -> Result<Vec<u8>> {
+    hex_secret(
+        data_dir,
+        SECRET_FILE,
+        "token secret",
+        "which invalidates every token",
+    )
+}
+
+/// The key that signs webhook deliveries (`webhook.secret`), made and checked as the token
+/// secret is; the receiver reads the same file.
+pub fn webhook_secret(data_dir: &Path) -> Result<Vec<u8>> {
+    hex_secret(
+        data_dir,
+        WEBHOOK_SECRET_FILE,
+        "webhook secret",
+        "which the webhook's receiver must then read again",
+    )
+}
+
+pub const WEBHOOK_SECRET_FILE: &str = "webhook.secret";
+
+/// A secret of 32 random bytes as 64 hex digits in `data_dir/file`, created on first use;
+/// the text is the secret. `replacing` says what removing the file costs.
+fn hex_secret(data_dir: &Path, file: &str, what: &str, replacing: &str) -> Result<Vec<u8>> {
     fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let path: PathBuf = data_dir.join(SECRET_FILE);
+    let path: PathBuf = data_dir.join(file);
     if !path.exists() {
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
         rand::thread_rng().fill_bytes(&mut secret[..]);
         let hex: zeroize::Zeroizing<String> =
             zeroize::Zeroizing::new(secret.iter().map(|b| format!("{b:02x}")).collect());
         secret_file::create_private(&path, hex.as_bytes())
-            .with_context(|| format!("cannot create the token secret {}", path.display()))?;
+            .with_context(|| format!("cannot create the {what} {}", path.display()))?;
     }
-    let bytes = secret_file::read_secret(&path, SECRET_HEX_LEN, "token secret")?;
+    let bytes = secret_file::read_secret(&path, SECRET_HEX_LEN, what)?;
     let text = String::from_utf8_lossy(&bytes);
     let trimmed = text.trim();
     if trimmed.len() < SECRET_HEX_LEN || !trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!(
-            "the token secret {} must hold at least {SECRET_HEX_LEN} hex digits (32 bytes of secret); \
-             refusing to start (remove it to create a new one, which invalidates every token)",
+            "the {what} {} must hold at least {SECRET_HEX_LEN} hex digits (32 bytes of secret); \
+             refusing to start (remove it to create a new one, {replacing})",
             path.display()
         );
     }

@@ -18,6 +18,7 @@ mod cli;
 mod local;
 mod seed;
 mod serve;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -25,7 +25,8 @@ use cmk_http::AppState;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use crate::local::{open_backends, token_secret};
+use crate::local::{open_backends, token_secret, webhook_secret};
+use crate::webhook::{Webhook, WebhookConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -88,6 +89,11 @@ pub struct ServeArgs {
     /// Seconds between two runs of the health checks (each checks the keys that are due).
     #[arg(long, env = "CMK_HEALTH_CHECK_EVERY", default_value_t = defaults::LOCAL_HEALTH_CHECK_EVERY_SECS)]
     pub health_check_every: u64,
+    /// POSTs each event (a key's health changed, a job started or ended) to this URL, signed
+    /// with `webhook.secret` in the data directory (see "Operating it" in the README). https,
+    /// or http to a loopback address.
+    #[arg(long, env = "CMK_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
     /// Serves `GET /metrics` (Prometheus text, unauthenticated) on a non-loopback address too.
     /// On a loopback address it is always served.
     #[arg(long, env = "CMK_METRICS")]
@@ -184,6 +190,21 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
             (backend.cmk, at)
         }
     };
+    let webhook = match &args.webhook_url {
+        Some(_) if args.aws.event_bus.is_some() => {
+            anyhow::bail!("--webhook-url and --event-bus: events go to one of them; choose one")
+        }
+        Some(url) => Some(Webhook::start(
+            url,
+            webhook_secret(data_dir)?,
+            WebhookConfig::default(),
+        )?),
+        None => None,
+    };
+    let cmk = match &webhook {
+        Some(w) => cmk.with_events(Arc::clone(w) as Arc<dyn cmk_core::ports::EventPublisher>),
+        None => cmk,
+    };
     let engine = Arc::new(RewrapEngine::new(
         cmk.clone(),
         EngineConfig {
@@ -247,6 +268,12 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     if metrics.is_some() {
         println!("  metrics (Prometheus): http://{addr}/metrics");
     }
+    if let Some(url) = &args.webhook_url {
+        println!(
+            "  events: POST to {url}, signed with {}",
+            data_dir.join(crate::local::WEBHOOK_SECRET_FILE).display()
+        );
+    }
     // A ready login link for the admin page: the token rides in the fragment, never sent.
     let token = cmk_http::auth::issue_token(
         &secret,
@@ -273,6 +300,12 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     }
     if let Some(health_checks) = health_checks {
         let _ = health_checks.await;
+    }
+    if let Some(webhook) = webhook {
+        let lost = webhook.drain(Duration::from_secs(10)).await;
+        if lost > 0 {
+            tracing::warn!(lost, "events not delivered to the webhook before the stop");
+        }
     }
     println!("cmk stopped");
     Ok(ExitCode::SUCCESS)

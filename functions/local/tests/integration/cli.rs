@@ -56,10 +56,10 @@ impl Drop for Server {
 
 #[derive(Debug)]
 pub(crate) struct Out {
-    ok: bool,
+    pub(crate) ok: bool,
     code: Option<i32>,
     pub(crate) stdout: String,
-    stderr: String,
+    pub(crate) stderr: String,
 }
 
 /// A local command on the data directory (token, seed, verify, local-key).

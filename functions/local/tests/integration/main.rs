@@ -7,3 +7,4 @@ mod e2e_aws;
 mod health;
 mod metrics;
 mod secrets;
+mod webhook;
