@@ -4,7 +4,9 @@
 //! request or SQS batch [`flush`] prints one document per label set and starts over.
 //!
 //! Dimensions are the function name and the metric's own low-cardinality labels (route,
-//! status, transition, result). An org is never a dimension.
+//! status, transition, result). An org is never a dimension: the orgs an invocation served go
+//! in as a property (`org`, or `orgs` for an SQS batch of several), which CloudWatch Logs
+//! Insights can filter and group on without a metric per org.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -42,8 +44,9 @@ impl EmfRecorder {
     }
 
     /// The EMF documents of everything recorded since the last call, which resets them: one per
-    /// label set, at `timestamp_ms`. Counters that did not move are left out.
-    pub fn drain(&self, timestamp_ms: i64) -> Vec<String> {
+    /// label set, at `timestamp_ms`, with the `orgs` served as a property. Counters that did
+    /// not move are left out.
+    pub fn drain(&self, timestamp_ms: i64, orgs: &[String]) -> Vec<String> {
         // Label set -> metric name -> value (a count, or samples with a unit).
         let mut groups: BTreeMap<Vec<(String, String)>, Map<String, Value>> = BTreeMap::new();
         let mut units: BTreeMap<String, &'static str> = BTreeMap::new();
@@ -88,6 +91,15 @@ impl EmfRecorder {
                 let mut dimensions = vec![json!("function")];
                 let mut doc = Map::new();
                 doc.insert("function".into(), json!(self.function));
+                match orgs {
+                    [] => {}
+                    [org] => {
+                        doc.insert("org".into(), json!(org));
+                    }
+                    several => {
+                        doc.insert("orgs".into(), json!(several));
+                    }
+                }
                 for (k, v) in labels {
                     dimensions.push(json!(k));
                     doc.insert(k, json!(v));
@@ -149,10 +161,11 @@ pub fn install(function: &str) {
     });
 }
 
-/// Prints what was recorded since the last flush as EMF lines on stdout.
-pub fn flush() {
+/// Prints what was recorded since the last flush as EMF lines on stdout, naming the `orgs`
+/// the invocation served.
+pub fn flush(orgs: &[String]) {
     if let Some(recorder) = RECORDER.get() {
-        for line in recorder.drain(chrono::Utc::now().timestamp_millis()) {
+        for line in recorder.drain(chrono::Utc::now().timestamp_millis(), orgs) {
             println!("{line}");
         }
     }
@@ -217,7 +230,7 @@ mod tests {
             cmk_core::metrics::batch_seconds(0.25);
             cmk_core::metrics::job_transition("completed");
         });
-        let lines = recorder.drain(1_700_000_000_000);
+        let lines = recorder.drain(1_700_000_000_000, &["acme".to_owned()]);
         let docs: Vec<Value> = lines.iter().map(|l| assert_emf(l)).collect();
         assert_eq!(docs.len(), 4, "{lines:#?}");
         let keys = docs
@@ -237,7 +250,22 @@ mod tests {
             plain["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
             json!([["function"]])
         );
+        // The org is a property of every document, never a dimension.
+        for doc in &docs {
+            assert_eq!(doc["org"], "acme");
+            let dims = &doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0];
+            assert!(!dims.as_array().expect("dims").contains(&json!("org")));
+        }
         // A drain resets: nothing moved since, nothing printed.
-        assert!(recorder.drain(1_700_000_000_001).is_empty());
+        assert!(recorder.drain(1_700_000_000_001, &[]).is_empty());
+
+        metrics::with_local_recorder(&recorder, || cmk_core::metrics::data_keys_moved(1));
+        let several = ["acme".to_owned(), "globex".to_owned()];
+        let doc: Value = serde_json::from_str(&recorder.drain(1, &several)[0]).expect("a document");
+        assert_eq!(
+            doc["orgs"],
+            json!(several),
+            "a batch of several orgs names them all"
+        );
     }
 }

@@ -151,7 +151,35 @@ async fn flush_metrics(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let org = org_of_path(req.uri().path());
     let response = next.run(req).await;
-    crate::emf::flush();
+    crate::emf::flush(org.as_slice());
     response
+}
+
+/// The org a request's path names (`/v1/orgs/{org}/…`), if it is a valid org id: the EMF
+/// documents' `org` property.
+fn org_of_path(path: &str) -> Option<String> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    (parts.next()? == "v1" && parts.next()? == "orgs").then_some(())?;
+    cmk_core::model::OrgId::parse(parts.next()?)
+        .ok()
+        .map(|o| o.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_org_of_a_path_is_its_orgs_segment_when_valid() {
+        let org = super::org_of_path;
+        assert_eq!(org("/v1/orgs/acme/keys").as_deref(), Some("acme"));
+        assert_eq!(org("/v1/orgs/acme").as_deref(), Some("acme"));
+        assert_eq!(org("/healthz"), None);
+        assert_eq!(org("/v1/orgs/"), None);
+        assert_eq!(
+            org("/v1/orgs/%20bad/keys"),
+            None,
+            "not an org id: not a property"
+        );
+    }
 }

@@ -196,10 +196,48 @@ pub async fn run() -> Result<(), Error> {
     crate::emf::install("rewrap-worker");
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: LambdaEvent<Value>| async move {
+            let orgs = orgs_of_batch(&event.payload);
             let answer = worker.handle(event).await;
-            crate::emf::flush(); // the batch's metrics, as EMF lines
+            crate::emf::flush(&orgs); // the batch's metrics, as EMF lines
             answer
         },
     ))
     .await
+}
+
+/// The orgs an SQS batch's messages name, sorted and once each: the EMF documents' `org`
+/// property. Empty for a scheduled sweep.
+fn orgs_of_batch(payload: &Value) -> Vec<String> {
+    let mut orgs: Vec<String> = payload
+        .get("Records")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("body").and_then(Value::as_str))
+        .filter_map(|body| serde_json::from_str::<Value>(body).ok())
+        .filter_map(|m| m.get("org").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    orgs.sort();
+    orgs.dedup();
+    orgs
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_batch_names_each_org_of_its_messages_once() {
+        let body = |org: &str| {
+            json!({"type": "plan", "org": org, "job_id": "j", "generation": 1}).to_string()
+        };
+        let batch = json!({"Records": [
+            {"messageId": "1", "body": body("globex")},
+            {"messageId": "2", "body": body("acme")},
+            {"messageId": "3", "body": body("acme")},
+            {"messageId": "4", "body": "not json"},
+        ]});
+        assert_eq!(super::orgs_of_batch(&batch), ["acme", "globex"]);
+        assert!(super::orgs_of_batch(&json!({"source": "aws.events"})).is_empty());
+    }
 }
