@@ -147,6 +147,21 @@ pub struct AwsBackend {
     pub keys: Arc<KmsKeyProvider>,
 }
 
+/// The EventBridge client: a put that hangs gives up after 2 s (retries included), so an event
+/// delays the admin request or batch that caused it by that at most.
+fn events_client(config: &SdkConfig) -> aws_sdk_eventbridge::Client {
+    use aws_sdk_eventbridge::config::timeout::TimeoutConfig;
+    aws_sdk_eventbridge::Client::from_conf(
+        aws_sdk_eventbridge::config::Builder::from(config)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(2))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
 /// Builds the use cases over DynamoDB, SQS and KMS.
 pub fn build(config: &SdkConfig, settings: &AwsSettings) -> AwsBackend {
     build_counted(config, settings, None)
@@ -210,7 +225,7 @@ pub fn build_counted(
     );
     let cmk = match &settings.event_bus {
         Some(bus) => cmk.with_events(Arc::new(EventBridgePublisher::new(
-            aws_sdk_eventbridge::Client::new(config),
+            events_client(config),
             bus.clone(),
         ))),
         None => cmk,

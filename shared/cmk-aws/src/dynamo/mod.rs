@@ -22,7 +22,9 @@
 //! `keys_by_check` (`gsi3pk`, `gsi3sk`) is sparse and lists the keys that are not disabled,
 //! least recently checked first, for the continuous health checks. Its one partition takes
 //! one write per key per health check (every 15 minutes by default): about 110 writes/s for
-//! 100,000 keys, a tenth of what one index partition takes.
+//! 100,000 keys, a tenth of what one index partition takes. A key item written before this
+//! index existed has no `gsi3pk` and is not checked until its item is rewritten (an admin
+//! change to that key); no deployment predates it.
 //!
 //! # Capacity
 //!
