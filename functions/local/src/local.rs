@@ -12,7 +12,7 @@ use cmk_core::cache::DataKeyCache;
 use cmk_core::model::{KeyId, OrgId, Role};
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
-use cmk_embedded::{secret_file, LocalKeyProvider, QueueConfig, SqliteStore};
+use cmk_embedded::{secret_file, LocalKeyProvider, LocalOidcKeys, QueueConfig, SqliteStore};
 use rand::RngCore;
 
 const SECRET_FILE: &str = "token.secret";
@@ -156,6 +156,28 @@ pub struct LocalKeyArgs {
     /// The key id (as listed by the API).
     #[arg(long)]
     key: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OidcCommand {
+    /// Make a new signing key; the current one is kept as the previous one (still in the
+    /// JWKS, so tokens it signed stay valid), and the one before is forgotten. A running
+    /// `cmk serve` signs with the new key at once.
+    Rotate,
+}
+
+pub fn oidc(data_dir: &Path, cmd: OidcCommand) -> Result<ExitCode> {
+    match cmd {
+        OidcCommand::Rotate => {
+            let keys = LocalOidcKeys::open(data_dir)
+                .with_context(|| format!("cannot open the OIDC keys in {}", data_dir.display()))?;
+            let kid = keys
+                .rotate()
+                .context("cannot rotate the OIDC signing key")?;
+            out!("the OIDC issuer now signs with key {kid}; the previous key stays in the JWKS");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn local_key(data_dir: &Path, cmd: LocalKeyCommand) -> Result<ExitCode> {

@@ -48,6 +48,9 @@ enum Command {
     /// Simulate a customer revoking or restoring access to a `local` key.
     #[command(subcommand)]
     LocalKey(local::LocalKeyCommand),
+    /// The OIDC issuer's signing keys in the data directory.
+    #[command(subcommand)]
+    Oidc(local::OidcCommand),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Seed(args) => seed::seed(&cli.data_dir, args).await,
             Command::Verify(args) => seed::verify(&cli.data_dir, args).await,
             Command::LocalKey(cmd) => local::local_key(&cli.data_dir, cmd),
+            Command::Oidc(cmd) => local::oidc(&cli.data_dir, cmd),
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Keys(args) => cli::keys(args).await,
             Command::Reencryption(args) => cli::reencryption(args).await,

@@ -32,6 +32,7 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod oidc;
 pub mod ports;
 pub mod ratelimit;
 pub mod rules;

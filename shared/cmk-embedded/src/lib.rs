@@ -6,6 +6,7 @@ pub mod data_keys;
 mod db;
 mod keys;
 mod names;
+mod oidc_keys;
 mod queue;
 mod samples;
 pub mod secret_file;
@@ -15,6 +16,7 @@ mod unavailable;
 
 pub use db::{Database, SCHEMA_VERSION};
 pub use keys::LocalKeyProvider;
+pub use oidc_keys::LocalOidcKeys;
 pub use queue::{QueueConfig, SqliteQueue};
 pub use samples::{Sample, SampleStore};
 pub use simulated_kms::{Request as SimulatedRequest, SimulatedKms, SimulatedKmsConfig};

@@ -84,7 +84,7 @@ fn temp_name(path: &Path) -> PathBuf {
 }
 
 /// Makes a new directory entry durable (a no-op where directories cannot be opened).
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
         fs::File::open(dir)?.sync_all()

@@ -24,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod metrics;
+pub mod oidc;
 mod openapi;
 pub mod page;
 

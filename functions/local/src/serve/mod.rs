@@ -27,6 +27,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::local::{open_backends, token_secret, webhook_secret};
 use crate::webhook::{Webhook, WebhookConfig};
+use cmk_core::oidc::OidcIssuer;
+use cmk_embedded::LocalOidcKeys;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -94,6 +96,11 @@ pub struct ServeArgs {
     /// or http to a loopback address.
     #[arg(long, env = "CMK_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    /// The OIDC issuer URL that customers' roles trust (its discovery document is served at
+    /// `/oidc/.well-known/openid-configuration`). Default: `http://ADDR/oidc` with the address
+    /// listened on.
+    #[arg(long, env = "CMK_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
     /// Serves `GET /metrics` (Prometheus text, unauthenticated) on a non-loopback address too.
     /// On a loopback address it is always served.
     #[arg(long, env = "CMK_METRICS")]
@@ -253,6 +260,16 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
+    let issuer = args
+        .oidc_issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}{}", cmk_http::oidc::ISSUER_PATH));
+    let oidc_keys = LocalOidcKeys::open(data_dir)
+        .with_context(|| format!("the OIDC signing keys in {}", data_dir.display()))?;
+    let app = app.merge(cmk_http::oidc::routes(OidcIssuer::new(
+        &issuer,
+        Arc::new(oidc_keys),
+    )));
     let dir = data_dir.display();
     // Name this very binary, so the printed commands work without `cmk` on the PATH.
     let exe = std::env::current_exe()
@@ -265,6 +282,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         "  try: curl -H \"Authorization: Bearer $({exe} token --data-dir {dir} --org acme)\" http://{addr}/v1/orgs/acme/keys"
     );
     println!("  API description: http://{addr}/openapi.json");
+    println!("  OIDC issuer: {issuer}");
     if metrics.is_some() {
         println!("  metrics (Prometheus): http://{addr}/metrics");
     }

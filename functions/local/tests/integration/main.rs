@@ -6,5 +6,6 @@ mod e2e;
 mod e2e_aws;
 mod health;
 mod metrics;
+mod oidc;
 mod secrets;
 mod webhook;
