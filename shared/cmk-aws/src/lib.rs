@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod events;
 pub mod kms;
 pub mod metrics;
+pub mod oidc;
 pub mod resources;
 pub mod sqs;
 

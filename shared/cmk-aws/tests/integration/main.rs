@@ -8,4 +8,5 @@ mod contract;
 mod dynamo_retries;
 mod iam;
 mod kms_errors;
+mod oidc;
 mod regions;
