@@ -1228,6 +1228,7 @@ async fn a_role_in_the_services_own_account_is_refused_before_any_aws_call() {
                     "arn:aws:kms:us-east-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"
                         .into(),
                 rewrap_rate_limit: None,
+                trust: Some(cmk_core::model::TrustMode::ExternalId),
             },
         )
         .await

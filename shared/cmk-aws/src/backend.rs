@@ -12,7 +12,9 @@ use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
 
 use crate::metrics::CallCounter;
+use crate::oidc::KmsTokenSigner;
 use crate::{DynamoStore, EventBridgePublisher, KmsKeyProvider, KmsSettings, SqsQueue};
+use cmk_core::oidc::OidcIssuer;
 
 /// Everything the AWS backend needs, parsed before serving.
 #[derive(Clone, Debug)]
@@ -47,6 +49,13 @@ pub struct AwsSettings {
     /// The EventBridge bus that key health changes and job transitions go to (`CMK_EVENT_BUS`;
     /// the template sets `default`); `None`: no events.
     pub event_bus: Option<String>,
+    /// The service's OIDC issuer URL (`CMK_OIDC_ISSUER`, https): new `aws-kms` keys trust it
+    /// by default. `None`: keys trust the org's external id.
+    pub oidc_issuer: Option<String>,
+    /// The issuer's signing keys, asymmetric KMS keys, current first (`CMK_OIDC_SIGNING_KEYS`,
+    /// comma-separated; see [`crate::oidc`]). Empty with an issuer: the caller gives the
+    /// provider another signer (`cmk serve` uses key files).
+    pub oidc_signing_keys: Vec<String>,
 }
 
 /// Reads a required environment variable, naming it when missing.
@@ -96,8 +105,54 @@ impl AwsSettings {
                 .ok()
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty()),
+            oidc_issuer: oidc_issuer()?,
+            oidc_signing_keys: oidc_signing_keys()?,
         })
     }
+}
+
+/// `CMK_OIDC_ISSUER`: an https URL, since STS fetches the issuer's keys over https only.
+fn oidc_issuer() -> Result<Option<String>, String> {
+    let Some(url) = std::env::var("CMK_OIDC_ISSUER")
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    if !url.starts_with("https://") || url.len() <= "https://".len() {
+        return Err(format!(
+            "CMK_OIDC_ISSUER={url:?} must be an https URL: AWS STS reads an issuer's keys over \
+             https only"
+        ));
+    }
+    Ok(Some(url))
+}
+
+/// `CMK_OIDC_SIGNING_KEYS`, required with `CMK_OIDC_ISSUER`: an issuer that cannot sign would
+/// make every key in `oidc` mode fail.
+fn oidc_signing_keys() -> Result<Vec<String>, String> {
+    let keys: Vec<String> = std::env::var("CMK_OIDC_SIGNING_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let issuer = std::env::var("CMK_OIDC_ISSUER").is_ok_and(|v| !v.trim().is_empty());
+    if issuer && keys.is_empty() {
+        return Err(
+            "CMK_OIDC_SIGNING_KEYS (the issuer's KMS signing keys, current first) is required \
+             with CMK_OIDC_ISSUER"
+                .to_owned(),
+        );
+    }
+    if keys.len() > 2 {
+        return Err(
+            "CMK_OIDC_SIGNING_KEYS lists the current and the previous key, no more".to_owned(),
+        );
+    }
+    Ok(keys)
 }
 
 /// The account of an ARN (`arn:<partition>:<service>:<region>:<account>:…`).
@@ -221,8 +276,18 @@ pub fn build_counted(
                 .clone()
                 .or_else(|| arn_account(&settings.service_key_id).map(str::to_owned)),
             allow_same_account_roles: settings.allow_same_account_roles,
+            oidc_issuer: settings.oidc_issuer.clone(),
         },
     );
+    if let (Some(issuer), false) = (&settings.oidc_issuer, settings.oidc_signing_keys.is_empty()) {
+        keys.use_web_identity(OidcIssuer::new(
+            issuer,
+            Arc::new(KmsTokenSigner::new(
+                aws_sdk_kms::Client::new(config),
+                settings.oidc_signing_keys.clone(),
+            )),
+        ));
+    }
     let cmk = match &settings.event_bus {
         Some(bus) => cmk.with_events(Arc::new(EventBridgePublisher::new(
             events_client(config),

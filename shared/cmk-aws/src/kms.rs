@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -40,7 +40,8 @@ use aws_sdk_kms::Client as KmsClient;
 use aws_sdk_sts::Client as StsClient;
 use cmk_core::crypto::DataKey;
 use cmk_core::error::{KeyError, KeyErrorKind};
-use cmk_core::model::{EncryptionContext, KeySpec};
+use cmk_core::model::{EncryptionContext, KeySpec, OrgId, TrustMode};
+use cmk_core::oidc::OidcIssuer;
 use cmk_core::ports::{Kek, KeyProvider, Wrapped};
 use tokio::sync::Mutex;
 
@@ -157,6 +158,9 @@ pub struct KmsKeyProvider {
     counters: KmsCounters,
     /// Added to the KMS clients of assumed sessions too (call counting).
     interceptor: Option<aws_sdk_kms::config::SharedInterceptor>,
+    /// The service's OIDC issuer, for keys whose role trusts it
+    /// ([`KmsKeyProvider::use_web_identity`]).
+    web_identity: OnceLock<OidcIssuer>,
 }
 
 impl std::fmt::Debug for KmsKeyProvider {
@@ -234,6 +238,32 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How the service assumes a customer's role.
+enum Via {
+    /// `AssumeRole` with the org's external id.
+    ExternalId(String),
+    /// `AssumeRoleWithWebIdentity` with a token of the service's issuer for the org.
+    WebIdentity,
+}
+
+impl Via {
+    /// Sessions are cached per role and this (tokens name one org each).
+    fn cache_key(&self, org: &OrgId) -> String {
+        match self {
+            Via::ExternalId(id) => format!("external_id:{id}"),
+            Via::WebIdentity => format!("oidc:{org}"),
+        }
+    }
+}
+
+/// An access-denied error says what the customer's trust policy must allow.
+fn refused(mut err: KeyError, advice: impl FnOnce() -> String) -> KeyError {
+    if err.kind == KeyErrorKind::AccessDenied {
+        err.message = format!("{} ({})", advice(), err.message);
+    }
+    err
+}
+
 /// A session name naming the service and the org (at most 64 characters).
 fn session_name(org: &str) -> String {
     let mut name = format!("cmk-service-{org}");
@@ -253,6 +283,7 @@ impl KmsKeyProvider {
             service_regions: std::sync::Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
             interceptor: None,
+            web_identity: OnceLock::new(),
         }
     }
 
@@ -272,7 +303,14 @@ impl KmsKeyProvider {
             service_regions: std::sync::Mutex::new(HashMap::new()),
             counters: KmsCounters::default(),
             interceptor: None,
+            web_identity: OnceLock::new(),
         }
+    }
+
+    /// Reaches the roles of keys in `oidc` trust mode with `AssumeRoleWithWebIdentity` and a
+    /// token of `issuer`, minted per org. Set once; a second call changes nothing.
+    pub fn use_web_identity(&self, issuer: OidcIssuer) {
+        let _ = self.web_identity.set(issuer);
     }
 
     /// Adds an interceptor to every KMS client this provider uses, assumed sessions included.
@@ -323,11 +361,15 @@ impl KmsKeyProvider {
                 role_arn,
                 key_arn,
                 resolved_key_arn,
+                trust,
             } => {
-                let external_id = kek.external_id.clone().unwrap_or_default();
-                let session = self
-                    .session(role_arn, &external_id, kek.org.as_str(), fresh_check)
-                    .await?;
+                let via = match trust {
+                    TrustMode::ExternalId => {
+                        Via::ExternalId(kek.external_id.clone().unwrap_or_default())
+                    }
+                    TrustMode::Oidc => Via::WebIdentity,
+                };
+                let session = self.session(role_arn, &via, &kek.org, fresh_check).await?;
                 let key = resolved_key_arn.as_ref().unwrap_or(key_arn).clone();
                 let region = self.other_region(arn_region(&key));
                 let client = lock(&session.clients)
@@ -370,15 +412,15 @@ impl KmsKeyProvider {
     async fn session(
         &self,
         role_arn: &str,
-        external_id: &str,
-        org: &str,
+        via: &Via,
+        org: &OrgId,
         fresh_check: bool,
     ) -> Result<Arc<Session>, KeyError> {
         let slot = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(
                 sessions
-                    .entry((role_arn.to_owned(), external_id.to_owned()))
+                    .entry((role_arn.to_owned(), via.cache_key(org)))
                     .or_insert_with(|| {
                         Arc::new(SessionSlot {
                             state: std::sync::Mutex::new(SessionState::Empty),
@@ -411,17 +453,15 @@ impl KmsKeyProvider {
                 }
             }
         };
-        let assumed = tokio::time::timeout(
-            ASSUME_ROLE_TIMEOUT,
-            self.assume_role(role_arn, external_id, org),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(KeyError::new(
-                KeyErrorKind::Transient,
-                format!("assuming role {role_arn}: STS did not answer in time"),
-            ))
-        });
+        let assumed =
+            tokio::time::timeout(ASSUME_ROLE_TIMEOUT, self.assume_role(role_arn, via, org))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(KeyError::new(
+                        KeyErrorKind::Transient,
+                        format!("assuming role {role_arn}: STS did not answer in time"),
+                    ))
+                });
         match assumed {
             Ok(session) => {
                 let session = Arc::new(session);
@@ -446,36 +486,66 @@ impl KmsKeyProvider {
         }
     }
 
-    /// One `AssumeRole` into the customer's role, and a KMS client with its credentials.
+    /// One `AssumeRole` (or `AssumeRoleWithWebIdentity`) into the customer's role.
     async fn assume_role(
         &self,
         role_arn: &str,
-        external_id: &str,
-        org: &str,
+        via: &Via,
+        org: &OrgId,
     ) -> Result<Session, KeyError> {
         self.counters.sts_calls.fetch_add(1, Ordering::Relaxed);
-        let out = self
-            .sts
-            .assume_role()
-            .role_arn(role_arn)
-            .role_session_name(session_name(org))
-            .external_id(external_id)
-            .duration_seconds(self.settings.session_duration.as_secs() as i32)
-            .send()
-            .await
-            .map_err(|e| {
-                let mut err = key_error(e, &format!("assuming role {role_arn}"));
-                if err.kind == KeyErrorKind::AccessDenied {
-                    err.message = format!(
-                        "the service cannot assume role {role_arn}: check its trust policy allows the service principal with this organization's external id ({})",
-                        err.message
-                    );
-                }
-                err
-            });
-        let out = counted(out, cmk_core::metrics::sts_session)?;
-        let creds = out
-            .credentials()
+        let duration = self.settings.session_duration.as_secs() as i32;
+        let creds = match via {
+            Via::ExternalId(external_id) => {
+                let out = self
+                    .sts
+                    .assume_role()
+                    .role_arn(role_arn)
+                    .role_session_name(session_name(org.as_str()))
+                    .external_id(external_id)
+                    .duration_seconds(duration)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        refused(
+                            key_error(e, &format!("assuming role {role_arn}")),
+                            || format!("the service cannot assume role {role_arn}: check its trust policy allows the service principal with this organization's external id"),
+                        )
+                    });
+                counted(out, cmk_core::metrics::sts_session)?.credentials
+            }
+            Via::WebIdentity => {
+                let issuer = self.web_identity.get().ok_or_else(|| {
+                    KeyError::new(
+                        KeyErrorKind::Unsupported,
+                        "this key trusts the service's OIDC issuer, which is not configured here",
+                    )
+                })?;
+                let token = issuer.mint(org).await?;
+                let out = self
+                    .sts
+                    .assume_role_with_web_identity()
+                    .role_arn(role_arn)
+                    .role_session_name(session_name(org.as_str()))
+                    .web_identity_token(token)
+                    .duration_seconds(duration)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        refused(
+                            key_error(e, &format!("assuming role {role_arn} with web identity")),
+                            || format!(
+                                "the service cannot assume role {role_arn}: check its trust policy allows the OIDC provider {} with audience {} and subject {}",
+                                cmk_core::oidc::provider_name(issuer.issuer()),
+                                cmk_core::oidc::audience(org),
+                                cmk_core::oidc::subject(org),
+                            ),
+                        )
+                    });
+                counted(out, cmk_core::metrics::sts_session)?.credentials
+            }
+        };
+        let creds = creds
             .ok_or_else(|| KeyError::new(KeyErrorKind::Transient, "STS returned no credentials"))?;
         let expires = SystemTime::try_from(*creds.expiration())
             .unwrap_or_else(|_| SystemTime::now() + self.settings.session_duration);

@@ -89,6 +89,7 @@ async fn a_revoked_org_costs_one_sts_call_per_interval_and_never_slows_another_o
             role_arn: role.to_owned(),
             key_arn: key.to_owned(),
             resolved_key_arn: None,
+            trust: cmk_core::model::TrustMode::ExternalId,
         },
         external_id: Some(external_id.to_owned()),
     };

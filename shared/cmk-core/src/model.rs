@@ -190,6 +190,27 @@ impl KeyType {
     }
 }
 
+/// How a customer's role trusts the service ([`crate::oidc`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustMode {
+    /// `sts:AssumeRoleWithWebIdentity` with a token of the service's OIDC issuer whose audience
+    /// and subject name the org: no shared secret.
+    Oidc,
+    /// `sts:AssumeRole` with the org's external id.
+    #[default]
+    ExternalId,
+}
+
+impl TrustMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustMode::Oidc => "oidc",
+            TrustMode::ExternalId => "external_id",
+        }
+    }
+}
+
 /// Where a key-encryption key lives and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -202,6 +223,10 @@ pub enum KeySpec {
         key_arn: String,
         /// The key ARN that actually encrypted (an alias resolves to it).
         resolved_key_arn: Option<String>,
+        /// How the role trusts the service. Keys stored before trust modes existed use
+        /// external ids.
+        #[serde(default)]
+        trust: TrustMode,
     },
     /// A key held by the local key provider in the data directory (local runs only).
     Local,

@@ -34,6 +34,35 @@ pub fn audience(org: &OrgId) -> String {
     format!("aws:{org}")
 }
 
+/// What IAM calls the provider: the issuer URL without its scheme (`host/path`), which also
+/// prefixes the condition keys (`<provider>:aud`, `<provider>:sub`).
+pub fn provider_name(issuer: &str) -> &str {
+    issuer
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+}
+
+/// The trust policy of a customer's role in OIDC mode: only tokens of this issuer whose
+/// audience and subject name `org`.
+pub fn trust_policy(issuer: &str, org: &OrgId) -> Value {
+    let provider = provider_name(issuer);
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {
+                "Federated": format!("arn:aws:iam::<your account id>:oidc-provider/{provider}")
+            },
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {
+                format!("{provider}:aud"): audience(org),
+                format!("{provider}:sub"): subject(org),
+            }}
+        }]
+    })
+}
+
 /// A P-256 public key as a JWK needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
@@ -187,6 +216,23 @@ mod tests {
             assert_eq!(kid, "k1");
             Ok(vec![9; 64])
         }
+    }
+
+    #[test]
+    fn the_trust_policy_pins_audience_and_subject_to_the_org() {
+        let p = trust_policy(
+            "https://api.example.com/oidc/",
+            &OrgId::from_trusted("acme"),
+        );
+        let st = &p["Statement"][0];
+        assert_eq!(st["Action"], "sts:AssumeRoleWithWebIdentity");
+        assert_eq!(
+            st["Principal"]["Federated"],
+            "arn:aws:iam::<your account id>:oidc-provider/api.example.com/oidc"
+        );
+        let cond = &st["Condition"]["StringEquals"];
+        assert_eq!(cond["api.example.com/oidc:aud"], "aws:acme");
+        assert_eq!(cond["api.example.com/oidc:sub"], "cmk:org:acme");
     }
 
     #[tokio::test]

@@ -593,6 +593,7 @@ mod tests {
             role_arn: "arn:aws:iam::111122223333:role/r".into(),
             key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
             resolved_key_arn: None,
+            trust: crate::model::TrustMode::ExternalId,
         };
         aws.rewrap_rate_limit = Some(250);
         s.keys.push(aws);

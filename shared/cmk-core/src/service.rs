@@ -21,7 +21,7 @@ use crate::events::ServiceEvent;
 use crate::model::{
     data_key_context, validate_key_name, validate_kms_key_arn, validate_role_arn, AuditAction,
     AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health, Job, JobState, Key, KeyId,
-    KeyRecord, KeySpec, KeyState, OrgId,
+    KeyRecord, KeySpec, KeyState, OrgId, TrustMode,
 };
 use crate::ports::{
     AuditLog, DataKeyStore, EventPublisher, JobChange, Kek, KeyProvider, OrgCommit, OrgSnapshot,
@@ -51,6 +51,9 @@ pub struct ServiceConfig {
     pub service_account_id: Option<String>,
     /// Allows roles in the service's own account (single-account test setups only).
     pub allow_same_account_roles: bool,
+    /// The service's OIDC issuer URL, when it is one ([`crate::oidc`]): new `aws-kms` keys
+    /// trust it by default, and `keys/setup` describes that trust.
+    pub oidc_issuer: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -63,6 +66,7 @@ impl Default for ServiceConfig {
             stalled_after: Duration::from_secs(crate::defaults::LOCAL_STALLED_AFTER_SECS),
             service_account_id: None,
             allow_same_account_roles: false,
+            oidc_issuer: None,
         }
     }
 }
@@ -78,10 +82,27 @@ pub struct KeyListing {
 /// What an admin needs to set up a customer role and key.
 #[derive(Clone, Debug)]
 pub struct Setup {
+    /// What a new `aws-kms` key trusts unless the admin says otherwise.
+    pub default_trust: TrustMode,
     pub external_id: String,
     pub service_principal: String,
+    /// The role's trust policy in `external_id` mode.
     pub trust_policy: Value,
     pub key_policy_statement: Value,
+    /// The `oidc` mode, when the service is an OIDC issuer.
+    pub oidc: Option<OidcSetup>,
+}
+
+/// What a customer sets up to trust the service's OIDC issuer.
+#[derive(Clone, Debug)]
+pub struct OidcSetup {
+    /// The IAM OIDC identity provider's URL.
+    pub provider_url: String,
+    /// The provider's audience (client id) for this org.
+    pub audience: String,
+    /// The subject of this org's tokens.
+    pub subject: String,
+    pub trust_policy: Value,
 }
 
 /// A key to add, as the admin asked for it.
@@ -92,6 +113,8 @@ pub enum NewKeySpec {
         key_arn: String,
         /// `None`: [`crate::model::DEFAULT_REWRAP_RATE_LIMIT`].
         rewrap_rate_limit: Option<u32>,
+        /// `None`: OIDC where the service has an issuer, else the external id.
+        trust: Option<TrustMode>,
     },
     Local,
 }
@@ -385,11 +408,24 @@ impl Cmk {
             "Resource": "*",
             "Condition": {"StringEquals": {"kms:EncryptionContext:org": org.as_str()}}
         });
+        let oidc = self
+            .inner
+            .config
+            .oidc_issuer
+            .as_deref()
+            .map(|issuer| OidcSetup {
+                provider_url: issuer.to_owned(),
+                audience: crate::oidc::audience(org),
+                subject: crate::oidc::subject(org),
+                trust_policy: crate::oidc::trust_policy(issuer, org),
+            });
         Ok(Setup {
+            default_trust: self.trust_mode(None)?,
             external_id,
             service_principal: principal,
             trust_policy,
             key_policy_statement,
+            oidc,
         })
     }
 
@@ -443,6 +479,7 @@ impl Cmk {
                 role_arn,
                 key_arn,
                 rewrap_rate_limit,
+                trust,
             } => {
                 validate_role_arn(&role_arn)?;
                 validate_kms_key_arn(&key_arn)?;
@@ -454,6 +491,7 @@ impl Cmk {
                     role_arn,
                     key_arn,
                     resolved_key_arn: None,
+                    trust: self.trust_mode(trust)?,
                 }
             }
         };
@@ -514,6 +552,23 @@ impl Cmk {
             self.enqueue_plan(org, job, job.generation).await;
         }
         Ok((self.get_key(org, &record.id).await?, job))
+    }
+
+    /// The trust mode of a new `aws-kms` key: as asked, by default OIDC when the service is an
+    /// OIDC issuer; OIDC without an issuer is refused.
+    fn trust_mode(&self, asked: Option<TrustMode>) -> Result<TrustMode, CoreError> {
+        let issuer = self.inner.config.oidc_issuer.is_some();
+        match asked {
+            Some(TrustMode::Oidc) if !issuer => Err(CoreError::InvalidField {
+                field: "trust",
+                message: "trust \"oidc\" needs the service's OIDC issuer, which is not \
+                          configured here; use \"external_id\""
+                    .to_owned(),
+            }),
+            Some(mode) => Ok(mode),
+            None if issuer => Ok(TrustMode::Oidc),
+            None => Ok(TrustMode::ExternalId),
+        }
     }
 
     /// A customer role must be in another account than the service's (see

@@ -157,10 +157,16 @@ pub async fn add_key(
             role_arn,
             key_arn,
             rewrap_rate_limit: body.rewrap_rate_limit,
+            trust: body.trust.map(Into::into),
         },
         (NewKeyType::AwsKms, _, _) => {
             return Err(ApiError::invalid_request(
                 "type aws-kms needs role_arn and key_arn",
+            ))
+        }
+        (NewKeyType::Local, None, None) if body.trust.is_some() => {
+            return Err(ApiError::invalid_request(
+                "type local has no trust mode (trust is for aws-kms keys)",
             ))
         }
         (NewKeyType::Local, None, None) if body.rewrap_rate_limit.is_some() => {

@@ -235,6 +235,8 @@ mod tests {
             service_account_id: None,
             allow_same_account_roles: false,
             event_bus: None,
+            oidc_issuer: None,
+            oidc_signing_keys: Vec::new(),
         }
     }
 

@@ -111,6 +111,8 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
             service_account_id: None,
             allow_same_account_roles: true,
             event_bus: None,
+            oidc_issuer: None,
+            oidc_signing_keys: Vec::new(),
         },
         Some(&counter),
     );
@@ -211,6 +213,7 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
                 key_arn: key_a,
                 // The most: the benchmark measures the engine, not the rate limit.
                 rewrap_rate_limit: Some(10_000),
+                trust: Some(cmk_core::model::TrustMode::ExternalId),
             },
         )
         .await?;
@@ -238,6 +241,7 @@ pub async fn rewrap(n: u64, endpoint: Option<String>) -> Result<ExitCode> {
                 key_arn: key_b,
                 // The most: the benchmark measures the engine, not the rate limit.
                 rewrap_rate_limit: Some(10_000),
+                trust: Some(cmk_core::model::TrustMode::ExternalId),
             },
         )
         .await?;

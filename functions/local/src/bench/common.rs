@@ -75,6 +75,7 @@ pub async fn add_limited_key(cmk: &Cmk, org: &OrgId, limit: u32) -> Result<(Key,
                     "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
                         .into(),
                 rewrap_rate_limit: Some(limit),
+                trust: Some(cmk_core::model::TrustMode::ExternalId),
             },
         )
         .await?;

@@ -83,6 +83,19 @@ struct AddArgs {
     /// aws-kms only: KMS requests per second a re-encryption may spend on the key (default 250).
     #[arg(long)]
     rewrap_rate_limit: Option<u32>,
+    /// aws-kms only: how the role trusts the service. Default: `oidc` where the service is an
+    /// OIDC issuer (see `keys setup`), else `external_id`.
+    #[arg(long, value_enum)]
+    trust: Option<TrustArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TrustArg {
+    /// The service's OIDC issuer, through AssumeRoleWithWebIdentity.
+    Oidc,
+    /// The org's external id, through AssumeRole.
+    #[value(name = "external_id")]
+    ExternalId,
 }
 
 /// One line per key.
@@ -173,7 +186,15 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                     if let Some(limit) = add.rewrap_rate_limit {
                         body["rewrap_rate_limit"] = json!(limit);
                     }
+                    match add.trust {
+                        Some(TrustArg::Oidc) => body["trust"] = json!("oidc"),
+                        Some(TrustArg::ExternalId) => body["trust"] = json!("external_id"),
+                        None => {}
+                    }
                     body
+                }
+                KeyTypeArg::Local if add.trust.is_some() => {
+                    bail!("--trust is for aws-kms keys; local keys are the service's own")
                 }
                 KeyTypeArg::Local if add.rewrap_rate_limit.is_some() => {
                     bail!("--rewrap-rate-limit is for aws-kms keys; local keys have no limit")

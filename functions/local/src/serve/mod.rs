@@ -156,6 +156,22 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
         Duration::from_secs(args.data_key_cache_ttl),
         args.data_key_cache_size,
     );
+    // Listening first: the OIDC issuer's default URL names the address.
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    let issuer = args
+        .oidc_issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}{}", cmk_http::oidc::ISSUER_PATH));
+    let oidc = OidcIssuer::new(
+        &issuer,
+        Arc::new(
+            LocalOidcKeys::open(data_dir)
+                .with_context(|| format!("the OIDC signing keys in {}", data_dir.display()))?,
+        ),
+    );
     let (cmk, state_at) = match args.backend {
         Backend::Embedded => {
             let backends = open_backends(
@@ -171,6 +187,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
                     allow_aws_keys: false,
                     health_write_interval: Duration::from_secs(args.failure_memory),
                     stalled_after: Duration::from_secs(args.stalled_after.max(1)),
+                    oidc_issuer: Some(issuer.clone()),
                     ..ServiceConfig::default()
                 },
             )?;
@@ -191,8 +208,11 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
                 service_account_id: Some(resources.service_account_id),
                 allow_same_account_roles: args.allow_same_account_roles,
                 event_bus: args.aws.event_bus.clone(),
+                oidc_issuer: Some(issuer.clone()),
+                oidc_signing_keys: Vec::new(),
             };
             let backend = cmk_aws::backend::build(&resources.config, &settings);
+            backend.keys.use_web_identity(oidc.clone());
             let at = format!("table {}, queue {}", args.aws.table, backend.queue.url());
             (backend.cmk, at)
         }
@@ -256,20 +276,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
     if let Some(handle) = metrics.clone() {
         app = app.merge(cmk_http::metrics::metrics_route(handle));
     }
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let addr = listener.local_addr()?;
-    let issuer = args
-        .oidc_issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}{}", cmk_http::oidc::ISSUER_PATH));
-    let oidc_keys = LocalOidcKeys::open(data_dir)
-        .with_context(|| format!("the OIDC signing keys in {}", data_dir.display()))?;
-    let app = app.merge(cmk_http::oidc::routes(OidcIssuer::new(
-        &issuer,
-        Arc::new(oidc_keys),
-    )));
+    let app = app.merge(cmk_http::oidc::routes(oidc.clone()));
     let dir = data_dir.display();
     // Name this very binary, so the printed commands work without `cmk` on the PATH.
     let exe = std::env::current_exe()

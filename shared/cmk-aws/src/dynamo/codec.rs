@@ -294,6 +294,7 @@ mod tests {
                 role_arn: "arn:aws:iam::111122223333:role/r".into(),
                 key_arn: "arn:aws:kms:eu-west-1:111122223333:key/k".into(),
                 resolved_key_arn: Some("arn:aws:kms:eu-west-1:111122223333:key/k".into()),
+                trust: cmk_core::model::TrustMode::ExternalId,
             },
             state: KeyState::Reencrypting,
             health: Health::unknown(),

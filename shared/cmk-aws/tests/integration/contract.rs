@@ -90,6 +90,7 @@ async fn kms_key_provider_passes_the_key_provider_contract() {
             role_arn,
             key_arn: customer_key,
             resolved_key_arn: None,
+            trust: cmk_core::model::TrustMode::ExternalId,
         },
         external_id: Some("ext-contract".into()),
     };

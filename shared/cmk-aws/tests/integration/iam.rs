@@ -116,6 +116,8 @@ impl Scene {
                 service_account_id: None,
                 allow_same_account_roles: true,
                 event_bus: None,
+                oidc_issuer: None,
+                oidc_signing_keys: Vec::new(),
             },
         );
         let cmk = backend.cmk.clone();
@@ -225,6 +227,7 @@ impl Scene {
                     role_arn: role_arn.to_owned(),
                     key_arn: key_arn.to_owned(),
                     rewrap_rate_limit: None,
+                    trust: Some(cmk_core::model::TrustMode::ExternalId),
                 },
             )
             .await

@@ -153,6 +153,7 @@ async fn refused_by_sts(code: &'static str) -> (KmsKeyProvider, Kek) {
             role_arn: "arn:aws:iam::111122223333:role/cmk".into(),
             key_arn: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
             resolved_key_arn: None,
+            trust: cmk_core::model::TrustMode::ExternalId,
         },
         external_id: Some("cmk-ext".into()),
     };

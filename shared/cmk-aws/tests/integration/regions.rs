@@ -92,6 +92,7 @@ fn kek(key_arn: &str) -> Kek {
             role_arn: "arn:aws:iam::123456789012:role/customer".into(),
             key_arn: key_arn.to_owned(),
             resolved_key_arn: None,
+            trust: cmk_core::model::TrustMode::ExternalId,
         },
         external_id: Some("cmk-ext".into()),
     }

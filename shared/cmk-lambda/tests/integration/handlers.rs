@@ -890,3 +890,115 @@ async fn a_failed_event_put_fails_neither_the_request_nor_the_job_on_the_emulato
     let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
     assert_eq!(job.json()["reencryption"]["state"], "completed");
 }
+
+/// Keys in `oidc` trust mode through the functions, on the emulator: with an issuer
+/// configured, `keys/setup` offers OIDC first, a key added without a trust mode trusts the
+/// issuer (the role is assumed with `AssumeRoleWithWebIdentity` and a token minted by a KMS
+/// signing key), its adopt job completes and every sample decrypts through a fresh function.
+/// An unknown trust mode is a 400, and OIDC on a service without an issuer names the field.
+/// (The emulator's STS does not check web-identity tokens; `cmk-aws`'s `oidc` suite and
+/// `cmk`'s `oidc` test verify them as STS would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_trust_the_oidc_issuer_go_through_the_flows_on_the_emulator() {
+    let Some(endpoint) = common::emulator_endpoint() else {
+        return;
+    };
+    let mut env = common::emulated(&endpoint).await;
+    let plain = Functions::new(&env.config, &env.settings);
+    let signing_key = aws_sdk_kms::Client::new(&env.config)
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .expect("signing key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+    env.settings.oidc_issuer = Some("https://cmk.example.com/oidc".into());
+    env.settings.oidc_signing_keys = vec![signing_key];
+    let f = Functions::new(&env.config, &env.settings);
+    let org = common::unique("org");
+
+    let mut samples = Vec::new();
+    for i in 0..3u8 {
+        let dk = create_data_key(&f, &org).await;
+        samples.push((encrypt(&f, &org, &dk, &[i; 8]).await, vec![i; 8]));
+    }
+    let setup = call(&f.write, &org_event("keys-write/setup.json", &org))
+        .await
+        .json();
+    assert_eq!(setup["default_trust"], "oidc");
+    assert_eq!(setup["oidc"]["audience"], format!("aws:{org}"));
+    assert_eq!(
+        setup["oidc"]["trust_policy"]["Statement"][0]["Condition"]["StringEquals"]
+            ["cmk.example.com/oidc:sub"],
+        format!("cmk:org:{org}")
+    );
+    let iam = aws_sdk_iam::Client::new(&env.config);
+    let role_arn = cmk_aws_testkit::customer_role(
+        &iam,
+        &common::unique("customer"),
+        setup["external_id"].as_str().expect("id"),
+    )
+    .await;
+    let key_arn = aws_sdk_kms::Client::new(&env.config)
+        .create_key()
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+
+    let add = |body: Value| {
+        let mut ev = org_event("keys-write/add-key.json", &org);
+        set_body(&mut ev, &body);
+        ev
+    };
+    let bogus = call(
+        &f.write,
+        &add(json!({"name": "x", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn, "trust": "telepathy"})),
+    )
+    .await;
+    assert_problem(&bogus, StatusCode::BAD_REQUEST, "invalid_request");
+    let no_issuer = call(
+        &plain.write,
+        &add(json!({"name": "x", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn, "trust": "oidc"})),
+    )
+    .await;
+    assert_problem(&no_issuer, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(no_issuer.json()["field"], "trust");
+
+    let added = call(
+        &f.write,
+        &add(json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn})),
+    )
+    .await;
+    assert_eq!(
+        added.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    assert_eq!(
+        added.json()["key"]["aws"]["trust"],
+        "oidc",
+        "the default with an issuer"
+    );
+    common::run_queue(
+        &f.worker,
+        &aws_sdk_sqs::Client::new(&env.config),
+        &env.queue_url,
+        &f.read,
+        &org,
+        Vec::new(),
+    )
+    .await;
+    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
+    assert_eq!(job.json()["reencryption"]["state"], "completed");
+    let fresh = Functions::new(&env.config, &env.settings);
+    for (ct, plaintext) in &samples {
+        assert_eq!(&decrypt(&fresh.data, &org, ct).await, plaintext);
+    }
+}

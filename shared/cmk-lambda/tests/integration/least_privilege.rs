@@ -225,6 +225,8 @@ impl Scene {
             allow_same_account_roles: true,
             // As the template sets it: the functions that change things publish events.
             event_bus: Some("default".into()),
+            oidc_issuer: None,
+            oidc_signing_keys: Vec::new(),
         };
 
         // IAM enforced from here on.

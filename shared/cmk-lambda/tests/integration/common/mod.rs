@@ -165,6 +165,8 @@ fn settings(table: &str, queue_url: &str, service_key: &str, endpoint: &str) -> 
         service_account_id: None,
         allow_same_account_roles: true,
         event_bus: None,
+        oidc_issuer: None,
+        oidc_signing_keys: Vec::new(),
     }
 }
 
