@@ -157,14 +157,25 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
 
     await add.click();
     await d.waitFor();
-    // The org's setup values, with copy buttons.
-    await eventually(async () => assert.match(await d.locator('#external-id').innerText(), /\S{8,}/));
-    assert.match(await d.getByRole('region', { name: 'Trust policy of the role' }).innerText(), /sts:ExternalId/);
-    for (const name of ['Copy external ID', 'Copy trust policy', 'Copy key permissions']) {
+    // The org's setup values, with copy buttons: OpenID Connect first (this service is an
+    // OIDC issuer), the external ID on request.
+    const trustPolicy = () => d.getByRole('region', { name: 'Trust policy of the role' }).innerText();
+    await eventually(async () => assert.match(await trustPolicy(), /AssumeRoleWithWebIdentity/));
+    assert.ok(await d.getByRole('radio', { name: 'OpenID Connect (recommended)' }).isChecked());
+    assert.match(await d.locator('#provider-url').innerText(), /^http:\/\/127\.0\.0\.1:\d+\/oidc$/);
+    assert.equal(await d.locator('#audience').innerText(), 'aws:acme');
+    assert.match(await trustPolicy(), /cmk:org:acme/);
+    for (const name of ['Copy provider URL', 'Copy audience', 'Copy trust policy', 'Copy key permissions']) {
       await d.getByRole('button', { name }).waitFor();
     }
+    assert.ok(await d.getByRole('button', { name: 'Copy external ID' }).isHidden());
     await screenshot(page, 'add-dialog-desktop');
     await assertAccessible(page, 'add-dialog-desktop');
+    await d.getByRole('radio', { name: 'External ID' }).check();
+    assert.match(await d.locator('#external-id').innerText(), /\S{8,}/);
+    assert.match(await trustPolicy(), /sts:ExternalId/);
+    assert.ok(await d.getByRole('button', { name: 'Copy audience' }).isHidden());
+    await screenshot(page, 'add-dialog-external-id-desktop');
 
     // Validation in the page, in words an admin can act on.
     await d.getByRole('radio', { name: 'AWS KMS' }).check();

@@ -28,13 +28,39 @@ export function showTypeFields() {
   $('add-aws').hidden = selectedType() !== 'aws-kms';
 }
 
+/** What `keys/setup` answered, for the trust mode shown. */
+let setup = null;
+
+function selectedTrust() {
+  return document.querySelector('#add-form input[name="trust"]:checked')?.value || 'external_id';
+}
+
+/** The setup values of the selected trust mode: OIDC's provider and audience, or the external ID. */
+export function showTrustFields() {
+  const oidc = selectedTrust() === 'oidc';
+  for (const id of ['provider-url-row', 'audience-row', 'setup-hint-oidc']) $(id).hidden = !oidc;
+  for (const id of ['external-id-row', 'setup-hint-external']) $(id).hidden = oidc;
+  if (!setup) return;
+  const policy = oidc && setup.oidc ? setup.oidc.trust_policy : setup.trust_policy;
+  $('trust-policy').textContent = JSON.stringify(policy, null, 2);
+}
+
 async function loadSetup() {
   $('setup-error').textContent = '';
+  setup = null;
   try {
     const s = await state.api.setup();
+    setup = s;
     $('external-id').textContent = s.external_id;
-    $('trust-policy').textContent = JSON.stringify(s.trust_policy, null, 2);
     $('key-policy').textContent = JSON.stringify(s.key_policy_statement, null, 2);
+    $('add-trust-oidc-row').hidden = !s.oidc;
+    $('add-trust-oidc-hint').hidden = !s.oidc;
+    if (s.oidc) {
+      $('provider-url').textContent = s.oidc.provider_url;
+      $('audience').textContent = s.oidc.audience;
+    }
+    $(s.default_trust === 'oidc' && s.oidc ? 'add-trust-oidc' : 'add-trust-external').checked = true;
+    showTrustFields();
   } catch (err) {
     if (!isAuthFailure(err)) {
       $('setup-error').textContent = `Could not load the setup values: ${describeError(err)}`;
@@ -62,7 +88,9 @@ export function openAdd() {
     ? 'A key in your AWS account, used through a role you create.'
     : 'A key in your AWS account, used through a role you create. This service runs on local backends and accepts local keys only: choose Local key to try it.';
   $('add-type-aws').checked = true;
+  $('add-trust-external').checked = true;
   showTypeFields();
+  showTrustFields();
   $('add-submit').disabled = false;
   $('add-submit').textContent = 'Add key';
   openDialog($('add-dialog'));
@@ -118,6 +146,7 @@ export async function submitAdd(e) {
   if (type === 'aws-kms') {
     body.role_arn = $('add-role-arn').value.trim();
     body.key_arn = $('add-key-arn').value.trim();
+    body.trust = selectedTrust();
   }
   const submit = $('add-submit');
   submit.disabled = true;

@@ -2,7 +2,7 @@
 // the settings menu and the re-encryption banner. Plain DOM, no framework, no build step.
 
 import { tokenClaims } from './api.js';
-import { copyFrom, openAdd, showTypeFields, submitAdd } from './add-dialog.js';
+import { copyFrom, openAdd, showTrustFields, showTypeFields, submitAdd } from './add-dialog.js';
 import { onCancel, onRetry } from './banner.js';
 import { openDisableAll, submitDisable, submitDisableAll, submitRate } from './disable-dialogs.js';
 import { $ } from './dom.js';
@@ -25,6 +25,9 @@ function init() {
   $('add-form').addEventListener('submit', submitAdd);
   for (const r of document.querySelectorAll('#add-form input[name="type"]')) {
     r.addEventListener('change', showTypeFields);
+  }
+  for (const r of document.querySelectorAll('#add-form input[name="trust"]')) {
+    r.addEventListener('change', showTrustFields);
   }
   for (const b of document.querySelectorAll('[data-copy]')) {
     b.addEventListener('click', () => copyFrom(b.dataset.copy, b));

@@ -31,6 +31,9 @@ function rowFor(k) {
     { role: 'cell', 'data-label': 'Type' },
     el('span', { class: 'type-label' }, TYPE_LABELS[k.type] || k.type),
     k.aws ? el('span', { class: 'sub wrap' }, k.aws.key_arn) : null,
+    k.aws
+      ? el('span', { class: 'sub' }, k.aws.trust === 'oidc' ? 'Trusts: OpenID Connect' : 'Trusts: external ID')
+      : null,
     k.rewrap_rate_limit
       ? el('span', { class: 'sub' }, `Re-encrypts at up to ${formatCount(k.rewrap_rate_limit)} requests/s`)
       : null,
