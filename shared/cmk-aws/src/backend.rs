@@ -197,6 +197,8 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
 #[derive(Clone, Debug)]
 pub struct AwsBackend {
     pub cmk: Cmk,
+    /// The OIDC issuer, when the settings name one and its KMS signing keys.
+    pub oidc: Option<OidcIssuer>,
     pub store: Arc<DynamoStore>,
     pub queue: Arc<SqsQueue>,
     pub keys: Arc<KmsKeyProvider>,
@@ -279,15 +281,20 @@ pub fn build_counted(
             oidc_issuer: settings.oidc_issuer.clone(),
         },
     );
-    if let (Some(issuer), false) = (&settings.oidc_issuer, settings.oidc_signing_keys.is_empty()) {
-        keys.use_web_identity(OidcIssuer::new(
-            issuer,
-            Arc::new(KmsTokenSigner::new(
-                aws_sdk_kms::Client::new(config),
-                settings.oidc_signing_keys.clone(),
-            )),
-        ));
-    }
+    let oidc = match (&settings.oidc_issuer, settings.oidc_signing_keys.is_empty()) {
+        (Some(issuer), false) => {
+            let issuer = OidcIssuer::new(
+                issuer,
+                Arc::new(KmsTokenSigner::new(
+                    aws_sdk_kms::Client::new(config),
+                    settings.oidc_signing_keys.clone(),
+                )),
+            );
+            keys.use_web_identity(issuer.clone());
+            Some(issuer)
+        }
+        _ => None,
+    };
     let cmk = match &settings.event_bus {
         Some(bus) => cmk.with_events(Arc::new(EventBridgePublisher::new(
             events_client(config),
@@ -297,6 +304,7 @@ pub fn build_counted(
     };
     AwsBackend {
         cmk,
+        oidc,
         store,
         queue,
         keys,

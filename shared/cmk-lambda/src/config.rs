@@ -13,6 +13,8 @@
 //! | `CMK_WORKER_CONCURRENCY` | worker | `10` | SQS messages of one invocation handled at once |
 //! | `CMK_WORKER_MAX_CONCURRENCY` | worker | `10` | the most worker instances at once (the template's `WorkerMaxConcurrency`): each spends this share of a key's re-encryption rate limit |
 //! | `CMK_STALLED_AFTER` | keys-write, worker | `900` | seconds without a plan or progress before a retry or the scheduled sweep re-plans a running job |
+//! | `CMK_EVENT_BUS` | keys-write, data-keys, worker | none | the EventBridge bus of key health changes and job transitions (`default` in the template) |
+//! | `CMK_OIDC_ISSUER`, `CMK_OIDC_SIGNING_KEYS` | all | none | the OIDC issuer URL (https) and its KMS signing keys, current first: keys-read serves the issuer's documents, the others sign tokens for keys in `oidc` trust mode |
 //! | `CMK_HEALTH_CHECK_INTERVAL` | worker | `900` | seconds between two health checks of one customer key (run by the scheduled sweep); `0` turns them off |
 //! | `CMK_HEALTH_CHECKS_PER_RUN` | worker | `1500` | most keys one scheduled sweep checks |
 //! | `CMK_FAILURE_MEMORY` | all | `10` | seconds a customer key's failure (a refused `AssumeRole`) is remembered; failing calls write a key's health at most once per interval |

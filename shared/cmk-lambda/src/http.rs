@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use cmk_core::oidc::OidcIssuer;
 use cmk_core::Cmk;
 use cmk_http::AppState;
 
@@ -35,9 +36,18 @@ pub type RouteSpec = (&'static str, &'static str);
 /// Routes every router answers (`cmk_http::app` adds them); on AWS only `keys-read` gets them.
 pub const COMMON_ROUTES: &[RouteSpec] = &[("GET", "/healthz"), ("GET", "/openapi.json")];
 
+/// The OIDC issuer's documents ([`cmk_http::oidc`]), served by keys-read when the service is
+/// an issuer.
+pub const OIDC_ROUTES: &[RouteSpec] = &[
+    ("GET", "/oidc/.well-known/openid-configuration"),
+    ("GET", "/oidc/.well-known/jwks.json"),
+];
+
 const KEYS_READ_ROUTES: &[RouteSpec] = &[
     ("GET", "/"),
     ("GET", "/assets/{file}"),
+    OIDC_ROUTES[0],
+    OIDC_ROUTES[1],
     ("GET", "/v1/orgs/{org}/keys"),
     ("GET", "/v1/orgs/{org}/reencryption"),
     ("GET", "/v1/orgs/{org}/audit"),
@@ -61,12 +71,15 @@ const DATA_KEYS_ROUTES: &[RouteSpec] = &[
     ("POST", "/v1/orgs/{org}/decrypt"),
 ];
 
-/// Routes served without an authorizer (the page and its assets, health, the API description).
+/// Routes served without an authorizer (the page and its assets, health, the API description,
+/// the OIDC issuer's documents, which STS fetches).
 pub const PUBLIC_ROUTES: &[RouteSpec] = &[
     ("GET", "/"),
     ("GET", "/assets/{file}"),
     ("GET", "/healthz"),
     ("GET", "/openapi.json"),
+    OIDC_ROUTES[0],
+    OIDC_ROUTES[1],
 ];
 
 impl HttpFunction {
@@ -118,15 +131,24 @@ impl HttpFunction {
 }
 
 /// The function's complete handler: its routes, the common ones, the problem+json fallbacks,
-/// and the authorizer identity. `lambda_http::run` runs it; the tests call it with the events of
-/// `events/`.
-pub fn app(function: HttpFunction, cmk: Cmk, claims: &ClaimNames) -> Router {
+/// and the authorizer identity; keys-read also serves the OIDC issuer's documents when there is
+/// an `issuer` (else they are not found). `lambda_http::run` runs it; the tests call it with the
+/// events of `events/`.
+pub fn app(
+    function: HttpFunction,
+    cmk: Cmk,
+    claims: &ClaimNames,
+    issuer: Option<OidcIssuer>,
+) -> Router {
     let state = AppState {
         cmk,
         auth: Arc::new(GatewayAuthenticator),
     };
-    cmk_http::app(function.router(), state)
-        .layer(GatewayAuthLayer::new(function.authorizer(claims)))
+    let mut router = cmk_http::app(function.router(), state);
+    if let (HttpFunction::KeysRead, Some(issuer)) = (function, issuer) {
+        router = router.merge(cmk_http::oidc::routes(issuer));
+    }
+    router.layer(GatewayAuthLayer::new(function.authorizer(claims)))
 }
 
 /// The `main` of an HTTP function: configuration, then SDK clients (built once per cold start,
@@ -141,7 +163,7 @@ pub async fn run(function: HttpFunction) -> Result<(), lambda_http::Error> {
     let backend = cmk_aws::backend::build(&config, &settings.aws);
     tracing::info!(function = function.name(), table = %settings.aws.table, "starting");
     crate::emf::install(function.name());
-    let handler = app(function, backend.cmk, &settings.claims)
+    let handler = app(function, backend.cmk, &settings.claims, backend.oidc)
         .layer(axum::middleware::from_fn(flush_metrics));
     lambda_http::run(handler).await
 }

@@ -28,11 +28,8 @@ use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Value};
 
 async fn offline(function: HttpFunction) -> Router {
-    app(
-        function,
-        common::offline_backend().await.cmk,
-        &ClaimNames::default(),
-    )
+    let backend = common::offline_backend().await;
+    app(function, backend.cmk, &ClaimNames::default(), backend.oidc)
 }
 
 fn owned(function: HttpFunction) -> Vec<RouteSpec> {
@@ -248,6 +245,7 @@ async fn claim_names_come_from_the_configuration() {
         HttpFunction::KeysRead,
         common::offline_backend().await.cmk,
         &names,
+        None,
     );
     let mut ev = fixture("keys-read/list-keys.json");
     *claims(&mut ev) = json!({"sub": "alice", "custom:org": "acme", "custom:role": "member", "org": "acme", "role": "admin"});
@@ -925,6 +923,15 @@ async fn keys_that_trust_the_oidc_issuer_go_through_the_flows_on_the_emulator() 
         let dk = create_data_key(&f, &org).await;
         samples.push((encrypt(&f, &org, &dk, &[i; 8]).await, vec![i; 8]));
     }
+    // keys-read publishes the issuer's documents, the JWKS from the KMS signing key.
+    let discovery = call(&f.read, &fixture("keys-read/oidc-discovery.json")).await;
+    assert_eq!(discovery.status, StatusCode::OK);
+    assert_eq!(discovery.json()["issuer"], "https://cmk.example.com/oidc");
+    let jwks = call(&f.read, &fixture("keys-read/oidc-jwks.json")).await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    assert_eq!(jwks.json()["keys"][0]["crv"], "P-256");
+    assert!(jwks.json()["keys"][0].get("d").is_none());
+
     let setup = call(&f.write, &org_event("keys-write/setup.json", &org))
         .await
         .json();

@@ -197,7 +197,10 @@ impl Scene {
             configs.push(principal(&iam, emu, role, &policy).await);
         }
         let (read_actions, _) = policy_of(&template, "KeysReadRole");
-        assert!(read_actions.iter().all(|a| a.starts_with("dynamodb:")));
+        // Reads of the table, and the OIDC issuer's public key: never a write, never a customer key.
+        assert!(read_actions
+            .iter()
+            .all(|a| a.starts_with("dynamodb:") || a == "kms:GetPublicKey"));
 
         // The service's resources, as the template declares them.
         let table = common::unique("cmk");
@@ -309,6 +312,7 @@ impl Scene {
             HttpFunction::KeysWrite,
             cmk_aws::backend::build(&self.configs[0], &self.settings).cmk,
             &ClaimNames::default(),
+            None,
         );
         let other_org = common::unique("org");
         for ev in [

@@ -356,7 +356,12 @@ async fn every_route_of_each_router_is_an_event_of_its_function() {
     let backend = common::offline_backend().await;
     let all: BTreeSet<RouteSpec> = HttpFunction::ALL.iter().flat_map(|f| owned(*f)).collect();
     for function in HttpFunction::ALL {
-        let router = app(function, backend.cmk.clone(), &ClaimNames::default());
+        let router = app(
+            function,
+            backend.cmk.clone(),
+            &ClaimNames::default(),
+            backend.oidc.clone(),
+        );
         let mut answers = owned(function);
         answers.extend(COMMON_ROUTES.iter().copied());
         for (method, path) in &all {
@@ -450,13 +455,17 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
     let assume = set(&["sts:AssumeRole"]);
     // Every function that changes keys' health or jobs tells EventBridge.
     let events = set(&["events:PutEvents"]);
+    // keys-read publishes the OIDC issuer's key; the functions that reach customer keys sign
+    // tokens with it (the private key never leaves KMS).
+    let sign = set(&["kms:Sign", "kms:GetPublicKey"]);
 
-    // keys-read reads the table: nothing else, in particular no customer keys.
-    assert_eq!(names(&read), reads);
-
+    // keys-read reads the table and the issuer's public key: nothing else, in particular no
+    // customer keys.
     let union = |parts: &[&BTreeSet<String>]| -> BTreeSet<String> {
         parts.iter().flat_map(|p| p.iter().cloned()).collect()
     };
+    assert_eq!(names(&read), union(&[&reads, &set(&["kms:GetPublicKey"])]));
+
     assert_eq!(
         names(&write),
         union(&[
@@ -465,12 +474,13 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
             &service_key,
             &assume,
             &events,
+            &sign,
             &set(&["sqs:SendMessage"])
         ])
     );
     assert_eq!(
         names(&data),
-        union(&[&reads, &writes, &service_key, &assume, &events])
+        union(&[&reads, &writes, &service_key, &assume, &events, &sign])
     );
     assert_eq!(
         names(&worker),
@@ -481,6 +491,7 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
             &service_key,
             &assume,
             &events,
+            &sign,
             &set(&[
                 "sqs:ReceiveMessage",
                 "sqs:DeleteMessage",
@@ -502,6 +513,9 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
                         *r == table || r["Fn::Sub"].as_str() == Some("${Table.Arn}/index/*")
                     }
                     "sqs" => *r == get_att("RewrapQueue", "Arn"),
+                    "kms" if action == "kms:Sign" || action == "kms:GetPublicKey" => {
+                        *r == get_att("OidcSigningKey", "Arn")
+                    }
                     "kms" => *r == get_att("ServiceKey", "Arn"),
                     "sts" => r["Fn::Sub"].as_str() == Some("arn:${AWS::Partition}:iam::*:role/*"),
                     "events" => {
@@ -625,7 +639,15 @@ fn the_template_gives_each_function_the_configuration_it_reads() {
         worker_env.extend(own.clone());
     }
     for (k, v) in &worker_env {
-        std::env::set_var(s(k), resolve(v));
+        // A variable set only under a condition (the OIDC issuer) is absent by default.
+        let absent_by_default = v["Fn::If"]
+            .as_sequence()
+            .is_some_and(|branches| branches[2] == reference("AWS::NoValue"));
+        if absent_by_default {
+            std::env::remove_var(s(k));
+        } else {
+            std::env::set_var(s(k), resolve(v));
+        }
     }
     let http = cmk_lambda::HttpSettings::from_env().expect("HTTP functions' configuration");
     assert_eq!(http.aws.table, "Table-value");
@@ -795,4 +817,28 @@ fn the_functions_that_put_events_name_the_bus_their_role_allows() {
             }
         }
     }
+}
+
+/// The OIDC issuer is on when the `OidcIssuer` parameter is set (https only, by its pattern):
+/// then every function gets the issuer and the ARN of the template's P-256 signing key, which
+/// signs and verifies only.
+#[test]
+fn the_oidc_issuer_comes_with_its_signing_key_when_the_parameter_is_set() {
+    let t = template();
+    let pattern = s(&t["Parameters"]["OidcIssuer"]["AllowedPattern"]);
+    assert!(pattern.contains("https://"), "{pattern}");
+    let vars = &t["Globals"]["Function"]["Environment"]["Variables"];
+    for (name, then) in [
+        ("CMK_OIDC_ISSUER", reference("OidcIssuer")),
+        ("CMK_OIDC_SIGNING_KEYS", get_att("OidcSigningKey", "Arn")),
+    ] {
+        let branches = seq(&vars[name]["Fn::If"]);
+        assert_eq!(s(&branches[0]), "HasOidcIssuer", "{name}");
+        assert_eq!(branches[1], then, "{name}");
+        assert_eq!(branches[2], reference("AWS::NoValue"), "{name}");
+    }
+    let key = &t["Resources"]["OidcSigningKey"]["Properties"];
+    assert_eq!(s(&key["KeySpec"]), "ECC_NIST_P256");
+    assert_eq!(s(&key["KeyUsage"]), "SIGN_VERIFY");
+    assert!(!t["Outputs"]["OidcIssuerSuggestion"]["Value"].is_null());
 }

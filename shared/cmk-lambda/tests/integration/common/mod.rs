@@ -192,12 +192,17 @@ pub async fn offline_backend() -> AwsBackend {
         .await;
     cmk_aws::backend::build(
         &config,
-        &settings(
-            "cmk-offline",
-            &format!("{OFFLINE}/123456789012/cmk-offline"),
-            "alias/cmk-offline",
-            OFFLINE,
-        ),
+        &AwsSettings {
+            // An issuer, so keys-read serves its documents (its keys are unreachable here).
+            oidc_issuer: Some("https://cmk.example.com/oidc".into()),
+            oidc_signing_keys: vec!["alias/cmk-oidc".into()],
+            ..settings(
+                "cmk-offline",
+                &format!("{OFFLINE}/123456789012/cmk-offline"),
+                "alias/cmk-offline",
+                OFFLINE,
+            )
+        },
     )
 }
 
@@ -338,12 +343,14 @@ impl Functions {
     /// Each function with its own SDK configuration (its own credentials): keys-read,
     /// keys-write, data-keys, rewrap-worker.
     pub fn with_configs(configs: [&SdkConfig; 4], settings: &AwsSettings) -> Self {
-        let cmk = |config: &SdkConfig| cmk_aws::backend::build(config, settings).cmk;
+        let backend = |config: &SdkConfig| cmk_aws::backend::build(config, settings);
+        let cmk = |config: &SdkConfig| backend(config).cmk;
         let names = ClaimNames::default();
+        let read = backend(configs[0]);
         Self {
-            read: app(HttpFunction::KeysRead, cmk(configs[0]), &names),
-            write: app(HttpFunction::KeysWrite, cmk(configs[1]), &names),
-            data: app(HttpFunction::DataKeys, cmk(configs[2]), &names),
+            read: app(HttpFunction::KeysRead, read.cmk, &names, read.oidc),
+            write: app(HttpFunction::KeysWrite, cmk(configs[1]), &names, None),
+            data: app(HttpFunction::DataKeys, cmk(configs[2]), &names, None),
             worker: Worker::new(
                 cmk_core::engine::RewrapEngine::new(
                     cmk(configs[3]),
