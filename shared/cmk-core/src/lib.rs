@@ -37,6 +37,7 @@ pub mod ports;
 pub mod ratelimit;
 pub mod rules;
 pub mod service;
+pub mod setup_kit;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod worker;

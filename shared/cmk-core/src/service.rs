@@ -429,6 +429,37 @@ impl Cmk {
         })
     }
 
+    /// The setup kit: a CloudFormation template for the customer's account
+    /// ([`crate::setup_kit`]), in `trust` mode (by default the one new keys get), making a new
+    /// KMS key or taking an existing one's ARN.
+    pub async fn setup_cloudformation(
+        &self,
+        org: &OrgId,
+        trust: Option<TrustMode>,
+        create_key: bool,
+    ) -> Result<Value, CoreError> {
+        let trust = self.trust_mode(trust)?;
+        let external_id = self.external_id(org).await?;
+        let principals: Vec<&str> = self
+            .inner
+            .config
+            .service_principal
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        Ok(crate::setup_kit::cloudformation(
+            &crate::setup_kit::KitInput {
+                org,
+                trust,
+                create_key,
+                issuer: self.inner.config.oidc_issuer.as_deref(),
+                external_id: &external_id,
+                service_principals: &principals,
+            },
+        ))
+    }
+
     pub async fn audit(
         &self,
         org: &OrgId,

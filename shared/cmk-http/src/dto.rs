@@ -612,6 +612,18 @@ pub struct DecryptRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EmptyObject {}
 
+/// `?trust=&create_key=` of the setup kit.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SetupKitQuery {
+    /// `oidc` or `external_id`; default: the trust mode new keys get (`keys/setup`'s
+    /// `default_trust`).
+    pub trust: Option<String>,
+    /// `true`: the template creates a new KMS key; `false` (default): it takes `KeyArn`.
+    #[param(value_type = Option<bool>)]
+    pub create_key: Option<String>,
+}
+
 /// `?limit=&cursor=` of the audit route.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

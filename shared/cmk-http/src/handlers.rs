@@ -4,12 +4,14 @@
 //! before the path or the body is looked at.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use cmk_core::model::{EncryptionContext, KeyId};
+use cmk_core::model::{EncryptionContext, KeyId, TrustMode};
 use cmk_core::service::NewKeySpec;
+use cmk_core::CoreError;
 use zeroize::Zeroizing;
 
 use crate::auth::{Admin, ServiceCaller};
@@ -17,7 +19,7 @@ use crate::dto::{
     AddKeyRequest, AddKeyResponse, AuditQuery, AuditResponse, Context, DataKeyResponse,
     DecryptRequest, DecryptResponse, DisableRequest, EmptyObject, EncryptRequest, EncryptResponse,
     HealthzResponse, JobResponse, KeyResponse, KeysResponse, NewKeyType,
-    ReencryptionStatusResponse, SetupResponse, UpdateKeyRequest,
+    ReencryptionStatusResponse, SetupKitQuery, SetupResponse, UpdateKeyRequest,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, DataKeyPath, Empty, JsonOrEmpty, KeyPath};
@@ -89,6 +91,59 @@ pub async fn list_keys(admin: Admin, State(s): State<AppState>) -> ApiResult<Jso
     responses((status = 200, description = "Setup values", body = SetupResponse)))]
 pub async fn setup(admin: Admin, State(s): State<AppState>) -> ApiResult<Json<SetupResponse>> {
     Ok(Json(s.cmk.setup(&admin.org).await?.into()))
+}
+
+/// The setup kit: a CloudFormation template for the customer's account that creates the role
+/// (and the IAM OIDC provider in `oidc` mode) and a new KMS key, or a policy for an existing
+/// one (`create_key=false`, the default: the template then takes `KeyArn`). Its outputs
+/// `RoleArn` and `KeyArn` are what `POST keys` takes.
+#[utoipa::path(get, path = "/v1/orgs/{org}/keys/setup/cloudformation", tag = "keys",
+    params(OrgParams, SetupKitQuery),
+    responses(
+        (status = 200, description = "The template (YAML)", content_type = "application/yaml", body = String),
+        (status = 400, description = "Unknown trust mode, bad create_key, or `oidc` without an issuer", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn setup_cloudformation(
+    admin: Admin,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<SetupKitQuery>,
+) -> ApiResult<Response> {
+    let trust = match q.trust.as_deref() {
+        None | Some("") => None,
+        Some("oidc") => Some(TrustMode::Oidc),
+        Some("external_id") => Some(TrustMode::ExternalId),
+        Some(other) => {
+            return Err(ApiError::invalid_request(format!(
+                "trust {other:?} is not a trust mode: use oidc or external_id"
+            )))
+        }
+    };
+    let create_key = match q.create_key.as_deref() {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_request(format!(
+                "create_key {other:?} must be true or false"
+            )))
+        }
+    };
+    let template = s
+        .cmk
+        .setup_cloudformation(&admin.org, trust, create_key)
+        .await?;
+    let yaml = serde_yaml::to_string(&template)
+        .map_err(|e| ApiError::from(CoreError::Internal(e.to_string())))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/yaml".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"cmk-access-{}.yaml\"", admin.org),
+            ),
+        ],
+        yaml,
+    )
+        .into_response())
 }
 
 /// The unfinished re-encryption job, else the last one.

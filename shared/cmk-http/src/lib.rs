@@ -64,6 +64,10 @@ pub fn admin_read_routes() -> Router<AppState> {
 pub fn admin_write_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/orgs/{org}/keys/setup", get(handlers::setup))
+        .route(
+            "/v1/orgs/{org}/keys/setup/cloudformation",
+            get(handlers::setup_cloudformation),
+        )
         .route("/v1/orgs/{org}/keys", post(handlers::add_key))
         .route(
             "/v1/orgs/{org}/keys/{key_id}",

@@ -26,6 +26,7 @@ use crate::handlers;
         openapi_json,
         handlers::list_keys,
         handlers::setup,
+        handlers::setup_cloudformation,
         handlers::add_key,
         handlers::update_key,
         handlers::set_default,
@@ -172,7 +173,7 @@ mod tests {
 
     /// Every route of API.md (with those its "added by the issues now open" section names and
     /// this service has), as (method, path).
-    pub(crate) const ROUTES: [(&str, &str); 17] = [
+    pub(crate) const ROUTES: [(&str, &str); 18] = [
         ("get", "/v1/orgs/{org}/keys"),
         ("get", "/v1/orgs/{org}/keys/setup"),
         ("post", "/v1/orgs/{org}/keys"),
@@ -190,6 +191,8 @@ mod tests {
         ("post", "/v1/orgs/{org}/decrypt"),
         ("get", "/healthz"),
         ("get", "/openapi.json"),
+        // Beyond API.md: the setup kit of issue 11.
+        ("get", "/v1/orgs/{org}/keys/setup/cloudformation"),
     ];
 
     #[test]

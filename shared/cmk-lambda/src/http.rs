@@ -55,6 +55,7 @@ const KEYS_READ_ROUTES: &[RouteSpec] = &[
 
 const KEYS_WRITE_ROUTES: &[RouteSpec] = &[
     ("GET", "/v1/orgs/{org}/keys/setup"),
+    ("GET", "/v1/orgs/{org}/keys/setup/cloudformation"),
     ("POST", "/v1/orgs/{org}/keys"),
     ("PATCH", "/v1/orgs/{org}/keys/{key_id}"),
     ("POST", "/v1/orgs/{org}/keys/{key_id}/default"),

@@ -101,6 +101,16 @@ impl Client {
 
     /// Calls `path` under `/v1/orgs/{org}`; a non-2xx answer becomes a [`Problem`].
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let text = self.call_text(method, path, body).await?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET path` for an answer that is not JSON (the setup kit's YAML).
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        self.call_text(Method::GET, path, None).await
+    }
+
+    async fn call_text(&self, method: Method, path: &str, body: Option<Value>) -> Result<String> {
         let url = format!("{}/v1/orgs/{}{}", self.base, self.org, path);
         let mut req = self
             .http
@@ -121,10 +131,10 @@ impl Client {
             .text()
             .await
             .context("the service's answer was cut off")?;
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(json);
+            return Ok(text);
         }
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let field = |name: &str| json.get(name).and_then(Value::as_str).map(str::to_owned);
         Err(Problem {
             status: status.as_u16(),

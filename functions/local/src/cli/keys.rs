@@ -56,6 +56,19 @@ enum KeysCommand {
         /// Key id or name.
         key: String,
     },
+    /// What the customer sets up for an aws-kms key (per trust mode), or with --cloudformation
+    /// the setup kit: a CloudFormation template that creates it in the customer's account.
+    Setup {
+        /// Print the CloudFormation template (YAML) instead: `… > customer.yaml`.
+        #[arg(long)]
+        cloudformation: bool,
+        /// The kit's trust mode (default: the one new keys get).
+        #[arg(long, value_enum, requires = "cloudformation")]
+        trust: Option<TrustArg>,
+        /// The kit creates a new KMS key (else it takes your key's ARN as KeyArn).
+        #[arg(long, requires = "cloudformation")]
+        create_key: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -152,6 +165,23 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
     let client = Client::new(&args.remote)?;
     let json = args.remote.json;
     match args.command {
+        KeysCommand::Setup {
+            cloudformation: true,
+            trust,
+            create_key,
+        } => {
+            let mut query = format!("?create_key={create_key}");
+            match trust {
+                Some(TrustArg::Oidc) => query.push_str("&trust=oidc"),
+                Some(TrustArg::ExternalId) => query.push_str("&trust=external_id"),
+                None => {}
+            }
+            let template = client
+                .get_text(&format!("/keys/setup/cloudformation{query}"))
+                .await?;
+            out!("{}", template.trim_end());
+        }
+        KeysCommand::Setup { .. } => print_json(&client.get("/keys/setup").await?)?,
         KeysCommand::List => {
             let listing = client.get("/keys").await?;
             if json {

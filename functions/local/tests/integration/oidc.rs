@@ -129,3 +129,58 @@ async fn tokens_verify_against_the_published_keys_for_their_own_org_only() {
     );
     verify(&server.base, &newer, "aws:acme").expect("the new token verifies");
 }
+
+/// `cmk keys setup`: the setup values with the OIDC mode first, and with `--cloudformation` the
+/// setup kit for the customer's account.
+#[test]
+fn the_cli_prints_the_setup_and_the_cloudformation_kit() {
+    use super::cli::{admin, token};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let t = token(&data, "acme", "admin");
+    let setup: Value =
+        serde_json::from_str(&ok(admin(&server, Some(&t), &["keys", "setup"])).stdout)
+            .expect("json");
+    assert_eq!(setup["default_trust"], "oidc");
+    assert_eq!(
+        setup["oidc"]["provider_url"],
+        format!("{}/oidc", server.base).as_str()
+    );
+    assert_eq!(setup["oidc"]["subject"], "cmk:org:acme");
+
+    let kit = ok(admin(
+        &server,
+        Some(&t),
+        &["keys", "setup", "--cloudformation", "--create-key"],
+    ))
+    .stdout;
+    for expected in [
+        "AWS::IAM::OIDCProvider",
+        "sts:AssumeRoleWithWebIdentity",
+        "cmk:org:acme",
+        "AWS::KMS::Key",
+        "RoleArn",
+        "KeyArn",
+    ] {
+        assert!(kit.contains(expected), "{expected} in {kit}");
+    }
+    let external = ok(admin(
+        &server,
+        Some(&t),
+        &[
+            "keys",
+            "setup",
+            "--cloudformation",
+            "--trust",
+            "external_id",
+        ],
+    ))
+    .stdout;
+    assert!(external.contains("sts:ExternalId"), "{external}");
+    assert!(
+        external.contains("KeyArn"),
+        "an existing key's ARN is a parameter"
+    );
+    assert!(!external.contains("OIDCProvider"));
+}

@@ -1009,3 +1009,135 @@ async fn keys_that_trust_the_oidc_issuer_go_through_the_flows_on_the_emulator() 
         assert_eq!(&decrypt(&fresh.data, &org, ct).await, plaintext);
     }
 }
+
+/// The setup kit as a customer uses it, on the emulator: the CloudFormation template of
+/// `keys/setup/cloudformation` (external id mode, a new key) creates the role and the key in a
+/// stack; its outputs `RoleArn` and `KeyArn` are added as a key (201) whose adopt job completes.
+/// The emulator's CloudFormation skips `AWS::IAM::OIDCProvider` (it creates no provider), so the
+/// OIDC kits are checked by cfn-lint only: every kit (both trust modes, new or existing key)
+/// passes `cfn-lint` with no error or warning (`CMK_CFN_LINT`, which the test command sets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_of_the_setup_kit_gives_a_key_that_works_on_the_emulator() {
+    let Some(endpoint) = common::emulator_endpoint() else {
+        return;
+    };
+    let mut env = common::emulated(&endpoint).await;
+    env.settings.oidc_issuer = Some("https://cmk.example.com/oidc".into());
+    env.settings.oidc_signing_keys = vec!["alias/unused-here".into()];
+    let f = Functions::new(&env.config, &env.settings);
+    let org = common::unique("org");
+    let dk = create_data_key(&f, &org).await;
+    let ct = encrypt(&f, &org, &dk, b"kit").await;
+
+    let mut ev = org_event("keys-write/setup-cloudformation.json", &org);
+    ev["rawQueryString"] = "trust=nonsense".into();
+    ev["queryStringParameters"] = json!({"trust": "nonsense"});
+    assert_problem(
+        &call(&f.write, &ev).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+
+    lint_every_kit(&f, &org).await;
+    let kit = call(
+        &f.write,
+        &org_event("keys-write/setup-cloudformation.json", &org),
+    )
+    .await;
+    assert_eq!(
+        kit.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&kit.body)
+    );
+    assert!(kit.content_type.starts_with("application/yaml"));
+    let template = String::from_utf8(kit.body.to_vec()).expect("utf8");
+    let cfn = aws_sdk_cloudformation::Client::new(&env.config);
+    let stack = common::unique("customer");
+    cfn.create_stack()
+        .stack_name(&stack)
+        .template_body(&template)
+        .capabilities(aws_sdk_cloudformation::types::Capability::CapabilityNamedIam)
+        .send()
+        .await
+        .expect("the customer's stack");
+    let outputs = cfn
+        .describe_stacks()
+        .stack_name(&stack)
+        .send()
+        .await
+        .expect("describe")
+        .stacks
+        .and_then(|s| s.into_iter().next())
+        .and_then(|s| s.outputs)
+        .expect("outputs");
+    let output = |name: &str| {
+        outputs
+            .iter()
+            .find(|o| o.output_key() == Some(name))
+            .and_then(|o| o.output_value())
+            .unwrap_or_else(|| panic!("output {name}"))
+            .to_owned()
+    };
+    let (role_arn, key_arn) = (output("RoleArn"), output("KeyArn"));
+
+    let mut add = org_event("keys-write/add-key.json", &org);
+    set_body(
+        &mut add,
+        &json!({"name": "from-the-kit", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn, "trust": "external_id"}),
+    );
+    let added = call(&f.write, &add).await;
+    assert_eq!(
+        added.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    common::run_queue(
+        &f.worker,
+        &aws_sdk_sqs::Client::new(&env.config),
+        &env.queue_url,
+        &f.read,
+        &org,
+        Vec::new(),
+    )
+    .await;
+    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
+    assert_eq!(job.json()["reencryption"]["state"], "completed");
+    let fresh = Functions::new(&env.config, &env.settings);
+    assert_eq!(decrypt(&fresh.data, &org, &ct).await, b"kit");
+}
+
+/// Runs cfn-lint on the kit of every trust mode, with a new key and with an existing one.
+async fn lint_every_kit(f: &Functions, org: &str) {
+    let Some(lint) = std::env::var_os("CMK_CFN_LINT") else {
+        assert!(
+            std::env::var_os("CMK_REQUIRE_AWS_TESTS").is_none(),
+            "CMK_CFN_LINT (the cfn-lint executable) is required with CMK_REQUIRE_AWS_TESTS"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    for trust in ["oidc", "external_id"] {
+        for create_key in ["true", "false"] {
+            let mut ev = org_event("keys-write/setup-cloudformation.json", org);
+            ev["rawQueryString"] = format!("trust={trust}&create_key={create_key}").into();
+            ev["queryStringParameters"] = json!({"trust": trust, "create_key": create_key});
+            let kit = call(&f.write, &ev).await;
+            assert_eq!(kit.status, StatusCode::OK, "{trust} {create_key}");
+            let file = dir.path().join(format!("{trust}-{create_key}.yaml"));
+            std::fs::write(&file, &kit.body).expect("write");
+            let out = std::process::Command::new(&lint)
+                .arg(&file)
+                .output()
+                .expect("run cfn-lint");
+            assert!(
+                out.status.success(),
+                "cfn-lint of the {trust} kit (create_key={create_key}):\n{}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&kit.body)
+            );
+        }
+    }
+}
