@@ -171,6 +171,16 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     assert.ok(await d.getByRole('button', { name: 'Copy external ID' }).isHidden());
     await screenshot(page, 'add-dialog-desktop');
     await assertAccessible(page, 'add-dialog-desktop');
+    // The setup kit: a CloudFormation template of the selected mode, and the commands.
+    assert.match(await d.locator('#kit-command').innerText(), /aws cloudformation deploy --template-file cmk-access-acme\.yaml/);
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      d.getByRole('button', { name: 'Download template' }).click(),
+    ]);
+    assert.equal(download.suggestedFilename(), 'cmk-access-acme.yaml');
+    const kit = fs.readFileSync(await download.path(), 'utf8');
+    assert.match(kit, /AWS::IAM::OIDCProvider/);
+    assert.match(kit, /cmk:org:acme/);
     await d.getByRole('radio', { name: 'External ID' }).check();
     assert.match(await d.locator('#external-id').innerText(), /\S{8,}/);
     assert.match(await trustPolicy(), /sts:ExternalId/);

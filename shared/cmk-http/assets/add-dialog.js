@@ -45,6 +45,40 @@ export function showTrustFields() {
   $('trust-policy').textContent = JSON.stringify(policy, null, 2);
 }
 
+/** The file name of the setup kit, and the commands that deploy it and read its outputs. */
+function kitName() {
+  return `cmk-access-${state.api.org}`;
+}
+
+function showKitCommand() {
+  const name = kitName();
+  $('kit-command').textContent = [
+    `aws cloudformation deploy --template-file ${name}.yaml --stack-name ${name} --capabilities CAPABILITY_NAMED_IAM`,
+    `aws cloudformation describe-stacks --stack-name ${name} --query "Stacks[0].Outputs"`,
+    '# then enter RoleArn and KeyArn below',
+  ].join('\n');
+}
+
+/** Downloads the setup kit of the selected trust mode (the request carries the token). */
+export async function downloadKit() {
+  $('setup-error').textContent = '';
+  try {
+    const yaml = await state.api.setupKit(selectedTrust());
+    const url = URL.createObjectURL(new Blob([yaml], { type: 'application/yaml' }));
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = `${kitName()}.yaml`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (err) {
+    if (!isAuthFailure(err)) {
+      $('setup-error').textContent = `Could not make the template: ${describeError(err)}`;
+    }
+  }
+}
+
 async function loadSetup() {
   $('setup-error').textContent = '';
   setup = null;
@@ -52,6 +86,7 @@ async function loadSetup() {
     const s = await state.api.setup();
     setup = s;
     $('external-id').textContent = s.external_id;
+    showKitCommand();
     $('key-policy').textContent = JSON.stringify(s.key_policy_statement, null, 2);
     $('add-trust-oidc-row').hidden = !s.oidc;
     $('add-trust-oidc-hint').hidden = !s.oidc;

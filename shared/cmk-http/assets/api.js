@@ -34,7 +34,7 @@ export function createApi({ org, token, onAuthFailure }) {
   const base = `/v1/orgs/${encodeURIComponent(org)}`;
   const enc = encodeURIComponent;
 
-  async function call(method, path, body) {
+  async function call(method, path, body, asText = false) {
     const headers = { authorization: `Bearer ${token}`, accept: 'application/json' };
     const init = { method, headers, cache: 'no-store', credentials: 'omit' };
     if (body !== undefined) {
@@ -61,13 +61,16 @@ export function createApi({ org, token, onAuthFailure }) {
       if (isAuthFailure(err)) onAuthFailure?.(err);
       throw err;
     }
-    return json;
+    return asText ? text : json;
   }
 
   return {
     org,
     keys: () => call('GET', '/keys'),
     setup: () => call('GET', '/keys/setup'),
+    /** The setup kit (CloudFormation YAML) of a trust mode, with a new KMS key. */
+    setupKit: (trust) =>
+      call('GET', `/keys/setup/cloudformation?trust=${enc(trust)}&create_key=true`, undefined, true),
     addKey: (body) => call('POST', '/keys', body),
     setDefault: (id) => call('POST', `/keys/${enc(id)}/default`),
     setRate: (id, limit) => call('PATCH', `/keys/${enc(id)}`, { rewrap_rate_limit: limit }),

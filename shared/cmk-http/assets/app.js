@@ -2,7 +2,7 @@
 // the settings menu and the re-encryption banner. Plain DOM, no framework, no build step.
 
 import { tokenClaims } from './api.js';
-import { copyFrom, openAdd, showTrustFields, showTypeFields, submitAdd } from './add-dialog.js';
+import { copyFrom, downloadKit, openAdd, showTrustFields, showTypeFields, submitAdd } from './add-dialog.js';
 import { onCancel, onRetry } from './banner.js';
 import { openDisableAll, submitDisable, submitDisableAll, submitRate } from './disable-dialogs.js';
 import { $ } from './dom.js';
@@ -26,6 +26,7 @@ function init() {
   for (const r of document.querySelectorAll('#add-form input[name="type"]')) {
     r.addEventListener('change', showTypeFields);
   }
+  $('kit-download').addEventListener('click', downloadKit);
   for (const r of document.querySelectorAll('#add-form input[name="trust"]')) {
     r.addEventListener('change', showTrustFields);
   }
