@@ -56,3 +56,23 @@ async fn a_missing_variable_stops_the_cold_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CMK_TABLE"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_oidc_issuer_that_is_not_https_stops_the_cold_start() {
+    let runtime = FakeRuntime::start().await;
+    let mut env = runtime.function_env();
+    env.push((
+        "CMK_OIDC_ISSUER".into(),
+        "http://cmk.example.com/oidc".into(),
+    ));
+    env.push(("CMK_OIDC_SIGNING_KEYS".into(), "alias/cmk-oidc".into()));
+    let out = std::process::Command::new(binary())
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CMK_OIDC_ISSUER"), "{stderr}");
+    assert!(stderr.contains("https"), "{stderr}");
+}

@@ -269,6 +269,9 @@ async fn the_aws_backend_walks_the_seed_flows_with_aws_kms_keys() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
+    // `cmk serve` is an OIDC issuer, so every flow below reaches the customer's role with
+    // AssumeRoleWithWebIdentity and tokens signed by the data directory's key.
+    assert_eq!(body["key"]["aws"]["trust"], "oidc", "{body}");
     let prod = body["key"]["id"].as_str().unwrap().to_owned();
     assert_eq!(body["key"]["aws"]["key_arn"], prod_alias.as_str());
     assert_eq!(body["key"]["aws"]["resolved_key_arn"], prod_arn.as_str());
