@@ -514,7 +514,20 @@ fn each_function_gets_only_the_permissions_its_routes_need() {
                     }
                     "sqs" => *r == get_att("RewrapQueue", "Arn"),
                     "kms" if action == "kms:Sign" || action == "kms:GetPublicKey" => {
+                        // The template's key, or the keys of a rotation (parameters).
                         *r == get_att("OidcSigningKey", "Arn")
+                            || [
+                                ("HasOwnOidcSigningKey", "OidcSigningKeyArn"),
+                                ("HasPreviousOidcSigningKey", "PreviousOidcSigningKeyArn"),
+                            ]
+                            .iter()
+                            .any(|(condition, parameter)| {
+                                r["Fn::If"].as_sequence().is_some_and(|b| {
+                                    s(&b[0]) == *condition
+                                        && b[1] == reference(parameter)
+                                        && b[2] == reference("AWS::NoValue")
+                                })
+                            })
                     }
                     "kms" => *r == get_att("ServiceKey", "Arn"),
                     "sts" => r["Fn::Sub"].as_str() == Some("arn:${AWS::Partition}:iam::*:role/*"),
@@ -828,15 +841,38 @@ fn the_oidc_issuer_comes_with_its_signing_key_when_the_parameter_is_set() {
     let pattern = s(&t["Parameters"]["OidcIssuer"]["AllowedPattern"]);
     assert!(pattern.contains("https://"), "{pattern}");
     let vars = &t["Globals"]["Function"]["Environment"]["Variables"];
-    for (name, then) in [
-        ("CMK_OIDC_ISSUER", reference("OidcIssuer")),
-        ("CMK_OIDC_SIGNING_KEYS", get_att("OidcSigningKey", "Arn")),
-    ] {
+    let on_issuer = |name: &str| -> Yaml {
         let branches = seq(&vars[name]["Fn::If"]);
         assert_eq!(s(&branches[0]), "HasOidcIssuer", "{name}");
-        assert_eq!(branches[1], then, "{name}");
         assert_eq!(branches[2], reference("AWS::NoValue"), "{name}");
-    }
+        branches[1].clone()
+    };
+    assert_eq!(on_issuer("CMK_OIDC_ISSUER"), reference("OidcIssuer"));
+    // The signing keys, current first: the template's key unless a rotation names another,
+    // then the previous one while a rotation keeps it published.
+    let keys = on_issuer("CMK_OIDC_SIGNING_KEYS");
+    let join = seq(&keys["Fn::Join"]);
+    assert_eq!(s(&join[0]), ",");
+    let parts = seq(&join[1]);
+    assert_eq!(parts.len(), 2);
+    let current = seq(&parts[0]["Fn::If"]);
+    assert_eq!(
+        (s(&current[0]), &current[1], &current[2]),
+        (
+            "HasOwnOidcSigningKey",
+            &reference("OidcSigningKeyArn"),
+            &get_att("OidcSigningKey", "Arn")
+        )
+    );
+    let previous = seq(&parts[1]["Fn::If"]);
+    assert_eq!(
+        (s(&previous[0]), &previous[1], &previous[2]),
+        (
+            "HasPreviousOidcSigningKey",
+            &reference("PreviousOidcSigningKeyArn"),
+            &reference("AWS::NoValue")
+        )
+    );
     let key = &t["Resources"]["OidcSigningKey"]["Properties"];
     assert_eq!(s(&key["KeySpec"]), "ECC_NIST_P256");
     assert_eq!(s(&key["KeyUsage"]), "SIGN_VERIFY");
