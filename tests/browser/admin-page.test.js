@@ -181,6 +181,17 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     const kit = fs.readFileSync(await download.path(), 'utf8');
     assert.match(kit, /AWS::IAM::OIDCProvider/);
     assert.match(kit, /cmk:org:acme/);
+    assert.match(kit, /AWS::KMS::Key/);
+    // For an existing key: the template asks for its ARN, and the command passes it.
+    await d.getByRole('checkbox', { name: 'The template creates a new KMS key' }).uncheck();
+    assert.match(await d.locator('#kit-command').innerText(), /--parameter-overrides KeyArn=/);
+    const [existing] = await Promise.all([
+      page.waitForEvent('download'),
+      d.getByRole('button', { name: 'Download template' }).click(),
+    ]);
+    const existingKit = fs.readFileSync(await existing.path(), 'utf8');
+    assert.match(existingKit, /KeyArn/);
+    assert.doesNotMatch(existingKit, /AWS::KMS::Key/);
     await d.getByRole('radio', { name: 'External ID' }).check();
     assert.match(await d.locator('#external-id').innerText(), /\S{8,}/);
     assert.match(await trustPolicy(), /sts:ExternalId/);

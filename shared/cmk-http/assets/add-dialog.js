@@ -52,18 +52,21 @@ function kitName() {
 
 function showKitCommand() {
   const name = kitName();
+  const existing = $('kit-create-key').checked ? '' : ' --parameter-overrides KeyArn=<your key ARN>';
   $('kit-command').textContent = [
-    `aws cloudformation deploy --template-file ${name}.yaml --stack-name ${name} --capabilities CAPABILITY_NAMED_IAM`,
+    `aws cloudformation deploy --template-file ${name}.yaml --stack-name ${name} --capabilities CAPABILITY_NAMED_IAM${existing}`,
     `aws cloudformation describe-stacks --stack-name ${name} --query "Stacks[0].Outputs"`,
     '# then enter RoleArn and KeyArn below',
   ].join('\n');
 }
 
+export { showKitCommand };
+
 /** Downloads the setup kit of the selected trust mode (the request carries the token). */
 export async function downloadKit() {
   $('setup-error').textContent = '';
   try {
-    const yaml = await state.api.setupKit(selectedTrust());
+    const yaml = await state.api.setupKit(selectedTrust(), $('kit-create-key').checked);
     const url = URL.createObjectURL(new Blob([yaml], { type: 'application/yaml' }));
     const a = document.createElement('a');
     a.href = url;

@@ -68,9 +68,9 @@ export function createApi({ org, token, onAuthFailure }) {
     org,
     keys: () => call('GET', '/keys'),
     setup: () => call('GET', '/keys/setup'),
-    /** The setup kit (CloudFormation YAML) of a trust mode, with a new KMS key. */
-    setupKit: (trust) =>
-      call('GET', `/keys/setup/cloudformation?trust=${enc(trust)}&create_key=true`, undefined, true),
+    /** The setup kit (CloudFormation YAML) of a trust mode, with a new KMS key or for an existing one. */
+    setupKit: (trust, createKey) =>
+      call('GET', `/keys/setup/cloudformation?trust=${enc(trust)}&create_key=${createKey}`, undefined, true),
     addKey: (body) => call('POST', '/keys', body),
     setDefault: (id) => call('POST', `/keys/${enc(id)}/default`),
     setRate: (id, limit) => call('PATCH', `/keys/${enc(id)}`, { rewrap_rate_limit: limit }),

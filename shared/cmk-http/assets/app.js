@@ -2,7 +2,15 @@
 // the settings menu and the re-encryption banner. Plain DOM, no framework, no build step.
 
 import { tokenClaims } from './api.js';
-import { copyFrom, downloadKit, openAdd, showTrustFields, showTypeFields, submitAdd } from './add-dialog.js';
+import {
+  copyFrom,
+  downloadKit,
+  openAdd,
+  showKitCommand,
+  showTrustFields,
+  showTypeFields,
+  submitAdd,
+} from './add-dialog.js';
 import { onCancel, onRetry } from './banner.js';
 import { openDisableAll, submitDisable, submitDisableAll, submitRate } from './disable-dialogs.js';
 import { $ } from './dom.js';
@@ -27,6 +35,7 @@ function init() {
     r.addEventListener('change', showTypeFields);
   }
   $('kit-download').addEventListener('click', downloadKit);
+  $('kit-create-key').addEventListener('change', showKitCommand);
   for (const r of document.querySelectorAll('#add-form input[name="trust"]')) {
     r.addEventListener('change', showTrustFields);
   }
