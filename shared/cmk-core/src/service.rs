@@ -381,12 +381,7 @@ impl Cmk {
     pub async fn setup(&self, org: &OrgId) -> Result<Setup, CoreError> {
         let external_id = self.external_id(org).await?;
         let principal = self.inner.config.service_principal.clone();
-        // Several principals (the function roles that reach customer keys) are listed.
-        let principals: Vec<&str> = principal
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .collect();
+        let principals = self.service_principals();
         let trusted = match principals.as_slice() {
             [one] => json!(one),
             many => json!(many),
@@ -429,6 +424,18 @@ impl Cmk {
         })
     }
 
+    /// The principals a customer's role trusts in `external_id` mode: several where the service
+    /// is several function roles (the ones that reach customer keys).
+    fn service_principals(&self) -> Vec<&str> {
+        self.inner
+            .config
+            .service_principal
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+
     /// The setup kit: a CloudFormation template for the customer's account
     /// ([`crate::setup_kit`]), in `trust` mode (by default the one new keys get), making a new
     /// KMS key or taking an existing one's ARN.
@@ -440,14 +447,7 @@ impl Cmk {
     ) -> Result<Value, CoreError> {
         let trust = self.trust_mode(trust)?;
         let external_id = self.external_id(org).await?;
-        let principals: Vec<&str> = self
-            .inner
-            .config
-            .service_principal
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .collect();
+        let principals = self.service_principals();
         Ok(crate::setup_kit::cloudformation(
             &crate::setup_kit::KitInput {
                 org,

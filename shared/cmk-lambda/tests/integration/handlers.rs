@@ -495,19 +495,7 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
     }
 
     // The customer's role (trusting anyone with the org's external id) and KMS key.
-    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
-    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
-    let iam = aws_sdk_iam::Client::new(&env.config);
-    let role_arn =
-        cmk_aws_testkit::customer_role(&iam, &common::unique("customer"), &external_id).await;
-    let key_arn = aws_sdk_kms::Client::new(&env.config)
-        .create_key()
-        .send()
-        .await
-        .expect("key")
-        .key_metadata
-        .and_then(|m| m.arn)
-        .expect("arn");
+    let (role_arn, key_arn) = customer_role_and_key(&f, &env.config, &org).await;
 
     // The admin adds it (keys-write): it becomes the default and an adopt job starts.
     let mut add = org_event("keys-write/add-key.json", &org);
@@ -689,19 +677,7 @@ async fn the_scheduled_sweep_checks_due_keys_and_events_reach_eventbridge_on_the
     env.settings.event_bus = Some(bus);
     let f = Functions::new(&env.config, &env.settings);
     let org = common::unique("org");
-    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
-    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
-    let iam = aws_sdk_iam::Client::new(&env.config);
-    let role_arn =
-        cmk_aws_testkit::customer_role(&iam, &common::unique("customer"), &external_id).await;
-    let key_arn = aws_sdk_kms::Client::new(&env.config)
-        .create_key()
-        .send()
-        .await
-        .expect("key")
-        .key_metadata
-        .and_then(|m| m.arn)
-        .expect("arn");
+    let (role_arn, key_arn) = customer_role_and_key(&f, &env.config, &org).await;
     let mut add = org_event("keys-write/add-key.json", &org);
     set_body(
         &mut add,
@@ -851,19 +827,7 @@ async fn a_failed_event_put_fails_neither_the_request_nor_the_job_on_the_emulato
     env.settings.event_bus = Some(common::unique("no-such-bus"));
     let f = Functions::new(&env.config, &env.settings);
     let org = common::unique("org");
-    let setup = call(&f.write, &org_event("keys-write/setup.json", &org)).await;
-    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
-    let iam = aws_sdk_iam::Client::new(&env.config);
-    let role_arn =
-        cmk_aws_testkit::customer_role(&iam, &common::unique("customer"), &external_id).await;
-    let key_arn = aws_sdk_kms::Client::new(&env.config)
-        .create_key()
-        .send()
-        .await
-        .expect("key")
-        .key_metadata
-        .and_then(|m| m.arn)
-        .expect("arn");
+    let (role_arn, key_arn) = customer_role_and_key(&f, &env.config, &org).await;
     let mut add = org_event("keys-write/add-key.json", &org);
     set_body(
         &mut add,
@@ -1140,4 +1104,27 @@ async fn lint_every_kit(f: &Functions, org: &str) {
             );
         }
     }
+}
+
+/// The customer's side of a key of `org`: a role that trusts the org's external id (read from
+/// `keys/setup` through keys-write) and a KMS key.
+async fn customer_role_and_key(
+    f: &Functions,
+    config: &aws_config::SdkConfig,
+    org: &str,
+) -> (String, String) {
+    let setup = call(&f.write, &org_event("keys-write/setup.json", org)).await;
+    let external_id = setup.json()["external_id"].as_str().expect("id").to_owned();
+    let iam = aws_sdk_iam::Client::new(config);
+    let role_arn =
+        cmk_aws_testkit::customer_role(&iam, &common::unique("customer"), &external_id).await;
+    let key_arn = aws_sdk_kms::Client::new(config)
+        .create_key()
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .and_then(|m| m.arn)
+        .expect("arn");
+    (role_arn, key_arn)
 }
