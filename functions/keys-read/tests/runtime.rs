@@ -39,6 +39,17 @@ async fn the_binary_answers_api_gateway_events() {
     );
 }
 
+/// Runs the bootstrap with only `env`, which must stop its cold start; returns its stderr.
+fn refused_cold_start(env: Vec<(String, String)>) -> String {
+    let out = std::process::Command::new(binary())
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn a_missing_variable_stops_the_cold_start() {
     let runtime = FakeRuntime::start().await;
@@ -47,13 +58,7 @@ async fn a_missing_variable_stops_the_cold_start() {
         .into_iter()
         .filter(|(k, _)| k != "CMK_TABLE")
         .collect();
-    let out = std::process::Command::new(binary())
-        .env_clear()
-        .envs(env)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_cold_start(env);
     assert!(stderr.contains("CMK_TABLE"), "{stderr}");
 }
 
@@ -66,13 +71,7 @@ async fn an_oidc_issuer_that_is_not_https_stops_the_cold_start() {
         "http://cmk.example.com/oidc".into(),
     ));
     env.push(("CMK_OIDC_SIGNING_KEYS".into(), "alias/cmk-oidc".into()));
-    let out = std::process::Command::new(binary())
-        .env_clear()
-        .envs(env)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_cold_start(env);
     assert!(stderr.contains("CMK_OIDC_ISSUER"), "{stderr}");
     assert!(stderr.contains("https"), "{stderr}");
 }

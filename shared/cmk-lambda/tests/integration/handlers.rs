@@ -498,20 +498,14 @@ async fn the_worker_reencrypts_on_the_emulator_and_reports_partial_failures() {
     let (role_arn, key_arn) = customer_role_and_key(&f, &env.config, &org).await;
 
     // The admin adds it (keys-write): it becomes the default and an adopt job starts.
-    let mut add = org_event("keys-write/add-key.json", &org);
-    set_body(
-        &mut add,
-        &json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
-    );
-    let added = call(&f.write, &add).await;
-    assert_eq!(
-        added.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&added.body)
-    );
-    let new_key = added.json()["key"]["id"].as_str().expect("id").to_owned();
-    assert_eq!(added.json()["reencryption"]["kind"], "adopt");
+    let added = add_key(
+        &f,
+        &org,
+        json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
+    )
+    .await;
+    let new_key = added["key"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(added["reencryption"]["kind"], "adopt");
 
     // A job whose stored record is unreadable: its plan message fails on every delivery.
     let broken_org = common::unique("broken");
@@ -678,27 +672,18 @@ async fn the_scheduled_sweep_checks_due_keys_and_events_reach_eventbridge_on_the
     let f = Functions::new(&env.config, &env.settings);
     let org = common::unique("org");
     let (role_arn, key_arn) = customer_role_and_key(&f, &env.config, &org).await;
-    let mut add = org_event("keys-write/add-key.json", &org);
-    set_body(
-        &mut add,
-        &json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
-    );
-    let added = call(&f.write, &add).await;
-    assert_eq!(added.status, StatusCode::CREATED);
-    let key = added.json()["key"]["id"].as_str().expect("id").to_owned();
-    let job_id = added.json()["reencryption"]["id"]
+    let added = add_key(
+        &f,
+        &org,
+        json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
+    )
+    .await;
+    let key = added["key"]["id"].as_str().expect("id").to_owned();
+    let job_id = added["reencryption"]["id"]
         .as_str()
         .expect("job")
         .to_owned();
-    common::run_queue(
-        &f.worker,
-        &aws_sdk_sqs::Client::new(&env.config),
-        &env.queue_url,
-        &f.read,
-        &org,
-        Vec::new(),
-    )
-    .await;
+    job_to_end(&f, &env, &org).await;
 
     // An hour ago a use of the key failed; nothing has used it since.
     let failed_at = cmk_core::model::now() - chrono::Duration::hours(1);
@@ -828,29 +813,13 @@ async fn a_failed_event_put_fails_neither_the_request_nor_the_job_on_the_emulato
     let f = Functions::new(&env.config, &env.settings);
     let org = common::unique("org");
     let (role_arn, key_arn) = customer_role_and_key(&f, &env.config, &org).await;
-    let mut add = org_event("keys-write/add-key.json", &org);
-    set_body(
-        &mut add,
-        &json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
-    );
-    let added = call(&f.write, &add).await;
-    assert_eq!(
-        added.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&added.body)
-    );
-    common::run_queue(
-        &f.worker,
-        &aws_sdk_sqs::Client::new(&env.config),
-        &env.queue_url,
-        &f.read,
+    add_key(
+        &f,
         &org,
-        Vec::new(),
+        json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
     )
     .await;
-    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
-    assert_eq!(job.json()["reencryption"]["state"], "completed");
+    assert_eq!(job_to_end(&f, &env, &org).await["state"], "completed");
 }
 
 /// Keys in `oidc` trust mode through the functions, on the emulator: with an issuer
@@ -922,11 +891,7 @@ async fn keys_that_trust_the_oidc_issuer_go_through_the_flows_on_the_emulator() 
         .and_then(|m| m.arn)
         .expect("arn");
 
-    let add = |body: Value| {
-        let mut ev = org_event("keys-write/add-key.json", &org);
-        set_body(&mut ev, &body);
-        ev
-    };
+    let add = |body: Value| add_key_event(&org, &body);
     let bogus = call(
         &f.write,
         &add(json!({"name": "x", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn, "trust": "telepathy"})),
@@ -941,33 +906,17 @@ async fn keys_that_trust_the_oidc_issuer_go_through_the_flows_on_the_emulator() 
     assert_problem(&no_issuer, StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(no_issuer.json()["field"], "trust");
 
-    let added = call(
-        &f.write,
-        &add(json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn})),
+    let added = add_key(
+        &f,
+        &org,
+        json!({"name": "prod", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn}),
     )
     .await;
     assert_eq!(
-        added.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&added.body)
-    );
-    assert_eq!(
-        added.json()["key"]["aws"]["trust"],
-        "oidc",
+        added["key"]["aws"]["trust"], "oidc",
         "the default with an issuer"
     );
-    common::run_queue(
-        &f.worker,
-        &aws_sdk_sqs::Client::new(&env.config),
-        &env.queue_url,
-        &f.read,
-        &org,
-        Vec::new(),
-    )
-    .await;
-    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
-    assert_eq!(job.json()["reencryption"]["state"], "completed");
+    assert_eq!(job_to_end(&f, &env, &org).await["state"], "completed");
     let fresh = Functions::new(&env.config, &env.settings);
     for (ct, plaintext) in &samples {
         assert_eq!(&decrypt(&fresh.data, &org, ct).await, plaintext);
@@ -1045,29 +994,8 @@ async fn a_stack_of_the_setup_kit_gives_a_key_that_works_on_the_emulator() {
     };
     let (role_arn, key_arn) = (output("RoleArn"), output("KeyArn"));
 
-    let mut add = org_event("keys-write/add-key.json", &org);
-    set_body(
-        &mut add,
-        &json!({"name": "from-the-kit", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn, "trust": "external_id"}),
-    );
-    let added = call(&f.write, &add).await;
-    assert_eq!(
-        added.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&added.body)
-    );
-    common::run_queue(
-        &f.worker,
-        &aws_sdk_sqs::Client::new(&env.config),
-        &env.queue_url,
-        &f.read,
-        &org,
-        Vec::new(),
-    )
-    .await;
-    let job = call(&f.read, &org_event("keys-read/reencryption.json", &org)).await;
-    assert_eq!(job.json()["reencryption"]["state"], "completed");
+    add_key(&f, &org, json!({"name": "from-the-kit", "type": "aws-kms", "role_arn": role_arn, "key_arn": key_arn, "trust": "external_id"})).await;
+    assert_eq!(job_to_end(&f, &env, &org).await["state"], "completed");
     let fresh = Functions::new(&env.config, &env.settings);
     assert_eq!(decrypt(&fresh.data, &org, &ct).await, b"kit");
 }
@@ -1127,4 +1055,40 @@ async fn customer_role_and_key(
         .and_then(|m| m.arn)
         .expect("arn");
     (role_arn, key_arn)
+}
+
+/// `POST keys` of `org` with `body`, as the HTTP API hands it to keys-write.
+fn add_key_event(org: &str, body: &Value) -> Value {
+    let mut ev = org_event("keys-write/add-key.json", org);
+    set_body(&mut ev, body);
+    ev
+}
+
+/// Adds a key of `org` through keys-write, which must answer 201; returns the answer.
+async fn add_key(f: &Functions, org: &str, body: Value) -> Value {
+    let added = call(&f.write, &add_key_event(org, &body)).await;
+    assert_eq!(
+        added.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    added.json()
+}
+
+/// Plays the queue for the worker until `org`'s job ends; returns the job as keys-read shows it.
+async fn job_to_end(f: &Functions, env: &common::Emulated, org: &str) -> Value {
+    common::run_queue(
+        &f.worker,
+        &aws_sdk_sqs::Client::new(&env.config),
+        &env.queue_url,
+        &f.read,
+        org,
+        Vec::new(),
+    )
+    .await;
+    call(&f.read, &org_event("keys-read/reencryption.json", org))
+        .await
+        .json()["reencryption"]
+        .clone()
 }
