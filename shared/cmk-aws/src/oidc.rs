@@ -68,7 +68,7 @@ impl KmsTokenSigner {
         }
         let point = spki[P256_SPKI_LEN - 65..].to_vec();
         let public = PublicKey {
-            kid: key_id(&point, sha256),
+            kid: key_id(&point),
             point,
         };
         lock(&self.public).insert(key_id_or_arn.to_owned(), public.clone());
@@ -78,13 +78,6 @@ impl KmsTokenSigner {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 /// An ECDSA signature as KMS returns it (DER: `SEQUENCE { INTEGER r, INTEGER s }`) as JWS

@@ -89,8 +89,9 @@ impl PublicKey {
 
 /// The `kid` of a public key: the first 16 bytes of the SHA-256 of its uncompressed point,
 /// base64url: stable, and different for every key.
-pub fn key_id(point: &[u8], sha256: impl Fn(&[u8]) -> [u8; 32]) -> String {
-    B64.encode(&sha256(point)[..16])
+pub fn key_id(point: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    B64.encode(&Sha256::digest(point)[..16])
 }
 
 fn coordinates(point: &[u8]) -> Result<(&[u8], &[u8]), KeyError> {

@@ -93,7 +93,7 @@ impl LocalOidcKeys {
             )
         })?;
         let point = pair.public_key().as_ref().to_vec();
-        let kid = key_id(&point, sha256);
+        let kid = key_id(&point);
         Ok((PublicKey { kid, point }, pair))
     }
 
@@ -105,13 +105,6 @@ impl LocalOidcKeys {
         }
         Ok(pairs)
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 fn generate() -> io::Result<Vec<u8>> {
