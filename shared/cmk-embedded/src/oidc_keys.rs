@@ -139,8 +139,19 @@ impl TokenSigner for LocalOidcKeys {
     }
 
     async fn sign(&self, kid: &str, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let pairs = self.pairs().map_err(unavailable)?;
-        let (_, pair) = pairs.iter().find(|(p, _)| p.kid == kid).ok_or_else(|| {
+        // The current key signs nearly always: the previous one is read only when asked for.
+        let mut found = None;
+        for name in [CURRENT, PREVIOUS] {
+            if name == PREVIOUS && !self.path(PREVIOUS).exists() {
+                break;
+            }
+            let (public, pair) = self.load(name).map_err(unavailable)?;
+            if public.kid == kid {
+                found = Some(pair);
+                break;
+            }
+        }
+        let pair = found.ok_or_else(|| {
             KeyError::new(
                 KeyErrorKind::KeyNotFound,
                 format!("no OIDC signing key {kid}"),
