@@ -1,6 +1,6 @@
 //! Revocation with a `local` key: decrypt answers `key_unavailable` naming the key, health shows
 //! it, a job that needs the key fails with per-data-key errors, and completes after access
-//! returns and an admin retries.
+//! returns and an admin retries. Health-check runs that see one revocation at once record it once.
 
 use cmk_tests as common;
 
@@ -265,4 +265,38 @@ async fn a_revoked_key_under_load_writes_its_health_once_per_interval_not_once_p
     );
     let listing = app.keys(org).await;
     assert_eq!(listing["keys"][1]["health"]["status"], "access_denied");
+}
+
+/// A change of a key's health is audited and counted once however many observers see it: four
+/// health-check runs at once after a revocation report one change between them and write one
+/// `key.health_changed` (the store hands back the health each write replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_health_checks_record_a_change_once() {
+    let app = TestApp::start().await;
+    let org = OrgId::from_trusted("observers");
+    let k1 = app.add_local_key(org.as_str(), "customer").await;
+    app.keys
+        .set_revoked(&org, &KeyId::from_trusted(k1.as_str()), true)
+        .expect("revoke");
+    let config = cmk_core::health::HealthCheckConfig {
+        interval: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let runs = futures::future::join_all((0..4).map(|_| app.cmk.check_due_keys(&config))).await;
+    let runs: Vec<_> = runs.into_iter().map(|r| r.expect("a run")).collect();
+    assert_eq!(runs.iter().map(|r| r.checked).sum::<usize>(), 4, "{runs:?}");
+    assert_eq!(runs.iter().map(|r| r.changed).sum::<usize>(), 1, "{runs:?}");
+    let (events, _) = app.cmk.audit(&org, 100, None).await.expect("audit");
+    let changes: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "key.health_changed")
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        changes[0]
+            .detail
+            .as_deref()
+            .map(|d| d.starts_with("ok -> access_denied")),
+        Some(true)
+    );
 }
