@@ -291,7 +291,7 @@ async fn an_admin_sets_a_keys_rate_limit_within_bounds() {
         .expect("events")
         .iter()
         .any(|e| e["action"] == "key.rate_limit_set"
-            && e["detail"] == "250 to 1200 KMS requests per second"));
+            && e["detail"] == "250 to 1200 requests per second"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

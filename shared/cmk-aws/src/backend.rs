@@ -271,6 +271,7 @@ pub fn build_counted(
             service_principal: settings.service_principal.clone(),
             allow_local_keys: false,
             allow_aws_keys: true,
+            allow_vault_keys: false,
             health_write_interval: settings.failure_memory,
             stalled_after: settings.stalled_after,
             service_account_id: settings

@@ -382,6 +382,10 @@ impl KmsKeyProvider {
                 KeyErrorKind::Unsupported,
                 "local keys exist only when the service runs locally",
             )),
+            KeySpec::VaultTransit(_) => Err(KeyError::new(
+                KeyErrorKind::Unsupported,
+                "vault-transit keys need the transit key provider",
+            )),
         }
     }
 
@@ -610,8 +614,8 @@ impl KmsKeyProvider {
                 resolved_key_arn,
                 ..
             } => resolved_key_arn.as_deref().unwrap_or(key_arn),
-            // The service key has one region; local keys never reach this provider.
-            KeySpec::ServiceManaged | KeySpec::Local => return None,
+            // The service key has one region; local and transit keys never reach this provider.
+            KeySpec::ServiceManaged | KeySpec::Local | KeySpec::VaultTransit(_) => return None,
         };
         self.other_region(arn_region(key))
     }

@@ -145,6 +145,9 @@ impl From<KeyFailure> for Failure {
 /// The rewrapped key, or why it did not move.
 type RewrapResult = Result<Wrapped, Failure>;
 
+/// How many batch-endpoint calls one batch message has in flight at once.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
 /// How many planned batch messages are sent at once.
 const SEND_CHUNK: usize = 100;
 
@@ -426,11 +429,18 @@ impl RewrapEngine {
     ) -> Result<bool, CoreError> {
         // Keys with no network call and no rate limit are rewrapped a page at a time; the
         // others one data key per provider call.
-        let local = limits.from.is_none()
-            && limits.to.is_none()
-            && self.cmk.key_provider().rewraps_locally(from, to);
+        let keys = self.cmk.key_provider();
+        let local = limits.from.is_none() && limits.to.is_none() && keys.rewraps_locally(from, to);
+        // Keys with batch endpoints: a page in a few calls of many data keys each.
+        let chunk = [keys.batch_limit(from), keys.batch_limit(to)]
+            .into_iter()
+            .flatten()
+            .min();
         let results = if local {
             self.rewrap_page_locally(org, from, to, records).await?
+        } else if let Some(chunk) = chunk {
+            self.rewrap_page_in_chunks(org, from, to, limits, records, chunk.max(1))
+                .await
         } else {
             self.rewrap_page_by_calls(org, from, to, limits, records)
                 .await
@@ -566,6 +576,180 @@ impl RewrapEngine {
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await
+    }
+
+    /// A page through the providers' batch endpoints, in chunks of `chunk` data keys, up to
+    /// [`CHUNKS_IN_FLIGHT`] at once. Each call takes one slot of its key's rate limit: the
+    /// limit counts requests, and a batch is one request. Once a key fails, the remaining
+    /// chunks fail fast with the same reason, as in [`Self::rewrap_page_by_calls`].
+    async fn rewrap_page_in_chunks(
+        &self,
+        org: &OrgId,
+        from: &Kek,
+        to: &Kek,
+        limits: &BatchLimits,
+        mut records: Vec<DataKeyRecord>,
+        chunk: usize,
+    ) -> Vec<(DataKeyRecord, RewrapResult)> {
+        let mut chunks = Vec::with_capacity(records.len().div_ceil(chunk));
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(chunk));
+            chunks.push(std::mem::replace(&mut records, rest));
+        }
+        let broken: Mutex<Option<Failure>> = Mutex::new(None);
+        let done: Vec<Vec<(DataKeyRecord, RewrapResult)>> = stream::iter(chunks)
+            .map(|records| {
+                let broken = &broken;
+                async move {
+                    let known = broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let results = match known {
+                        Some(failure) => vec![Err(failure); records.len()],
+                        None => {
+                            let items: Vec<RewrapItem> = records
+                                .iter()
+                                .map(|r| RewrapItem {
+                                    ctx: data_key_context(org, &r.id),
+                                    wrapped: r.wrapped.clone(),
+                                })
+                                .collect();
+                            let results = match self
+                                .rewrap_chunk_with_retries(from, to, limits, &items)
+                                .await
+                            {
+                                Ok(results) => results,
+                                Err(failure) => vec![Err(failure); items.len()],
+                            };
+                            let key_failure = results.iter().find_map(|r| match r {
+                                Err(f @ Failure::Key { error, .. })
+                                    if !error.kind.is_data_key_own() =>
+                                {
+                                    Some(f.clone())
+                                }
+                                _ => None,
+                            });
+                            if key_failure.is_some() {
+                                *broken.lock().unwrap_or_else(|e| e.into_inner()) = key_failure;
+                            }
+                            results
+                        }
+                    };
+                    records.into_iter().zip(results).collect()
+                }
+            })
+            .buffer_unordered(CHUNKS_IN_FLIGHT)
+            .collect()
+            .await;
+        done.into_iter().flatten().collect()
+    }
+
+    /// One chunk, retrying a call that was throttled or failed transiently as a whole, with
+    /// backoff within the message's budget.
+    async fn rewrap_chunk_with_retries(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        limits: &BatchLimits,
+        items: &[RewrapItem],
+    ) -> Result<Vec<RewrapResult>, Failure> {
+        let mut attempt = 0;
+        loop {
+            match self.rewrap_chunk_once(from, to, limits, items).await {
+                Err(Failure::Key { ref error, .. })
+                    if error.kind.is_retryable() && attempt + 1 < self.config.max_attempts =>
+                {
+                    let delay = self.config.retry_backoff * 2u32.saturating_pow(attempt);
+                    if tokio::time::Instant::now() + delay > limits.deadline {
+                        return Err(Failure::Deferred);
+                    }
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One try at a chunk: a one-call rewrap where the provider has one (the plaintext stays
+    /// in the provider), else a batch unwrap from `from` and a batch wrap to `to`.
+    async fn rewrap_chunk_once(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        limits: &BatchLimits,
+        items: &[RewrapItem],
+    ) -> Result<Vec<RewrapResult>, Failure> {
+        let keys = self.cmk.key_provider();
+        let failed = |kek: &Kek, limiter: &Option<Arc<Limiter>>, error: KeyError| {
+            BatchLimits::throttled(limiter, &error);
+            Failure::Key {
+                key_id: kek.key_id.clone(),
+                error,
+            }
+        };
+        let answered = |n: usize, kek: &Kek| {
+            failed(
+                kek,
+                &None,
+                KeyError::new(
+                    KeyErrorKind::Transient,
+                    format!(
+                        "the key provider answered {n} results for {} data keys",
+                        items.len()
+                    ),
+                ),
+            )
+        };
+        BatchLimits::acquire(&limits.from, limits.deadline).await?;
+        let same_key = from.key_id == to.key_id;
+        if !same_key {
+            BatchLimits::acquire(&limits.to, limits.deadline).await?;
+        }
+        match keys.rewrap_batch(from, to, items).await {
+            Ok(Some(results)) if results.len() == items.len() => {
+                return Ok(results
+                    .into_iter()
+                    .map(|r| r.map_err(|e| failed(from, &None, e)))
+                    .collect())
+            }
+            Ok(Some(results)) => return Err(answered(results.len(), from)),
+            Ok(None) => {}
+            Err(e) => {
+                BatchLimits::throttled(&limits.to, &e);
+                return Err(failed(from, &limits.from, e));
+            }
+        }
+        let plain = keys
+            .unwrap_batch(from, items)
+            .await
+            .map_err(|e| failed(from, &limits.from, e))?;
+        if plain.len() != items.len() {
+            return Err(answered(plain.len(), from));
+        }
+        let mut out: Vec<Option<RewrapResult>> = Vec::with_capacity(items.len());
+        let (mut to_wrap, mut slots) = (Vec::new(), Vec::new());
+        for (i, r) in plain.into_iter().enumerate() {
+            match r {
+                Ok(key) => {
+                    to_wrap.push((items[i].ctx.clone(), key));
+                    slots.push(i);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(failed(from, &None, e)))),
+            }
+        }
+        if !to_wrap.is_empty() {
+            let wrapped = keys
+                .wrap_batch(to, &to_wrap)
+                .await
+                .map_err(|e| failed(to, &limits.to, e))?;
+            if wrapped.len() != to_wrap.len() {
+                return Err(answered(wrapped.len(), to));
+            }
+            for (i, r) in slots.into_iter().zip(wrapped) {
+                out[i] = Some(r.map_err(|e| failed(to, &None, e)));
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     /// Shows on the job whether KMS throttling slowed it, and to what rate: written only when

@@ -7,7 +7,7 @@
 //! - **Data key**: a random key that a customer's service encrypts its data with; stored only
 //!   wrapped.
 //! - **Wrapping key** (KEK): what wraps data keys: the service-managed key or a customer
-//!   managed key (`local` or `aws-kms`).
+//!   managed key (`local`, `aws-kms` or `vault-transit`).
 //! - **Wrap / unwrap**: encrypt / decrypt a data key under a wrapping key, with the data key's
 //!   encryption context.
 //! - **Rewrap**: move one data key from one wrapping key to another: unwrap then wrap, or one
@@ -24,6 +24,7 @@
 //!   (`rules`) and commits conditionally on the snapshot's version.
 
 pub mod cache;
+pub mod credentials;
 pub mod crypto;
 pub mod defaults;
 pub mod engine;
@@ -34,12 +35,14 @@ pub mod metrics;
 pub mod model;
 pub mod oidc;
 pub mod ports;
+pub mod providers;
 pub mod ratelimit;
 pub mod rules;
 pub mod service;
 pub mod setup_kit;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
+pub mod vault;
 pub mod worker;
 
 pub use error::CoreError;

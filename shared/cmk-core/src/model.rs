@@ -27,7 +27,7 @@ impl InvalidValue {
         }
     }
 
-    fn of(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn of(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             field: Some(field),
@@ -178,6 +178,8 @@ pub enum KeyType {
     AwsKms,
     #[serde(rename = "local")]
     Local,
+    #[serde(rename = "vault-transit")]
+    VaultTransit,
 }
 
 impl KeyType {
@@ -186,6 +188,7 @@ impl KeyType {
             KeyType::ServiceManaged => "service-managed",
             KeyType::AwsKms => "aws-kms",
             KeyType::Local => "local",
+            KeyType::VaultTransit => "vault-transit",
         }
     }
 }
@@ -230,6 +233,8 @@ pub enum KeySpec {
     },
     /// A key held by the local key provider in the data directory (local runs only).
     Local,
+    /// A key of a customer's Vault or OpenBao transit engine ([`crate::vault`]).
+    VaultTransit(crate::vault::VaultTransitKey),
 }
 
 impl KeySpec {
@@ -238,6 +243,7 @@ impl KeySpec {
             KeySpec::ServiceManaged => KeyType::ServiceManaged,
             KeySpec::AwsKms { .. } => KeyType::AwsKms,
             KeySpec::Local => KeyType::Local,
+            KeySpec::VaultTransit(_) => KeyType::VaultTransit,
         }
     }
 }
@@ -402,7 +408,7 @@ pub fn validate_rewrap_rate_limit(limit: u32) -> Result<u32, InvalidValue> {
         Err(InvalidValue::of(
             "rewrap_rate_limit",
             format!(
-                "rewrap_rate_limit must be from {} to {} KMS requests per second",
+                "rewrap_rate_limit must be from {} to {} provider requests per second",
                 REWRAP_RATE_LIMITS.start(),
                 REWRAP_RATE_LIMITS.end()
             ),

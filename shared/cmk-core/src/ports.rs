@@ -491,6 +491,55 @@ pub trait KeyProvider: Send + Sync + 'static {
             .collect()
     }
 
+    /// How many data keys one call of `kek`'s batch endpoints takes (Vault transit's
+    /// `batch_input`), within the server's request limits; `None` when each data key is one
+    /// call. Where either key of a re-encryption batches, the engine moves a page in chunks of
+    /// this size through [`KeyProvider::rewrap_batch`] or the two calls below.
+    fn batch_limit(&self, kek: &Kek) -> Option<usize> {
+        let _ = kek;
+        None
+    }
+
+    /// Wraps a chunk of data keys: one result per item, in order. `Err` when the call as a
+    /// whole failed (a failure of the key, not of one data key). The default wraps one by one.
+    async fn wrap_batch(
+        &self,
+        kek: &Kek,
+        items: &[(EncryptionContext, DataKey)],
+    ) -> Result<Vec<Result<Wrapped, KeyError>>, KeyError> {
+        let mut out = Vec::with_capacity(items.len());
+        for (ctx, key) in items {
+            out.push(self.wrap(kek, ctx, key).await);
+        }
+        Ok(out)
+    }
+
+    /// Unwraps a chunk of data keys, like [`KeyProvider::wrap_batch`].
+    async fn unwrap_batch(
+        &self,
+        kek: &Kek,
+        items: &[RewrapItem],
+    ) -> Result<Vec<Result<DataKey, KeyError>>, KeyError> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.unwrap(kek, &item.ctx, &item.wrapped).await);
+        }
+        Ok(out)
+    }
+
+    /// Moves a chunk from `from` to `to` in one call with the plaintext never leaving the
+    /// provider (transit `rewrap` between versions of one key); `None` when not supported, and
+    /// the engine unwraps then wraps the chunk.
+    async fn rewrap_batch(
+        &self,
+        from: &Kek,
+        to: &Kek,
+        items: &[RewrapItem],
+    ) -> Result<Option<Vec<Result<Wrapped, KeyError>>>, KeyError> {
+        let _ = (from, to, items);
+        Ok(None)
+    }
+
     /// A real round trip (encrypt and decrypt a test value). Returns the resolved key, if any.
     async fn check(&self, kek: &Kek) -> Result<Option<String>, KeyError>;
 }

@@ -202,7 +202,10 @@ pub fn set_rate_limit(
     }
     let limit = crate::model::validate_rewrap_rate_limit(limit)?;
     let mut record = find_key(s, key).ok_or_else(|| not_found(key))?;
-    if !matches!(record.spec, KeySpec::AwsKms { .. }) {
+    if !matches!(
+        record.spec,
+        KeySpec::AwsKms { .. } | KeySpec::VaultTransit(_)
+    ) {
         return Err(CoreError::InvalidRequest(format!(
             "key {key} is a {} key, which has no re-encryption rate limit",
             record.spec.key_type().as_str()
@@ -215,8 +218,8 @@ pub fn set_rate_limit(
         AuditEvent::new(actor, AuditAction::KeyRateLimitSet)
             .key(key)
             .detail(match before {
-                Some(b) => format!("{b} to {limit} KMS requests per second"),
-                None => format!("{limit} KMS requests per second"),
+                Some(b) => format!("{b} to {limit} requests per second"),
+                None => format!("{limit} requests per second"),
             }),
     );
     c.upsert_keys.push(record);
@@ -603,7 +606,7 @@ mod tests {
         assert_eq!(c.events[0].action, "key.rate_limit_set");
         assert_eq!(
             c.events[0].detail.as_deref(),
-            Some("250 to 500 KMS requests per second")
+            Some("250 to 500 requests per second")
         );
         for bad in [0, 10_001] {
             assert!(matches!(

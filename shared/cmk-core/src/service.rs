@@ -39,6 +39,8 @@ pub struct ServiceConfig {
     pub allow_local_keys: bool,
     /// Whether `aws-kms` keys may be added (needs the AWS key provider).
     pub allow_aws_keys: bool,
+    /// Whether `vault-transit` keys may be added (needs the transit key provider).
+    pub allow_vault_keys: bool,
     /// At most one key-health write per key per this interval is caused by failing calls, so a
     /// revoked key under load does not turn every failed decrypt into a store write.
     pub health_write_interval: Duration,
@@ -62,6 +64,7 @@ impl Default for ServiceConfig {
             service_principal: crate::defaults::SERVICE_PRINCIPAL.into(),
             allow_local_keys: true,
             allow_aws_keys: false,
+            allow_vault_keys: false,
             health_write_interval: Duration::from_secs(crate::defaults::FAILURE_MEMORY_SECS),
             stalled_after: Duration::from_secs(crate::defaults::LOCAL_STALLED_AFTER_SECS),
             service_account_id: None,
@@ -117,6 +120,16 @@ pub enum NewKeySpec {
         trust: Option<TrustMode>,
     },
     Local,
+    VaultTransit {
+        address: String,
+        /// `None`: [`crate::vault::DEFAULT_MOUNT`].
+        mount: Option<String>,
+        key_name: String,
+        namespace: Option<String>,
+        credential: crate::vault::VaultCredential,
+        /// `None`: no limit.
+        rewrap_rate_limit: Option<u32>,
+    },
 }
 
 /// Most attempts at a conditional commit before answering [`CoreError::Contention`].
@@ -493,6 +506,7 @@ impl Cmk {
         spec: NewKeySpec,
     ) -> Result<(Key, Option<Job>), CoreError> {
         let name = validate_key_name(name)?;
+        let key_id = KeyId::generate();
         let mut rate_limit = None;
         let spec = match spec {
             NewKeySpec::Local if !self.inner.config.allow_local_keys => {
@@ -525,13 +539,64 @@ impl Cmk {
                     trust: self.trust_mode(trust)?,
                 }
             }
+            NewKeySpec::VaultTransit { .. } if !self.inner.config.allow_vault_keys => {
+                return Err(CoreError::InvalidRequest(
+                    "vault-transit keys are not enabled on this service".into(),
+                ))
+            }
+            NewKeySpec::VaultTransit {
+                address,
+                mount,
+                key_name,
+                namespace,
+                credential,
+                rewrap_rate_limit,
+            } => {
+                let address = crate::vault::validate_address(&address)?;
+                let mount = crate::vault::validate_mount(
+                    mount.as_deref().unwrap_or(crate::vault::DEFAULT_MOUNT),
+                )?;
+                let key_name = crate::vault::validate_key_name(&key_name)?;
+                let namespace = namespace
+                    .as_deref()
+                    .filter(|n| !n.trim().is_empty())
+                    .map(crate::vault::validate_namespace)
+                    .transpose()?;
+                credential.validate()?;
+                rate_limit = rewrap_rate_limit
+                    .map(crate::model::validate_rewrap_rate_limit)
+                    .transpose()?;
+                let secret = zeroize::Zeroizing::new(
+                    serde_json::to_vec(&credential)
+                        .map_err(|e| CoreError::Internal(format!("credential: {e}")))?,
+                );
+                let sealed =
+                    crate::credentials::seal(self.inner.keys.as_ref(), org, &key_id, &secret)
+                        .await
+                        .map_err(|e| {
+                            CoreError::Internal(format!(
+                                "cannot seal the credential under the service-managed key: {e}"
+                            ))
+                        })?;
+                KeySpec::VaultTransit(crate::vault::VaultTransitKey {
+                    address,
+                    mount,
+                    key_name,
+                    namespace,
+                    auth: crate::vault::VaultAuth {
+                        method: credential.method(),
+                        fingerprint: credential.fingerprint(),
+                        sealed,
+                    },
+                })
+            }
         };
         let external_id = self.external_id(org).await?;
         rules::precheck_add(&self.snapshot(org).await?, &name)?;
 
         let mut kek = Kek {
             org: org.clone(),
-            key_id: KeyId::generate(),
+            key_id,
             spec,
             external_id: Some(external_id),
         };

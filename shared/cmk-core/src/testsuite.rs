@@ -14,12 +14,13 @@ use std::time::Duration;
 use crate::crypto::DataKey;
 use crate::error::{KeyErrorKind, StoreError};
 use crate::model::{
-    data_key_context, AuditAction, AuditEvent, DataKeyId, DataKeyRecord, Health, HealthStatus, Job,
-    JobError, JobId, JobKind, JobState, KeyId, KeyRecord, KeySpec, KeyState, OrgId,
+    data_key_context, AuditAction, AuditEvent, DataKeyId, DataKeyRecord, EncryptionContext, Health,
+    HealthStatus, Job, JobError, JobId, JobKind, JobState, KeyId, KeyRecord, KeySpec, KeyState,
+    OrgId,
 };
 use crate::ports::{
-    BatchCommit, DataKeyMove, JobChange, JobUpdate, Kek, KeyProvider, OrgCommit, RewrapMessage,
-    RewrapQueue, Store,
+    BatchCommit, DataKeyMove, JobChange, JobUpdate, Kek, KeyProvider, OrgCommit, RewrapItem,
+    RewrapMessage, RewrapQueue, Store,
 };
 
 fn unique_org(prefix: &str) -> OrgId {
@@ -995,4 +996,52 @@ pub async fn key_provider_contract(provider: &dyn KeyProvider, a: &Kek, b: &Kek)
             .expose(),
         dk.expose()
     );
+
+    batch_promises(provider, a, b).await;
+}
+
+/// Batches answer one result per item, in order; a bad item fails alone; a one-call batch
+/// rewrap, where offered, yields blobs the target opens.
+async fn batch_promises(provider: &dyn KeyProvider, a: &Kek, b: &Kek) {
+    let keys: Vec<(EncryptionContext, DataKey)> = (0..5)
+        .map(|_| {
+            (
+                data_key_context(&a.org, &DataKeyId::generate()),
+                DataKey::generate(),
+            )
+        })
+        .collect();
+    let wrapped = provider.wrap_batch(a, &keys).await.unwrap();
+    assert_eq!(wrapped.len(), keys.len(), "one result per item");
+    let mut items: Vec<RewrapItem> = keys
+        .iter()
+        .zip(&wrapped)
+        .map(|((ctx, _), w)| RewrapItem {
+            ctx: ctx.clone(),
+            wrapped: w.as_ref().expect("wrapped").blob.clone(),
+        })
+        .collect();
+    let good = items.clone();
+    items[2].ctx = data_key_context(&a.org, &DataKeyId::generate());
+    let back = provider.unwrap_batch(a, &items).await.unwrap();
+    assert_eq!(back.len(), items.len());
+    for (i, r) in back.iter().enumerate() {
+        match r {
+            Err(e) if i == 2 => assert_eq!(e.kind, KeyErrorKind::InvalidCiphertext),
+            Ok(k) if i != 2 => assert_eq!(k.expose(), keys[i].1.expose(), "item {i} in order"),
+            other => panic!("item {i}: {:?}", other.as_ref().map(|_| "a key")),
+        }
+    }
+    for (from, to) in [(a, a), (a, b)] {
+        if let Some(moved) = provider.rewrap_batch(from, to, &good).await.unwrap() {
+            assert_eq!(moved.len(), good.len());
+            for ((ctx, dk), m) in keys.iter().zip(moved) {
+                let m = m.expect("moved");
+                assert_eq!(
+                    provider.unwrap(to, ctx, &m.blob).await.unwrap().expose(),
+                    dk.expose()
+                );
+            }
+        }
+    }
 }

@@ -153,9 +153,12 @@ impl LocalKeyProvider {
     fn material(&self, kek: &Kek) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
         match &kek.spec {
             KeySpec::ServiceManaged => Ok(self.service.clone()),
-            KeySpec::AwsKms { .. } => Err(KeyError::new(
+            KeySpec::AwsKms { .. } | KeySpec::VaultTransit(_) => Err(KeyError::new(
                 KeyErrorKind::Unsupported,
-                "aws-kms keys need the AWS key provider",
+                format!(
+                    "{} keys need another key provider",
+                    kek.spec.key_type().as_str()
+                ),
             )),
             KeySpec::Local => {
                 let path = self.local_path(&kek.org, &kek.key_id)?;

@@ -25,6 +25,8 @@ pub enum KeyTypeDto {
     AwsKms,
     #[serde(rename = "local")]
     Local,
+    #[serde(rename = "vault-transit")]
+    VaultTransit,
 }
 
 impl From<KeyType> for KeyTypeDto {
@@ -33,6 +35,7 @@ impl From<KeyType> for KeyTypeDto {
             KeyType::ServiceManaged => Self::ServiceManaged,
             KeyType::AwsKms => Self::AwsKms,
             KeyType::Local => Self::Local,
+            KeyType::VaultTransit => Self::VaultTransit,
         }
     }
 }
@@ -166,6 +169,28 @@ pub struct AwsKeyDto {
     pub trust: TrustModeDto,
 }
 
+/// Where a `vault-transit` key is and how the service logs in; the credential itself is
+/// never returned.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = VaultKey)]
+pub struct VaultKeyDto {
+    pub address: String,
+    pub mount: String,
+    pub key_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub auth: VaultAuthDto,
+}
+
+/// The login method and a fingerprint of the credential (the first 8 bytes of its SHA-256).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = VaultAuth)]
+pub struct VaultAuthDto {
+    /// `approle` or `token`.
+    pub method: String,
+    pub fingerprint: String,
+}
+
 /// A key-encryption key of the org.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = Key)]
@@ -185,8 +210,12 @@ pub struct KeyDto {
     /// Set for `aws-kms` keys only.
     #[schema(required = true)]
     pub aws: Option<AwsKeyDto>,
-    /// KMS requests per second a re-encryption may spend on this key (`aws-kms` keys only;
-    /// `null` for the service-managed and `local` keys, which have no limit).
+    /// Set for `vault-transit` keys only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultKeyDto>,
+    /// Provider requests per second a re-encryption may spend on this key (`aws-kms` and
+    /// `vault-transit` keys; `null` for the service-managed and `local` keys, and for transit
+    /// keys nobody limited).
     #[schema(required = true)]
     pub rewrap_rate_limit: Option<u32>,
     /// When an admin added the key. Absent for the service-managed key, which every org has
@@ -200,6 +229,19 @@ impl From<Key> for KeyDto {
     fn from(k: Key) -> Self {
         let r = k.record;
         let key_type = r.spec.key_type().into();
+        let vault = match &r.spec {
+            KeySpec::VaultTransit(v) => Some(VaultKeyDto {
+                address: v.address.clone(),
+                mount: v.mount.clone(),
+                key_name: v.key_name.clone(),
+                namespace: v.namespace.clone(),
+                auth: VaultAuthDto {
+                    method: v.auth.method.as_str().to_owned(),
+                    fingerprint: v.auth.fingerprint.clone(),
+                },
+            }),
+            _ => None,
+        };
         let aws = match r.spec {
             KeySpec::AwsKms {
                 role_arn,
@@ -212,7 +254,7 @@ impl From<Key> for KeyDto {
                 resolved_key_arn,
                 trust: trust.into(),
             }),
-            KeySpec::ServiceManaged | KeySpec::Local => None,
+            KeySpec::ServiceManaged | KeySpec::Local | KeySpec::VaultTransit(_) => None,
         };
         Self {
             id: r.id.to_string(),
@@ -233,6 +275,7 @@ impl From<Key> for KeyDto {
                 }),
             },
             aws,
+            vault,
             rewrap_rate_limit: r.rewrap_rate_limit,
             created_at: (!r.id.is_service()).then_some(r.created_at),
             created_by: r.created_by,
@@ -392,6 +435,36 @@ pub struct SetupResponse {
     /// The `oidc` mode; `null` where the service is not an OIDC issuer.
     #[schema(required = true)]
     pub oidc: Option<OidcSetupDto>,
+    /// For `vault-transit` keys, where the service accepts them: the policy and commands for
+    /// the key named by `vault_key_name` at `vault_mount`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultSetupDto>,
+}
+
+/// What a customer sets up in Vault or OpenBao for a `vault-transit` key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = VaultSetup)]
+pub struct VaultSetupDto {
+    pub mount: String,
+    pub key_name: String,
+    /// Why the key must be created with `derived=true`.
+    pub requirement: String,
+    /// The policy to grant the service (HCL): encrypt, decrypt and rewrap on this key only.
+    pub policy: String,
+    /// Commands that create the key, the policy and an AppRole for the service.
+    pub commands: String,
+}
+
+impl From<cmk_core::vault::VaultSetup> for VaultSetupDto {
+    fn from(v: cmk_core::vault::VaultSetup) -> Self {
+        Self {
+            mount: v.mount,
+            key_name: v.key_name,
+            requirement: v.requirement.to_owned(),
+            policy: v.policy,
+            commands: v.commands,
+        }
+    }
 }
 
 /// What the customer's account needs to trust the service's OIDC issuer.
@@ -423,6 +496,7 @@ impl From<Setup> for SetupResponse {
                 subject: o.subject,
                 trust_policy: o.trust_policy,
             }),
+            vault: None,
         }
     }
 }
@@ -513,9 +587,40 @@ pub enum NewKeyType {
     /// Local runs only.
     #[serde(rename = "local")]
     Local,
+    /// A derived key of a Vault or OpenBao transit engine.
+    #[serde(rename = "vault-transit")]
+    VaultTransit,
 }
 
-/// `aws-kms` needs `role_arn` and `key_arn`; `local` takes neither.
+/// How the service logs in to Vault: an AppRole or a token. Stored sealed under the
+/// service-managed key and never returned (keys show the method and a fingerprint).
+#[derive(Deserialize, ToSchema)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+#[schema(as = VaultCredential)]
+pub enum VaultCredentialDto {
+    AppRole { role_id: String, secret_id: String },
+    Token { token: String },
+}
+
+impl std::fmt::Debug for VaultCredentialDto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultCredential(<redacted>)")
+    }
+}
+
+impl From<VaultCredentialDto> for cmk_core::vault::VaultCredential {
+    fn from(c: VaultCredentialDto) -> Self {
+        match c {
+            VaultCredentialDto::AppRole { role_id, secret_id } => {
+                Self::AppRole { role_id, secret_id }
+            }
+            VaultCredentialDto::Token { token } => Self::Token { token },
+        }
+    }
+}
+
+/// `aws-kms` needs `role_arn` and `key_arn`; `vault-transit` needs `address`, `key_name` and
+/// `auth`; `local` takes none of them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
@@ -532,14 +637,29 @@ pub struct AddKeyRequest {
     pub role_arn: Option<String>,
     #[serde(default)]
     pub key_arn: Option<String>,
-    /// `aws-kms` only: KMS requests per second a re-encryption may spend on the key, 1 to
-    /// 10,000 (default 250).
+    /// `aws-kms` and `vault-transit`: provider requests per second a re-encryption may spend
+    /// on the key, 1 to 10,000 (default 250 for `aws-kms`, no limit for `vault-transit`).
     #[serde(default)]
     pub rewrap_rate_limit: Option<u32>,
     /// `aws-kms` only: how the role trusts the service. Default: `oidc` where the service is
     /// an OIDC issuer (`keys/setup` says so in `default_trust`), else `external_id`.
     #[serde(default)]
     pub trust: Option<TrustModeDto>,
+    /// `vault-transit` only: the server's URL (https, or http to a loopback address).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `vault-transit` only: the transit engine's mount path (default `transit`).
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// `vault-transit` only: the transit key, created with `derived=true`.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// `vault-transit` only: the Vault Enterprise or OpenBao namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `vault-transit` only: how the service logs in.
+    #[serde(default)]
+    pub auth: Option<VaultCredentialDto>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -622,6 +742,16 @@ pub struct SetupKitQuery {
     /// `true`: the template creates a new KMS key; `false` (default): it takes `KeyArn`.
     #[param(value_type = Option<bool>)]
     pub create_key: Option<String>,
+}
+
+/// `?vault_mount=&vault_key_name=` of `keys/setup`: the transit key its Vault policy names.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SetupQuery {
+    /// The transit engine's mount path (default `transit`).
+    pub vault_mount: Option<String>,
+    /// The transit key's name (default `cmk`).
+    pub vault_key_name: Option<String>,
 }
 
 /// `?limit=&cursor=` of the audit route.

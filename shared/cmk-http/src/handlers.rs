@@ -19,7 +19,7 @@ use crate::dto::{
     AddKeyRequest, AddKeyResponse, AuditQuery, AuditResponse, Context, DataKeyResponse,
     DecryptRequest, DecryptResponse, DisableRequest, EmptyObject, EncryptRequest, EncryptResponse,
     HealthzResponse, JobResponse, KeyResponse, KeysResponse, NewKeyType,
-    ReencryptionStatusResponse, SetupKitQuery, SetupResponse, UpdateKeyRequest,
+    ReencryptionStatusResponse, SetupKitQuery, SetupQuery, SetupResponse, UpdateKeyRequest,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, DataKeyPath, Empty, JsonOrEmpty, KeyPath};
@@ -86,11 +86,29 @@ pub async fn list_keys(admin: Admin, State(s): State<AppState>) -> ApiResult<Jso
     Ok(Json(s.cmk.list_keys(&admin.org).await?.into()))
 }
 
-/// What to put in the customer's role trust policy and key policy.
-#[utoipa::path(get, path = "/v1/orgs/{org}/keys/setup", tag = "keys", params(OrgParams),
-    responses((status = 200, description = "Setup values", body = SetupResponse)))]
-pub async fn setup(admin: Admin, State(s): State<AppState>) -> ApiResult<Json<SetupResponse>> {
-    Ok(Json(s.cmk.setup(&admin.org).await?.into()))
+/// What to put in the customer's role trust policy and key policy, and, where the service
+/// accepts `vault-transit` keys, the Vault policy for the named transit key.
+#[utoipa::path(get, path = "/v1/orgs/{org}/keys/setup", tag = "keys",
+    params(OrgParams, SetupQuery),
+    responses(
+        (status = 200, description = "Setup values", body = SetupResponse),
+        (status = 400, description = "A bad vault_mount or vault_key_name", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn setup(
+    admin: Admin,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<SetupQuery>,
+) -> ApiResult<Json<SetupResponse>> {
+    let vault = if s.cmk.config().allow_vault_keys {
+        let v = cmk_core::vault::setup(q.vault_mount.as_deref(), q.vault_key_name.as_deref())
+            .map_err(cmk_core::CoreError::from)?;
+        Some(v.into())
+    } else {
+        None
+    };
+    let mut setup: SetupResponse = s.cmk.setup(&admin.org).await?.into();
+    setup.vault = vault;
+    Ok(Json(setup))
 }
 
 /// The setup kit: a CloudFormation template for the customer's account that creates the role
@@ -207,6 +225,16 @@ pub async fn add_key(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<AddKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<AddKeyResponse>)> {
+    let vault_fields = body.address.is_some()
+        || body.mount.is_some()
+        || body.key_name.is_some()
+        || body.namespace.is_some()
+        || body.auth.is_some();
+    if vault_fields && body.key_type != NewKeyType::VaultTransit {
+        return Err(ApiError::invalid_request(
+            "address, mount, key_name, namespace and auth are for vault-transit keys",
+        ));
+    }
     let spec = match (body.key_type, body.role_arn, body.key_arn) {
         (NewKeyType::AwsKms, Some(role_arn), Some(key_arn)) => NewKeySpec::AwsKms {
             role_arn,
@@ -217,6 +245,31 @@ pub async fn add_key(
         (NewKeyType::AwsKms, _, _) => {
             return Err(ApiError::invalid_request(
                 "type aws-kms needs role_arn and key_arn",
+            ))
+        }
+        (NewKeyType::VaultTransit, None, None) if body.trust.is_some() => {
+            return Err(ApiError::invalid_request(
+                "type vault-transit has no trust mode (trust is for aws-kms keys)",
+            ))
+        }
+        (NewKeyType::VaultTransit, None, None) => match (body.address, body.key_name, body.auth) {
+            (Some(address), Some(key_name), Some(auth)) => NewKeySpec::VaultTransit {
+                address,
+                mount: body.mount,
+                key_name,
+                namespace: body.namespace,
+                credential: auth.into(),
+                rewrap_rate_limit: body.rewrap_rate_limit,
+            },
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "type vault-transit needs address, key_name and auth",
+                ))
+            }
+        },
+        (NewKeyType::VaultTransit, _, _) => {
+            return Err(ApiError::invalid_request(
+                "type vault-transit takes no role_arn or key_arn",
             ))
         }
         (NewKeyType::Local, None, None) if body.trust.is_some() => {

@@ -63,6 +63,10 @@ use crate::handlers;
         dto::EncryptRequest,
         dto::DecryptRequest,
         dto::EmptyObject,
+        dto::VaultKeyDto,
+        dto::VaultAuthDto,
+        dto::VaultCredentialDto,
+        dto::VaultSetupDto,
     )),
     modifiers(&SecurityAndCommonErrors),
     tags(

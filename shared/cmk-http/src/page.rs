@@ -145,6 +145,9 @@ async fn index(State(s): State<AppState>) -> Response {
     if config.allow_aws_keys {
         types.push("aws-kms");
     }
+    if config.allow_vault_keys {
+        types.push("vault-transit");
+    }
     if config.allow_local_keys {
         types.push("local");
     }
