@@ -9,10 +9,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use cmk_core::cache::DataKeyCache;
-use cmk_core::model::{KeyId, OrgId, Role};
+use cmk_core::model::{KeyId, KeyType, OrgId, Role};
+use cmk_core::providers::ProviderRouter;
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
 use cmk_embedded::{secret_file, LocalKeyProvider, LocalOidcKeys, QueueConfig, SqliteStore};
+use cmk_vault::VaultSettings;
 use rand::RngCore;
 
 const SECRET_FILE: &str = "token.secret";
@@ -34,7 +36,18 @@ pub fn open_backends(
     let (store, queue, keys) = cmk_embedded::open(data_dir, queue)
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
     let (store, queue, keys) = (Arc::new(store), Arc::new(queue), Arc::new(keys));
-    let cmk = Cmk::new(store.clone(), queue.clone(), keys.clone(), cache, config);
+    // `vault-transit` keys go to the transit provider, which opens their sealed credentials
+    // with the local service-managed key; every other key stays with the local provider.
+    let vault = cmk_vault::VaultTransitProvider::new(keys.clone(), VaultSettings::default())
+        .map_err(anyhow::Error::msg)?;
+    let router = ProviderRouter::new(keys.clone()).route(KeyType::VaultTransit, Arc::new(vault));
+    let cmk = Cmk::new(
+        store.clone(),
+        queue.clone(),
+        Arc::new(router),
+        cache,
+        config,
+    );
     Ok(Backends { cmk, store, keys })
 }
 

@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the API and the re-encryption worker.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Print a bearer token for an org and role.
     Token(local::TokenArgs),
     /// Fill an org with data keys and a sample ciphertext for each.
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(&cli.data_dir, args).await,
+            Command::Serve(args) => serve::run(&cli.data_dir, *args).await,
             Command::Token(args) => local::token(&cli.data_dir, args),
             Command::Seed(args) => seed::seed(&cli.data_dir, args).await,
             Command::Verify(args) => seed::verify(&cli.data_dir, args).await,

@@ -28,7 +28,7 @@ enum KeysCommand {
     /// List the org's keys, its default key and the current re-encryption.
     List,
     /// Add a key, checked first by a real round trip; the first one becomes the default.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Make a key (an id or a name) the default for new data keys.
     Default {
         /// Key id or name.
@@ -68,6 +68,12 @@ enum KeysCommand {
         /// The kit creates a new KMS key (else it takes your key's ARN as KeyArn).
         #[arg(long, requires = "cloudformation")]
         create_key: bool,
+        /// The transit key the Vault policy names (default cmk).
+        #[arg(long, conflicts_with = "cloudformation")]
+        vault_key_name: Option<String>,
+        /// The transit mount the Vault policy names (default transit).
+        #[arg(long, conflicts_with = "cloudformation")]
+        vault_mount: Option<String>,
     },
 }
 
@@ -76,6 +82,9 @@ enum KeyTypeArg {
     #[value(name = "aws-kms")]
     AwsKms,
     Local,
+    /// A derived key of a Vault or OpenBao transit engine.
+    #[value(name = "vault-transit")]
+    VaultTransit,
 }
 
 #[derive(Args, Debug)]
@@ -93,9 +102,32 @@ struct AddArgs {
     /// The KMS key ARN or alias ARN.
     #[arg(long)]
     key_arn: Option<String>,
-    /// aws-kms only: KMS requests per second a re-encryption may spend on the key (default 250).
+    /// aws-kms and vault-transit: requests per second a re-encryption may spend on the key
+    /// (default 250 for aws-kms, none for vault-transit).
     #[arg(long)]
     rewrap_rate_limit: Option<u32>,
+    /// vault-transit: the server's URL (https, or http to a loopback address).
+    #[arg(long, env = "VAULT_ADDR")]
+    address: Option<String>,
+    /// vault-transit: the transit engine's mount path (default transit).
+    #[arg(long)]
+    mount: Option<String>,
+    /// vault-transit: the transit key's name (created with derived=true).
+    #[arg(long)]
+    key_name: Option<String>,
+    /// vault-transit: the Vault Enterprise or OpenBao namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// vault-transit: the AppRole's role id (with --secret-id-file).
+    #[arg(long, conflicts_with = "token_file")]
+    role_id: Option<String>,
+    /// vault-transit: a file holding the AppRole's secret id (`-`: standard input). Secrets
+    /// are never taken on the command line, where `ps` and shell history would keep them.
+    #[arg(long, requires = "role_id")]
+    secret_id_file: Option<std::path::PathBuf>,
+    /// vault-transit: a file holding a token to use instead of an AppRole (`-`: standard input).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
     /// aws-kms only: how the role trusts the service. Default: `oidc` where the service is an
     /// OIDC issuer (see `keys setup`), else `external_id`.
     #[arg(long, value_enum)]
@@ -161,6 +193,51 @@ fn print_job_line(job: Option<&JobDto>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A secret from a file, or from standard input for `-`; trimmed.
+fn read_secret(path: &std::path::Path) -> Result<String> {
+    use anyhow::Context as _;
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read the secret from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the secret in {}", path.display()))?
+    };
+    Ok(text.trim().to_owned())
+}
+
+/// The `POST keys` body of a vault-transit key.
+fn vault_body(add: AddArgs) -> Result<serde_json::Value> {
+    if add.trust.is_some() || add.role_arn.is_some() || add.key_arn.is_some() {
+        bail!("--trust, --role-arn and --key-arn are for aws-kms keys");
+    }
+    let (Some(address), Some(key_name)) = (add.address, add.key_name) else {
+        bail!("--type vault-transit needs --address (or VAULT_ADDR) and --key-name");
+    };
+    let auth = match (add.role_id, add.secret_id_file, add.token_file) {
+        (Some(role_id), Some(file), None) => {
+            json!({"method": "approle", "role_id": role_id, "secret_id": read_secret(&file)?})
+        }
+        (None, None, Some(file)) => json!({"method": "token", "token": read_secret(&file)?}),
+        _ => bail!("--type vault-transit needs --role-id with --secret-id-file, or --token-file"),
+    };
+    let mut body = json!({
+        "name": add.name, "type": "vault-transit", "address": address,
+        "key_name": key_name, "auth": auth,
+    });
+    for (field, value) in [("mount", add.mount), ("namespace", add.namespace)] {
+        if let Some(v) = value {
+            body[field] = json!(v);
+        }
+    }
+    if let Some(limit) = add.rewrap_rate_limit {
+        body["rewrap_rate_limit"] = json!(limit);
+    }
+    Ok(body)
+}
+
 pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
     let client = Client::new(&args.remote)?;
     let json = args.remote.json;
@@ -169,6 +246,7 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
             cloudformation: true,
             trust,
             create_key,
+            ..
         } => {
             let mut query = format!("?create_key={create_key}");
             match trust {
@@ -181,7 +259,27 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 .await?;
             out!("{}", template.trim_end());
         }
-        KeysCommand::Setup { .. } => print_json(&client.get("/keys/setup").await?)?,
+        KeysCommand::Setup {
+            vault_key_name,
+            vault_mount,
+            ..
+        } => {
+            // (A throwaway base: only the encoded query is kept.)
+            let mut url = reqwest::Url::parse("http://localhost/keys/setup")?;
+            for (name, value) in [
+                ("vault_key_name", vault_key_name),
+                ("vault_mount", vault_mount),
+            ] {
+                if let Some(v) = value {
+                    url.query_pairs_mut().append_pair(name, &v);
+                }
+            }
+            let path = match url.query() {
+                Some(q) => format!("/keys/setup?{q}"),
+                None => "/keys/setup".to_owned(),
+            };
+            print_json(&client.get(&path).await?)?
+        }
         KeysCommand::List => {
             let listing = client.get("/keys").await?;
             if json {
@@ -204,6 +302,8 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 add.key_type
                     .unwrap_or(if add.role_arn.is_some() || add.key_arn.is_some() {
                         KeyTypeArg::AwsKms
+                    } else if add.key_name.is_some() {
+                        KeyTypeArg::VaultTransit
                     } else {
                         KeyTypeArg::Local
                     });
@@ -226,10 +326,18 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
                 KeyTypeArg::Local if add.trust.is_some() => {
                     bail!("--trust is for aws-kms keys; local keys are the service's own")
                 }
+                KeyTypeArg::Local
+                    if add.key_name.is_some()
+                        || add.role_id.is_some()
+                        || add.token_file.is_some() =>
+                {
+                    bail!("--key-name, --role-id and --token-file are for vault-transit keys")
+                }
                 KeyTypeArg::Local if add.rewrap_rate_limit.is_some() => {
                     bail!("--rewrap-rate-limit is for aws-kms keys; local keys have no limit")
                 }
                 KeyTypeArg::Local => json!({"name": add.name, "type": "local"}),
+                KeyTypeArg::VaultTransit => vault_body(*add)?,
             };
             let res = client.post("/keys", Some(body)).await?;
             if json {
@@ -270,7 +378,7 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
             let res: KeyResponse = typed(&res)?;
             match res.key.rewrap_rate_limit {
                 Some(limit) => out!(
-                    "{} ({id}) re-encrypts at most {limit} KMS requests per second",
+                    "{} ({id}) re-encrypts at most {limit} requests per second",
                     res.key.name
                 ),
                 None => out!("{} ({id}) has no re-encryption rate limit", res.key.name),

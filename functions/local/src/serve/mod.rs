@@ -185,6 +185,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> Result<ExitCode> {
                     service_principal: args.service_principal.clone(),
                     allow_local_keys: true,
                     allow_aws_keys: false,
+                    allow_vault_keys: true,
                     health_write_interval: Duration::from_secs(args.failure_memory),
                     stalled_after: Duration::from_secs(args.stalled_after.max(1)),
                     oidc_issuer: Some(issuer.clone()),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 const CMK: &str = env!("CARGO_BIN_EXE_cmk");
 
-fn cmk(data_dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn cmk(data_dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(CMK)
         .arg("--data-dir")
         .arg(data_dir)
@@ -27,13 +27,13 @@ fn cmk(data_dir: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Server {
-    fn start(data_dir: &Path) -> Self {
+    pub(crate) fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(CMK)
             .arg("--data-dir")
             .arg(data_dir)
@@ -94,14 +94,14 @@ impl Drop for Server {
     }
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
 }
 
 impl Api {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
             .request(method.parse().unwrap(), format!("{}{}", self.base, path))
@@ -115,7 +115,7 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn wait_job(&self, org: &str) -> Value {
+    pub(crate) async fn wait_job(&self, org: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let (status, body) = self
@@ -132,7 +132,7 @@ impl Api {
     }
 }
 
-fn verify(data_dir: &Path, org: &str, expect: u64) {
+pub(crate) fn verify(data_dir: &Path, org: &str, expect: u64) {
     let (ok, out) = cmk(data_dir, &["verify", "--org", org]);
     assert!(ok, "cmk verify failed: {out}");
     assert!(

@@ -8,4 +8,5 @@ mod health;
 mod metrics;
 mod oidc;
 mod secrets;
+mod vault;
 mod webhook;

@@ -1,0 +1,231 @@
+//! `vault-transit` keys through the `cmk` binary, against a real OpenBao dev server: added from
+//! the CLI with an AppRole (the secret read from a file, never shown again: keys show the
+//! method and a fingerprint), adopted, used by the data plane, and every sample still
+//! decrypts. Removing the service's policy revokes: the health check reports `access_denied`,
+//! decrypt answers 424, a job to the key fails; restoring the policy and retrying completes it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cmk_vault::testing::BaoDevServer;
+use serde_json::{json, Value};
+
+use super::e2e::{cmk, verify, Api, Server};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
+    let Some(bao) = BaoDevServer::start().await else {
+        return;
+    };
+    let (role_id, secret_id) = bao.customer_key("orders").await;
+    let (billing_role, billing_secret) = bao.customer_key("billing").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let (ok, token) = cmk(&data, &["token", "--org", "acme", "--role", "admin"]);
+    assert!(ok, "{token}");
+    let (ok, service) = cmk(&data, &["token", "--org", "acme", "--role", "service"]);
+    assert!(ok, "{service}");
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.base.clone(),
+        token: token.trim().to_owned(),
+    };
+    let data_plane = Api {
+        http: reqwest::Client::new(),
+        base: server.base.clone(),
+        token: service.trim().to_owned(),
+    };
+    let (ok, out) = cmk(&data, &["seed", "--org", "acme", "--data-keys", "700"]);
+    assert!(ok, "seed: {out}");
+
+    // The setup text names the key's policy and why it must be derived.
+    let (status, setup) = api
+        .call(
+            "GET",
+            "/v1/orgs/acme/keys/setup?vault_key_name=orders",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{setup}");
+    assert!(setup["vault"]["policy"]
+        .as_str()
+        .unwrap()
+        .contains("path \"transit/decrypt/orders\""));
+    assert!(setup["vault"]["requirement"]
+        .as_str()
+        .unwrap()
+        .contains("derived=true"));
+
+    // Added from the CLI: the secret id comes from a file.
+    let secret_file = dir.path().join("secret-id");
+    std::fs::write(&secret_file, format!("{secret_id}\n")).unwrap();
+    let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_cmk"));
+    add.args(["keys", "add", "--name", "orders", "--type", "vault-transit"])
+        .args(["--address", &bao.address, "--key-name", "orders"])
+        .args(["--role-id", &role_id, "--secret-id-file"])
+        .arg(&secret_file)
+        .args(["--json"])
+        .env("CMK_URL", &server.base)
+        .env("CMK_TOKEN", token.trim())
+        .env("RUST_LOG", "warn");
+    let out = add.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: Value = serde_json::from_str(&stdout).unwrap();
+    let orders = added["key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(added["key"]["type"], "vault-transit");
+    assert_eq!(added["key"]["vault"]["key_name"], "orders");
+    assert_eq!(added["key"]["vault"]["mount"], "transit");
+    assert_eq!(added["key"]["vault"]["auth"]["method"], "approle");
+    assert_eq!(
+        added["key"]["vault"]["auth"]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .len(),
+        16
+    );
+    let job = api.wait_job("acme").await;
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(700)),
+        "{job}"
+    );
+    verify(&data, "acme", 700);
+
+    // The data plane wraps new data keys with it.
+    let (status, dk) = data_plane
+        .call("POST", "/v1/orgs/acme/data-keys", Some(json!({})))
+        .await;
+    assert_eq!(status, 201, "{dk}");
+    assert_eq!(dk["data_key"]["key_id"], orders.as_str());
+    let dk_id = dk["data_key"]["id"].as_str().unwrap().to_owned();
+    let (status, enc) = data_plane
+        .call(
+            "POST",
+            &format!("/v1/orgs/acme/data-keys/{dk_id}/encrypt"),
+            Some(json!({"plaintext": "aGVsbG8="})),
+        )
+        .await;
+    assert_eq!(status, 200, "{enc}");
+
+    // No route, listing or audit record shows the secret.
+    for path in [
+        "/v1/orgs/acme/keys",
+        "/v1/orgs/acme/audit",
+        "/v1/orgs/acme/keys/setup",
+    ] {
+        let (_, body) = api.call("GET", path, None).await;
+        assert!(
+            !body.to_string().contains(&secret_id),
+            "{path} leaks the secret id"
+        );
+    }
+
+    // A bad address or a key that ignores the context is refused with a reason, and nothing
+    // is stored.
+    bao.create_key("plain", false).await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/orgs/acme/keys",
+            Some(json!({"name": "plain", "type": "vault-transit", "address": bao.address,
+                "key_name": "plain", "auth": {"method": "approle", "role_id": role_id, "secret_id": secret_id}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    for (field, body) in [
+        (
+            "address",
+            json!({"name": "x", "type": "vault-transit", "address": "http://vault.example.com",
+            "key_name": "k", "auth": {"method": "token", "token": "t"}}),
+        ),
+        (
+            "key_name",
+            json!({"name": "x", "type": "vault-transit", "address": bao.address,
+            "key_name": "a/b", "auth": {"method": "token", "token": "t"}}),
+        ),
+    ] {
+        let (status, problem) = api.call("POST", "/v1/orgs/acme/keys", Some(body)).await;
+        assert_eq!(status, 400, "{problem}");
+        assert!(problem.to_string().contains(field), "{problem}");
+    }
+
+    // Revoked by removing the policy: the check says so, decrypt answers 424.
+    bao.put_policy("cmk-orders", "# revoked\n").await;
+    let (status, checked) = api
+        .call("POST", &format!("/v1/orgs/acme/keys/{orders}/check"), None)
+        .await;
+    assert_eq!(status, 200, "{checked}");
+    assert_eq!(
+        checked["key"]["health"]["status"], "access_denied",
+        "{checked}"
+    );
+    let (status, problem) = data_plane
+        .call(
+            "POST",
+            "/v1/orgs/acme/decrypt",
+            Some(json!({"ciphertext": enc["ciphertext"]})),
+        )
+        .await;
+    assert_eq!(status, 424, "{problem}");
+
+    // A job off the revoked key fails; restoring the policy and retrying completes it.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/orgs/acme/keys",
+            Some(json!({"name": "billing", "type": "vault-transit", "address": bao.address,
+                "key_name": "billing", "auth": {"method": "approle", "role_id": billing_role, "secret_id": billing_secret}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let billing = body["key"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = api
+        .call("POST", &format!("/v1/orgs/acme/keys/{billing}/default"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/v1/orgs/acme/keys/{orders}/disable"),
+            Some(json!({"reencrypt_to": billing})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = api.wait_job("acme").await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["errors"][0]["reason"], "access_denied", "{job}");
+    bao.put_policy("cmk-orders", &cmk_core::vault::policy("transit", "orders"))
+        .await;
+    let (_, checked) = api
+        .call("POST", &format!("/v1/orgs/acme/keys/{orders}/check"), None)
+        .await;
+    assert_eq!(checked["key"]["health"]["status"], "ok", "{checked}");
+    let (status, body) = api
+        .call("POST", "/v1/orgs/acme/reencryption/retry", None)
+        .await;
+    assert!(status == 200 || status == 202, "{body}");
+    let job = api.wait_job("acme").await;
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(701)),
+        "{job}"
+    );
+    verify(&data, "acme", 700);
+    let (status, body) = data_plane
+        .call(
+            "POST",
+            "/v1/orgs/acme/decrypt",
+            Some(json!({"ciphertext": enc["ciphertext"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["plaintext"].as_str()),
+        (200, Some("aGVsbG8=")),
+        "{body}"
+    );
+}
