@@ -185,7 +185,11 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
     assert_eq!(status, 201, "{body}");
     let billing = body["key"]["id"].as_str().unwrap().to_owned();
     let (status, body) = api
-        .call("POST", &format!("/v1/orgs/acme/keys/{billing}/default"), None)
+        .call(
+            "POST",
+            &format!("/v1/orgs/acme/keys/{billing}/default"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = api
