@@ -60,7 +60,7 @@ async function addLocalKey(name) {
   await page.getByRole('button', { name: 'Add Customer Managed Key', exact: true }).click();
   const d = dialog('Add Customer Managed Key');
   await d.waitFor();
-  await d.getByRole('textbox', { name: 'Name' }).fill(name);
+  await d.getByRole('textbox', { name: 'Name', exact: true }).fill(name);
   await d.getByRole('radio', { name: 'Local key' }).check();
   await d.getByRole('button', { name: 'Add key' }).click();
   await d.waitFor({ state: 'hidden' });
@@ -198,6 +198,35 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     assert.ok(await d.getByRole('button', { name: 'Copy audience' }).isHidden());
     await screenshot(page, 'add-dialog-external-id-desktop');
 
+    // Vault / OpenBao transit: the policy for the key named, the login method's fields, and
+    // checks in the page.
+    await d.getByRole('radio', { name: 'Vault / OpenBao transit' }).check();
+    assert.ok(await d.getByRole('textbox', { name: 'Role ARN' }).isHidden());
+    const vaultPolicy = () => d.getByRole('region', { name: /Policy to grant the service/ }).innerText();
+    await eventually(async () => assert.match(await vaultPolicy(), /path "transit\/encrypt\/cmk"/));
+    assert.match(await d.locator('#vault-requirement').innerText(), /derived=true/);
+    await d.getByRole('textbox', { name: 'Key name' }).fill('orders');
+    await d.getByRole('textbox', { name: 'Key name' }).press('Tab');
+    await eventually(async () => assert.match(await vaultPolicy(), /path "transit\/rewrap\/orders"/));
+    assert.match(await d.locator('#vault-commands').innerText(), /derived=true/);
+    await d.getByRole('button', { name: 'Copy Vault policy' }).waitFor();
+    await d.getByRole('textbox', { name: 'Address' }).fill('vault.example.com');
+    await d.getByRole('button', { name: 'Add key' }).click();
+    assert.match(await d.locator('#add-vault-address-error').innerText(), /not a URL/);
+    assert.match(await d.locator('#add-vault-secret-id-error').innerText(), /secret ID/);
+    await d.getByRole('radio', { name: 'Token' }).check();
+    assert.ok(await d.getByLabel('Secret ID').isHidden());
+    await d.getByLabel('Vault token').waitFor();
+    await screenshot(page, 'add-dialog-vault-desktop');
+    await assertAccessible(page, 'add-dialog-vault-desktop');
+    // The service's own check refuses what the page cannot know: a plain-http remote address.
+    await d.getByRole('textbox', { name: 'Name', exact: true }).fill('vault');
+    await d.getByRole('textbox', { name: 'Address' }).fill('http://vault.example.com:8200');
+    await d.getByLabel('Vault token').fill('hvs.example');
+    await d.getByRole('button', { name: 'Add key' }).click();
+    await eventually(async () => assert.match(await d.locator('#add-vault-address-error').innerText(), /https/));
+    await d.getByRole('textbox', { name: 'Name', exact: true }).fill('');
+
     // Validation in the page, in words an admin can act on.
     await d.getByRole('radio', { name: 'AWS KMS' }).check();
     await d.getByRole('textbox', { name: 'Role ARN' }).fill('my-role');
@@ -205,11 +234,11 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     assert.match(await d.locator('#add-name-error').innerText(), /Enter a name/);
     assert.match(await d.locator('#add-role-arn-error').innerText(), /not an IAM role ARN/);
     assert.match(await d.locator('#add-key-arn-error').innerText(), /Enter the ARN of the KMS key/);
-    assert.equal(await d.getByRole('textbox', { name: 'Name' }).getAttribute('aria-invalid'), 'true');
+    assert.equal(await d.getByRole('textbox', { name: 'Name', exact: true }).getAttribute('aria-invalid'), 'true');
     await screenshot(page, 'add-dialog-validation-desktop');
 
     // A refusal by the service is shown in the dialog: this service takes local keys only.
-    await d.getByRole('textbox', { name: 'Name' }).fill('prod');
+    await d.getByRole('textbox', { name: 'Name', exact: true }).fill('prod');
     await d.getByRole('textbox', { name: 'Role ARN' }).fill('arn:aws:iam::111122223333:role/cmk-access');
     await d.getByRole('textbox', { name: 'Key ARN' }).fill('arn:aws:kms:us-east-1:111122223333:alias/cmk');
     await d.getByRole('button', { name: 'Add key' }).click();
@@ -248,7 +277,7 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     // Its name must be unique: the dialog says so next to the field.
     await page.getByRole('button', { name: 'Add Customer Managed Key', exact: true }).click();
     const d = dialog('Add Customer Managed Key');
-    await d.getByRole('textbox', { name: 'Name' }).fill('PROD');
+    await d.getByRole('textbox', { name: 'Name', exact: true }).fill('PROD');
     await d.getByRole('radio', { name: 'Local key' }).check();
     await d.getByRole('button', { name: 'Add key' }).click();
     await eventually(async () => assert.match(await d.locator('#add-name-error').innerText(), /already exists/));
@@ -280,13 +309,13 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     await assertAccessible(page, 'menu-open-desktop');
     await page.keyboard.press('ArrowDown');
     assert.ok(await menu.getByRole('menuitem', { name: 'Check health' }).evaluate((el) => el === document.activeElement));
-    // A local key has no re-encryption rate (only AWS KMS keys do), and the menu says so.
+    // A local key has no re-encryption rate (only AWS KMS and transit keys do), and the menu says so.
     await page.keyboard.press('ArrowDown');
     const rate = menu.getByRole('menuitem', { name: 'Set re-encryption rate' });
     assert.ok(await rate.evaluate((el) => el === document.activeElement));
     assert.equal(await rate.getAttribute('aria-disabled'), 'true');
     const rateWhy = await rate.getAttribute('aria-describedby');
-    assert.match(await page.locator(`#${rateWhy}`).innerText(), /Only AWS KMS keys/);
+    assert.match(await page.locator(`#${rateWhy}`).innerText(), /Only AWS KMS and Vault transit keys/);
     await page.keyboard.press('Escape');
     await menu.waitFor({ state: 'hidden' });
     assert.ok(await menuButton.evaluate((el) => el === document.activeElement), 'Escape returns focus');
@@ -434,7 +463,7 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     await eventually(async () => assert.match(await d.locator('#external-id').innerText(), /\S{8,}/));
     await screenshot(p, 'add-dialog-phone');
     await assertAccessible(p, 'add-dialog-phone');
-    await d.getByRole('textbox', { name: 'Name' }).fill('phone');
+    await d.getByRole('textbox', { name: 'Name', exact: true }).fill('phone');
     await d.getByRole('radio', { name: 'Local key' }).check();
     await d.getByRole('button', { name: 'Add key' }).click();
     const b = p.getByRole('region', { name: /re-encryption/i });

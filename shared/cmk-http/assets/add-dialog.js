@@ -10,7 +10,19 @@ import { refresh, state } from './state.js';
 // ---- add
 
 // The form's input for each request field a problem can name.
-const FIELD_INPUTS = { name: 'add-name', role_arn: 'add-role-arn', key_arn: 'add-key-arn' };
+const FIELD_INPUTS = {
+  name: 'add-name',
+  role_arn: 'add-role-arn',
+  key_arn: 'add-key-arn',
+  address: 'add-vault-address',
+  mount: 'add-vault-mount',
+  key_name: 'add-vault-key-name',
+  namespace: 'add-vault-namespace',
+  role_id: 'add-vault-role-id',
+  secret_id: 'add-vault-secret-id',
+  token: 'add-vault-token-value',
+};
+const VAULT_INPUTS = Object.values(FIELD_INPUTS).filter((id) => id.startsWith('add-vault-'));
 const NAME_RE = /^[\p{L}\p{N} _.:/()-]+$/u;
 const ROLE_ARN_RE = /^arn:aws(-cn|-us-gov)?:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]+$/;
 const KEY_ARN_RE =
@@ -26,6 +38,35 @@ function selectedType() {
 
 export function showTypeFields() {
   $('add-aws').hidden = selectedType() !== 'aws-kms';
+  $('add-vault').hidden = selectedType() !== 'vault-transit';
+}
+
+function vaultAuth() {
+  return document.querySelector('#add-form input[name="vault-auth"]:checked')?.value || 'approle';
+}
+
+/** AppRole's role and secret ids, or a token. */
+export function showVaultAuthFields() {
+  const token = vaultAuth() === 'token';
+  $('add-vault-role-id-row').hidden = token;
+  $('add-vault-secret-id-row').hidden = token;
+  $('add-vault-token-row').hidden = !token;
+}
+
+/** The Vault policy and commands for the key name and mount typed so far. */
+export async function loadVaultSetup() {
+  $('vault-setup-error').textContent = '';
+  try {
+    const s = await state.api.setup($('add-vault-key-name').value.trim(), $('add-vault-mount').value.trim());
+    if (!s.vault) return;
+    $('vault-requirement').textContent = s.vault.requirement;
+    $('vault-policy').textContent = s.vault.policy;
+    $('vault-commands').textContent = s.vault.commands;
+  } catch (err) {
+    if (!isAuthFailure(err)) {
+      $('vault-setup-error').textContent = `Could not load the Vault policy: ${describeError(err)}`;
+    }
+  }
 }
 
 /** What `keys/setup` answered, for the trust mode shown. */
@@ -113,6 +154,7 @@ export function openAdd() {
     ['add-name', 'add-name-error'],
     ['add-role-arn', 'add-role-arn-error'],
     ['add-key-arn', 'add-key-arn-error'],
+    ...VAULT_INPUTS.map((id) => [id, `${id}-error`]),
   ]) {
     setFieldError($(input), $(error), '');
   }
@@ -121,6 +163,12 @@ export function openAdd() {
   const localOk = types.includes('local');
   $('add-type-local-row').hidden = !localOk;
   $('add-type-local-hint').hidden = !localOk;
+  const vaultOk = types.includes('vault-transit');
+  $('add-type-vault-row').hidden = !vaultOk;
+  $('add-type-vault-hint').hidden = !vaultOk;
+  $('add-vault-approle').checked = true;
+  showVaultAuthFields();
+  if (vaultOk) loadVaultSetup();
   const awsHint = $('add-type-aws-hint');
   awsHint.textContent = types.includes('aws-kms')
     ? 'A key in your AWS account, used through a role you create.'
@@ -168,6 +216,20 @@ function validateAdd() {
       );
     else fail('add-key-arn', 'add-key-arn-error', '');
   }
+  if (selectedType() === 'vault-transit') {
+    const need = (id, message) => fail(id, `${id}-error`, $(id).value.trim() ? '' : message);
+    const address = $('add-vault-address').value.trim();
+    if (!address) fail('add-vault-address', 'add-vault-address-error', 'Enter the Vault server\'s URL.');
+    else if (!/^https?:\/\/[^\s/?#@]+/.test(address))
+      fail('add-vault-address', 'add-vault-address-error', 'This is not a URL. It looks like https://vault.example.com:8200.');
+    else fail('add-vault-address', 'add-vault-address-error', '');
+    need('add-vault-key-name', 'Enter the transit key\'s name.');
+    if (vaultAuth() === 'token') need('add-vault-token-value', 'Enter the token the service uses.');
+    else {
+      need('add-vault-role-id', 'Enter the AppRole\'s role ID.');
+      need('add-vault-secret-id', 'Enter a secret ID of the AppRole.');
+    }
+  }
   return first;
 }
 
@@ -185,6 +247,22 @@ export async function submitAdd(e) {
     body.role_arn = $('add-role-arn').value.trim();
     body.key_arn = $('add-key-arn').value.trim();
     body.trust = selectedTrust();
+  }
+  if (type === 'vault-transit') {
+    body.address = $('add-vault-address').value.trim();
+    body.key_name = $('add-vault-key-name').value.trim();
+    const mount = $('add-vault-mount').value.trim();
+    if (mount) body.mount = mount;
+    const namespace = $('add-vault-namespace').value.trim();
+    if (namespace) body.namespace = namespace;
+    body.auth =
+      vaultAuth() === 'token'
+        ? { method: 'token', token: $('add-vault-token-value').value.trim() }
+        : {
+            method: 'approle',
+            role_id: $('add-vault-role-id').value.trim(),
+            secret_id: $('add-vault-secret-id').value.trim(),
+          };
   }
   const submit = $('add-submit');
   submit.disabled = true;

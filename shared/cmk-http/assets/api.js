@@ -67,7 +67,13 @@ export function createApi({ org, token, onAuthFailure }) {
   return {
     org,
     keys: () => call('GET', '/keys'),
-    setup: () => call('GET', '/keys/setup'),
+    /** Setup values; the Vault policy names `vaultKeyName` at `vaultMount` where given. */
+    setup: (vaultKeyName, vaultMount) => {
+      const q = [];
+      if (vaultKeyName) q.push(`vault_key_name=${enc(vaultKeyName)}`);
+      if (vaultMount) q.push(`vault_mount=${enc(vaultMount)}`);
+      return call('GET', q.length ? `/keys/setup?${q.join('&')}` : '/keys/setup');
+    },
     /** The setup kit (CloudFormation YAML) of a trust mode, with a new KMS key or for an existing one. */
     setupKit: (trust, createKey) =>
       call('GET', `/keys/setup/cloudformation?trust=${enc(trust)}&create_key=${createKey}`, undefined, true),

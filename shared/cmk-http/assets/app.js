@@ -5,10 +5,12 @@ import { tokenClaims } from './api.js';
 import {
   copyFrom,
   downloadKit,
+  loadVaultSetup,
   openAdd,
   showKitCommand,
   showTrustFields,
   showTypeFields,
+  showVaultAuthFields,
   submitAdd,
 } from './add-dialog.js';
 import { onCancel, onRetry } from './banner.js';
@@ -33,6 +35,12 @@ function init() {
   $('add-form').addEventListener('submit', submitAdd);
   for (const r of document.querySelectorAll('#add-form input[name="type"]')) {
     r.addEventListener('change', showTypeFields);
+  }
+  for (const r of document.querySelectorAll('#add-form input[name="vault-auth"]')) {
+    r.addEventListener('change', showVaultAuthFields);
+  }
+  for (const id of ['add-vault-key-name', 'add-vault-mount']) {
+    $(id).addEventListener('change', loadVaultSetup);
   }
   $('kit-download').addEventListener('click', downloadKit);
   $('kit-create-key').addEventListener('change', showKitCommand);

@@ -30,6 +30,10 @@ function rowFor(k) {
     'td',
     { role: 'cell', 'data-label': 'Type' },
     el('span', { class: 'type-label' }, TYPE_LABELS[k.type] || k.type),
+    k.vault ? el('span', { class: 'sub wrap' }, `${k.vault.address} · ${k.vault.mount}/${k.vault.key_name}`) : null,
+    k.vault
+      ? el('span', { class: 'sub' }, `Logs in: ${k.vault.auth.method === 'token' ? 'token' : 'AppRole'} ${k.vault.auth.fingerprint}`)
+      : null,
     k.aws ? el('span', { class: 'sub wrap' }, k.aws.key_arn) : null,
     k.aws
       ? el('span', { class: 'sub' }, k.aws.trust === 'oidc' ? 'Trusts: OpenID Connect' : 'Trusts: external ID')

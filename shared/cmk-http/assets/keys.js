@@ -43,7 +43,7 @@ export function whyNoDisable(k) {
 
 /** Why the re-encryption rate of `k` cannot be set, or null. */
 export function whyNoRate(k) {
-  if (k.type !== 'aws-kms') return 'Only AWS KMS keys have a re-encryption rate.';
+  if (k.type !== 'aws-kms' && k.type !== 'vault-transit') return 'Only AWS KMS and Vault transit keys have a re-encryption rate.';
   return null;
 }
 

@@ -4,6 +4,7 @@ export const TYPE_LABELS = {
   'service-managed': 'Service-managed',
   'aws-kms': 'AWS KMS',
   local: 'Local',
+  'vault-transit': 'Vault transit',
 };
 
 export const STATE_LABELS = {
