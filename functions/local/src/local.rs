@@ -14,7 +14,7 @@ use cmk_core::providers::ProviderRouter;
 use cmk_core::service::ServiceConfig;
 use cmk_core::Cmk;
 use cmk_embedded::{secret_file, LocalKeyProvider, LocalOidcKeys, QueueConfig, SqliteStore};
-use cmk_vault::VaultSettings;
+use cmk_vault::{VaultSettings, VaultTransitProvider};
 use rand::RngCore;
 
 const SECRET_FILE: &str = "token.secret";
@@ -24,6 +24,7 @@ pub struct Backends {
     pub cmk: Cmk,
     pub store: Arc<SqliteStore>,
     pub keys: Arc<LocalKeyProvider>,
+    pub vault: Arc<VaultTransitProvider>,
 }
 
 /// Opens (creating on first use) the data directory's database and keys.
@@ -38,9 +39,11 @@ pub fn open_backends(
     let (store, queue, keys) = (Arc::new(store), Arc::new(queue), Arc::new(keys));
     // `vault-transit` keys go to the transit provider, which opens their sealed credentials
     // with the local service-managed key; every other key stays with the local provider.
-    let vault = cmk_vault::VaultTransitProvider::new(keys.clone(), VaultSettings::default())
-        .map_err(anyhow::Error::msg)?;
-    let router = ProviderRouter::new(keys.clone()).route(KeyType::VaultTransit, Arc::new(vault));
+    let vault = Arc::new(
+        VaultTransitProvider::new(keys.clone(), VaultSettings::default())
+            .map_err(anyhow::Error::msg)?,
+    );
+    let router = ProviderRouter::new(keys.clone()).route(KeyType::VaultTransit, vault.clone());
     let cmk = Cmk::new(
         store.clone(),
         queue.clone(),
@@ -48,7 +51,12 @@ pub fn open_backends(
         cache,
         config,
     );
-    Ok(Backends { cmk, store, keys })
+    Ok(Backends {
+        cmk,
+        store,
+        keys,
+        vault,
+    })
 }
 
 /// Hex digits of the token secret: 32 random bytes.

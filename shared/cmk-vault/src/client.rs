@@ -52,6 +52,8 @@ pub type ItemResult = Result<Zeroizing<String>, String>;
 #[derive(Clone, Debug)]
 pub struct TransitClient {
     http: reqwest::Client,
+    /// Requests sent, logins included (for benchmarks: requests per data key).
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Deserialize)]
@@ -112,7 +114,15 @@ impl TransitClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            requests: Default::default(),
+        })
+    }
+
+    /// How many requests this client has sent.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `auth/approle/login`.
@@ -272,6 +282,8 @@ impl TransitClient {
         if let Some(ns) = namespace {
             request = request.header("X-Vault-Namespace", ns);
         }
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let response = request.send().await.map_err(|e| VaultError {
             status: None,
             message: if e.is_timeout() {

@@ -146,6 +146,11 @@ impl VaultTransitProvider {
         })
     }
 
+    /// How many requests the provider has sent to transit servers, logins included.
+    pub fn requests(&self) -> u64 {
+        self.client.requests()
+    }
+
     fn slot(&self, kek: &Kek, key: &VaultTransitKey) -> TokenSlot {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(

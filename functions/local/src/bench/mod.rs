@@ -9,11 +9,12 @@ mod data_plane;
 mod embedded;
 mod rate;
 mod reference;
+mod vault;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -45,6 +46,10 @@ pub struct RewrapArgs {
     /// The AWS endpoint (with --backend aws).
     #[arg(long = "aws-endpoint-url", env = "AWS_ENDPOINT_URL")]
     endpoint_url: Option<String>,
+    /// `vault-transit` re-encrypts to, between and from transit keys of an OpenBao dev server
+    /// started from `CMK_BAO` (embedded backend only).
+    #[arg(long, value_enum, default_value = "local")]
+    provider: BenchProvider,
     /// How many data keys to re-encrypt.
     #[arg(long, default_value_t = 100_000)]
     data_keys: u64,
@@ -63,8 +68,22 @@ pub struct RewrapArgs {
     no_reference_floor: bool,
 }
 
+/// The key provider of `bench rewrap`'s target keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchProvider {
+    Local,
+    #[value(name = "vault-transit")]
+    VaultTransit,
+}
+
 pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
+        BenchCommand::Rewrap(args) if args.provider == BenchProvider::VaultTransit => {
+            if args.backend == BenchBackend::Aws {
+                anyhow::bail!("--provider vault-transit runs on the embedded backend only");
+            }
+            vault::rewrap(args.data_keys, args.batch_size, args.concurrency).await
+        }
         BenchCommand::Rewrap(args) if args.backend == BenchBackend::Aws => {
             aws::rewrap(args.data_keys, args.endpoint_url).await
         }
