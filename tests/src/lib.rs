@@ -346,7 +346,7 @@ impl TestApp {
             for partition in 0..self.sqlite.data_key_partitions() {
                 rows.extend(
                     self.sqlite
-                        .list_data_keys(&org_id, key, partition, None, None, 1_000_000)
+                        .list_data_keys(&org_id, key, partition, None, None, 1_000_000, None)
                         .await
                         .expect("rows"),
                 );

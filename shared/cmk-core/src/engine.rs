@@ -360,8 +360,9 @@ impl RewrapEngine {
         let mut after = after.cloned();
         loop {
             let started = std::time::Instant::now();
-            // Only what the source still wraps: a redelivered range costs no provider call for
-            // the data keys that already moved.
+            // Only what the source still wraps and this job has not moved: a redelivered range
+            // costs no provider call for the data keys that already moved (a `rotate` job's
+            // stay with their key, so only the job's mark on them tells).
             let records = self
                 .cmk
                 .data_keys()
@@ -372,6 +373,7 @@ impl RewrapEngine {
                     after.as_ref(),
                     Some(until),
                     self.config.batch_size,
+                    Some(job_id),
                 )
                 .await?;
             let Some(last) = records.last().map(|r| r.id.clone()) else {

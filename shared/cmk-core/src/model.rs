@@ -445,6 +445,9 @@ pub enum JobKind {
     Adopt,
     Disable,
     DisableAll,
+    /// Re-wraps every data key of one key with its latest version (after the customer rotated
+    /// a `vault-transit` key): source and target are the same key, which stays active.
+    Rotate,
 }
 
 impl JobKind {
@@ -453,6 +456,7 @@ impl JobKind {
             JobKind::Adopt => "adopt",
             JobKind::Disable => "disable",
             JobKind::DisableAll => "disable_all",
+            JobKind::Rotate => "rotate",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -460,6 +464,7 @@ impl JobKind {
             "adopt" => Some(JobKind::Adopt),
             "disable" => Some(JobKind::Disable),
             "disable_all" => Some(JobKind::DisableAll),
+            "rotate" => Some(JobKind::Rotate),
             _ => None,
         }
     }
@@ -554,6 +559,7 @@ pub enum AuditAction {
     KeyHealthChanged,
     KeyDisableRequested,
     KeyDisabled,
+    KeyRewrapRequested,
     KeyRateLimitSet,
     KeysDisableAllRequested,
     ReencryptionStarted,
@@ -572,6 +578,7 @@ impl AuditAction {
             AuditAction::KeyHealthChanged => "key.health_changed",
             AuditAction::KeyDisableRequested => "key.disable_requested",
             AuditAction::KeyDisabled => "key.disabled",
+            AuditAction::KeyRewrapRequested => "key.rewrap_requested",
             AuditAction::KeyRateLimitSet => "key.rate_limit_set",
             AuditAction::KeysDisableAllRequested => "keys.disable_all_requested",
             AuditAction::ReencryptionStarted => "reencryption.started",

@@ -93,7 +93,8 @@ pub struct DataKeyMove {
     pub row_hint: Option<i64>,
 }
 
-/// The result of one batch of a job, committed atomically with the progress counters.
+/// The result of one batch of a job, committed atomically with the progress counters. Each
+/// applied move marks its data key with `job_id` (see [`DataKeyStore::list_data_keys`]).
 #[derive(Clone, Debug)]
 pub struct BatchCommit {
     pub job_id: JobId,
@@ -238,7 +239,11 @@ pub trait DataKeyStore: Send + Sync + 'static {
     }
 
     /// Data keys wrapped by `key` in `partition`, with ids in `(after, until]`, in id order, at
-    /// most `limit`.
+    /// most `limit`; with `not_moved_by`, only those that job has not moved. Every move of a
+    /// batch marks its data key with the batch's job, which is how a `rotate` job (whose data
+    /// keys stay with their key) knows what it already moved when a batch is delivered again.
+    /// A short page means the range is exhausted, whatever was skipped.
+    #[allow(clippy::too_many_arguments)] // one listing's range, page size and job filter
     async fn list_data_keys(
         &self,
         org: &OrgId,
@@ -247,6 +252,7 @@ pub trait DataKeyStore: Send + Sync + 'static {
         after: Option<&DataKeyId>,
         until: Option<&DataKeyId>,
         limit: usize,
+        not_moved_by: Option<&JobId>,
     ) -> Result<Vec<DataKeyRecord>, StoreError>;
 
     /// Ids only, for planning: like [`DataKeyStore::list_data_keys`] without an upper bound.

@@ -129,6 +129,7 @@ pub async fn rewrap_progress_contract(store: &dyn Store) {
     failures_and_retries(store).await;
     one_replan_claim_per_idle_interval(store).await;
     row_hints_never_move_the_wrong_data_key(store).await;
+    a_rotate_job_marks_what_it_moved(store).await;
 }
 
 /// [`crate::ports::AuditLog`]: pages newest first.
@@ -514,6 +515,7 @@ async fn job_total_and_exact_progress(store: &dyn Store) {
                 Some(&widest[0]),
                 Some(&widest[2]),
                 100,
+                None,
             )
             .await
             .unwrap();
@@ -759,7 +761,7 @@ async fn row_hints_never_move_the_wrong_data_key(store: &dyn Store) {
     for partition in 0..store.data_key_partitions() {
         listed.extend(
             store
-                .list_data_keys(&org, &svc, partition, None, None, 10)
+                .list_data_keys(&org, &svc, partition, None, None, 10, None)
                 .await
                 .unwrap(),
         );
@@ -797,6 +799,110 @@ async fn row_hints_never_move_the_wrong_data_key(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(p.applied, 2, "listed hints find their own rows");
+}
+
+/// A `rotate` job moves data keys from a key to itself: counts do not change, each move
+/// marks the data key with the job, and a listing for the job skips what it moved, filling
+/// its pages past them (a short page means the range is done).
+async fn a_rotate_job_marks_what_it_moved(store: &dyn Store) {
+    let org = unique_org("rotate");
+    let k = key_record("k-rot", "rot");
+    let mut c = commit(0, &k.id);
+    c.upsert_keys.push(k.clone());
+    store.commit(&org, c).await.unwrap();
+    store
+        .insert_data_keys(&org, &data_keys(&k.id, 40))
+        .await
+        .unwrap();
+    let mut c = commit(1, &k.id);
+    c.job = Some(JobChange::Start(job(
+        JobKind::Rotate,
+        vec![k.id.clone()],
+        k.id.clone(),
+    )));
+    let rotate = store.commit(&org, c).await.unwrap().expect("the job");
+    assert_eq!(rotate.total, 40, "the total counts the key's data keys");
+
+    // In each partition, move all but the last data key (in id order).
+    let list = |partition, limit, by: Option<JobId>| {
+        let k = k.id.clone();
+        let org = org.clone();
+        async move {
+            store
+                .list_data_keys(&org, &k, partition, None, None, limit, by.as_ref())
+                .await
+                .unwrap()
+        }
+    };
+    let mut moved = Vec::new();
+    let mut kept = Vec::new();
+    for partition in 0..store.data_key_partitions() {
+        let mut records = list(partition, 100, Some(rotate.id.clone())).await;
+        if let Some(last) = records.pop() {
+            kept.push((partition, last.id));
+        }
+        moved.extend(records);
+    }
+    assert!(!moved.is_empty(), "some partition holds several data keys");
+    let batch = |moves| BatchCommit {
+        job_id: rotate.id.clone(),
+        generation: 0,
+        source: k.id.clone(),
+        moves,
+        failures: vec![],
+    };
+    let p = store
+        .commit_batch(&org, batch(moves(&moved, &k.id)))
+        .await
+        .unwrap();
+    assert_eq!(p.applied, moved.len() as u64);
+    assert_eq!(p.done, moved.len() as u64);
+    let again = store
+        .commit_batch(&org, batch(moves(&moved, &k.id)))
+        .await
+        .unwrap();
+    assert_eq!(again.applied, 0, "a redelivered batch counts nothing twice");
+    assert_eq!(
+        store.load_org(&org).await.unwrap().count(&k.id),
+        40,
+        "the data keys stay with their key"
+    );
+    let moved_one = store
+        .get_data_key(&org, &moved[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            &moved_one.key_id,
+            moved_one.version,
+            moved_one.wrapped.as_slice()
+        ),
+        (&k.id, moved[0].version + 1, &[9u8, 9][..])
+    );
+
+    let mut all = 0;
+    for partition in 0..store.data_key_partitions() {
+        // The first page for the job is its one unmoved data key, found past the moved ones.
+        let page = list(partition, 1, Some(rotate.id.clone())).await;
+        let want: Vec<&DataKeyId> = kept
+            .iter()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(page.iter().map(|r| &r.id).collect::<Vec<_>>(), want);
+        all += list(partition, 100, None).await.len();
+        let other = list(partition, 100, Some(JobId::generate())).await;
+        assert_eq!(
+            other.len(),
+            list(partition, 100, None).await.len(),
+            "another job's listing skips nothing"
+        );
+    }
+    assert_eq!(
+        all, 40,
+        "without a job, every data key of the key is listed"
+    );
 }
 
 async fn many_data_keys_are_read_in_one_call(store: &dyn Store) {
@@ -841,7 +947,7 @@ async fn orgs_are_isolated(store: &dyn Store) {
         .unwrap()
         .is_some());
     assert!(store
-        .list_data_keys(&b, &KeyId::service(), 0, None, None, 10)
+        .list_data_keys(&b, &KeyId::service(), 0, None, None, 10, None)
         .await
         .unwrap()
         .is_empty());

@@ -122,6 +122,9 @@ pub(crate) fn get_many(
 }
 
 /// Up to `limit` data keys of `key`, in id order, after `after` and up to `until` (inclusive).
+/// Up to `limit` data keys of `key` with ids in `(after, until]`, in order; with
+/// `not_moved_by`, only those that job has not moved (`moved_by`, set by every move).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn list(
     conn: &Connection,
     names: &Names,
@@ -130,9 +133,15 @@ pub(crate) fn list(
     after: Option<&DataKeyId>,
     until: Option<&DataKeyId>,
     limit: usize,
+    not_moved_by: Option<&str>,
 ) -> Result<Vec<DataKeyRecord>, StoreError> {
     let (Some(org), Some(key_n)) = (names.find(conn, org)?, names.find(conn, key.as_str())?) else {
         return Ok(Vec::new());
+    };
+    // A job never interned has moved nothing.
+    let job_n = match not_moved_by {
+        Some(job) => names.find(conn, job)?,
+        None => None,
     };
     let after = bound(after)?;
     // Two statements, so that SQLite bounds the index range on both sides (an
@@ -140,17 +149,19 @@ pub(crate) fn list(
     let mut stmt = match until {
         Some(_) => conn.prepare_cached(
             "SELECT id, wrapped, version, created_at, n FROM data_keys
-             WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND id <= ?4 ORDER BY id LIMIT ?5",
+             WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND id <= ?4
+               AND (?6 IS NULL OR moved_by IS NOT ?6) ORDER BY id LIMIT ?5",
         ),
         None => conn.prepare_cached(
             "SELECT id, wrapped, version, created_at, n FROM data_keys
-             WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND ?4 IS NULL ORDER BY id LIMIT ?5",
+             WHERE org = ?1 AND key_id = ?2 AND id > ?3 AND ?4 IS NULL
+               AND (?6 IS NULL OR moved_by IS NOT ?6) ORDER BY id LIMIT ?5",
         ),
     }
     .map_err(unavailable)?;
     let until = until.map(|u| bound(Some(u))).transpose()?;
     let mut rows = stmt
-        .query(params![org, key_n, after, until, limit as i64])
+        .query(params![org, key_n, after, until, limit as i64, job_n])
         .map_err(unavailable)?;
     let mut records = Vec::with_capacity(limit.min(10_000));
     while let Some(r) = rows.next().map_err(unavailable)? {

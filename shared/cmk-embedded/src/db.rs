@@ -158,12 +158,14 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Columns added after the first release, added in place to a database made before them
 /// (SQLite adds a nullable column without rewriting the table).
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("keys", "rewrap_rate_limit", "INTEGER"),
     ("jobs", "throttled_rate", "INTEGER"),
     // A key's last check in microseconds; NULL in a database made before it, which makes
     // every key due for one check at once.
     ("keys", "checked_at", "INTEGER"),
+    // The job that last moved the data key (its number in `names`); NULL until one does.
+    ("data_keys", "moved_by", "INTEGER"),
 ];
 
 /// Indexes on added columns, created once the columns exist.

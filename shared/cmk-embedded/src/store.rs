@@ -492,6 +492,12 @@ fn apply_batch(
             });
         }
     }
+    // Every move marks its data key with the job (see `DataKeyStore::list_data_keys`).
+    let job_n = if b.moves.is_empty() {
+        -1
+    } else {
+        names.intern(conn, b.job_id.as_str())?
+    };
     let tx = immediate(conn)?;
     let row: Option<(String, i64, i64, i64, i64)> = tx
         .prepare_cached(
@@ -523,14 +529,14 @@ fn apply_batch(
     {
         let mut mv = tx
             .prepare_cached(
-                "UPDATE data_keys SET key_id = ?3, wrapped = ?4, version = version + 1
+                "UPDATE data_keys SET key_id = ?3, wrapped = ?4, version = version + 1, moved_by = ?7
                  WHERE org = ?1 AND id = ?2 AND key_id = ?5 AND version = ?6",
             )
             .map_err(unavailable)?;
         // The same move, finding the row by the rowid the listing read (see data_keys.rs).
         let mut mv_at = tx
             .prepare_cached(
-                "UPDATE data_keys SET key_id = ?3, wrapped = ?4, version = version + 1
+                "UPDATE data_keys SET key_id = ?3, wrapped = ?4, version = version + 1, moved_by = ?8
                  WHERE n = ?7 AND org = ?1 AND id = ?2 AND key_id = ?5 AND version = ?6",
             )
             .map_err(unavailable)?;
@@ -559,7 +565,8 @@ fn apply_batch(
                                 m.wrapped,
                                 source_n,
                                 version,
-                                row
+                                row,
+                                job_n
                             ])
                             .map_err(write_err)?,
                         None => 0,
@@ -574,7 +581,8 @@ fn apply_batch(
                             target.number,
                             m.wrapped,
                             source_n,
-                            version
+                            version,
+                            job_n
                         ])
                         .map_err(write_err)?
                     }
@@ -874,6 +882,7 @@ impl DataKeyStore for SqliteStore {
         after: Option<&DataKeyId>,
         until: Option<&DataKeyId>,
         limit: usize,
+        not_moved_by: Option<&JobId>,
     ) -> Result<Vec<DataKeyRecord>, StoreError> {
         if partition != 0 {
             return Ok(Vec::new()); // one partition: SQLite's index serves any range
@@ -881,6 +890,7 @@ impl DataKeyStore for SqliteStore {
         let db = Arc::clone(&self.db);
         let (org, key) = (org.to_string(), key.clone());
         let (after, until) = (after.cloned(), until.cloned());
+        let job = not_moved_by.map(|j| j.to_string());
         self.db
             .read(move |conn| {
                 data_keys::list(
@@ -891,6 +901,7 @@ impl DataKeyStore for SqliteStore {
                     after.as_ref(),
                     until.as_ref(),
                     limit,
+                    job.as_deref(),
                 )
             })
             .await

@@ -80,7 +80,7 @@ async fn a_data_directory_of_schema_1_is_migrated_on_open_and_keeps_every_data_k
     for (org, key, n) in [(&acme, PROD, 250), (&other, "service", 30)] {
         let key = KeyId::from_trusted(key);
         let rows = store
-            .list_data_keys(org, &key, 0, None, None, 10_000)
+            .list_data_keys(org, &key, 0, None, None, 10_000, None)
             .await
             .expect("rows");
         assert_eq!(rows.len(), n, "{org}/{key}");

@@ -94,6 +94,8 @@ pub enum JobKindDto {
     Adopt,
     Disable,
     DisableAll,
+    /// `keys/{id}/rewrap`: a `vault-transit` key's data keys move to its latest version.
+    Rotate,
 }
 
 impl From<JobKind> for JobKindDto {
@@ -102,6 +104,7 @@ impl From<JobKind> for JobKindDto {
             JobKind::Adopt => Self::Adopt,
             JobKind::Disable => Self::Disable,
             JobKind::DisableAll => Self::DisableAll,
+            JobKind::Rotate => Self::Rotate,
         }
     }
 }
@@ -552,6 +555,15 @@ impl From<DataKeyRecord> for DataKeyDto {
             created_at: d.created_at,
         }
     }
+}
+
+/// What `keys/{id}/rewrap` did: the `rotate` job it started, or why none is needed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RewrapResponse {
+    #[schema(required = true)]
+    pub reencryption: Option<JobDto>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -109,6 +109,7 @@ impl DataKeyStore for NoDataKeys {
         _: Option<&DataKeyId>,
         _: Option<&DataKeyId>,
         _: usize,
+        _: Option<&JobId>,
     ) -> Result<Vec<DataKeyRecord>, StoreError> {
         down()
     }

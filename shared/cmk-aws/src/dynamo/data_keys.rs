@@ -7,13 +7,13 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, KeysAndAttributes, Put, TransactWriteItem,
 };
 use cmk_core::error::StoreError;
-use cmk_core::model::{DataKeyId, DataKeyRecord, KeyId, OrgId};
+use cmk_core::model::{DataKeyId, DataKeyRecord, JobId, KeyId, OrgId};
 
 use super::codec::{count_sums, data_key_from, get_s, n, s, ts};
 use super::error::{build, failed_conditions, sdk_err};
 use super::schema::{
     count_sk, dk_pk, gsi1pk, org_pk, partition_of, random_shard, BY_WRAPPING_KEY, COUNT_PREFIX,
-    DK_SK, HEAD, MOVES_PER_TRANSACTION,
+    DK_SK, HEAD, MOVED_BY, MOVES_PER_TRANSACTION,
 };
 use super::store::DynamoStore;
 
@@ -101,6 +101,11 @@ impl DynamoStore {
             .transpose()
     }
 
+    /// Up to `limit` data keys of `key` in the range, read from the table. The index names
+    /// candidates (eventually consistent) and the table says what is true now, so candidates
+    /// that moved away, or that `not_moved_by` moved, are dropped, and further index pages are
+    /// read until `limit` are found or the range ends: a short page means the range is done.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn query_data_keys(
         &self,
         org: &OrgId,
@@ -109,12 +114,40 @@ impl DynamoStore {
         after: Option<&DataKeyId>,
         until: Option<&DataKeyId>,
         limit: usize,
+        not_moved_by: Option<&JobId>,
     ) -> Result<Vec<DataKeyRecord>, StoreError> {
-        // The index names candidates (eventually consistent); the table says what is true now.
-        let ids = self
-            .index_ids(org, key, partition, after, until, limit)
-            .await?;
-        let mut out = Vec::with_capacity(ids.len());
+        let mut out = Vec::with_capacity(limit.min(1_000));
+        let mut cursor = after.cloned();
+        loop {
+            let ids = self
+                .index_ids(org, key, partition, cursor.as_ref(), until, limit)
+                .await?;
+            let Some(last) = ids.last().cloned() else {
+                break;
+            };
+            let exhausted = ids.len() < limit;
+            self.read_candidates(org, key, &ids, not_moved_by, &mut out)
+                .await?;
+            if out.len() >= limit || exhausted {
+                break;
+            }
+            cursor = Some(last);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Reads `ids` from the table (consistently) into `out`: those still wrapped by `key` and
+    /// not moved by `not_moved_by`.
+    async fn read_candidates(
+        &self,
+        org: &OrgId,
+        key: &KeyId,
+        ids: &[DataKeyId],
+        not_moved_by: Option<&JobId>,
+        out: &mut Vec<DataKeyRecord>,
+    ) -> Result<(), StoreError> {
         for chunk in ids.chunks(100) {
             let mut request = KeysAndAttributes::builder().consistent_read(true);
             for id in chunk {
@@ -141,16 +174,18 @@ impl DynamoStore {
                     .remove(&self.table)
                     .unwrap_or_default()
                 {
+                    let moved_by_job = not_moved_by.is_some_and(|job| {
+                        matches!(item.get(MOVED_BY), Some(AttributeValue::S(m)) if m == job.as_str())
+                    });
                     let record = data_key_from(&item)?;
-                    if &record.key_id == key {
+                    if &record.key_id == key && !moved_by_job {
                         out.push(record);
                     }
                 }
                 pending = resp.unprocessed_keys;
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok(())
     }
 
     pub(super) async fn query_data_key_ids(

@@ -15,7 +15,7 @@
 //! | job progress | `ORG#{org}` | `PROG#{job}#{shard:02}` | `state`, `generation` (copies of the job's), `done`, `failed`, `updated_at` (last batch) — summed on read |
 //! | job failure | `ORG#{org}` | `FAIL#{job}#{generation:08}#{data key}` | `key_id`, `reason`, `message` |
 //! | audit event | `AUDIT#{org}` | `{event id}` (UUIDv7, sorts by time) | the event |
-//! | data key | `DK#{org}#{id}` | `DK` | `key_id`, `wrapped` (B), `version`, `created_at`, `gsi1pk` = `{org}#{key}#{partition}`, `gsi1sk` = id |
+//! | data key | `DK#{org}#{id}` | `DK` | `key_id`, `wrapped` (B), `version`, `created_at`, `gsi1pk` = `{org}#{key}#{partition}`, `gsi1sk` = id; `moved_by` = the job that last moved it |
 //!
 //! Indexes: `by_wrapping_key` (`gsi1pk`, `gsi1sk`) enumerates a key's data keys per partition;
 //! `running_jobs` (`gsi2pk`, `gsi2sk`) is sparse and lists running jobs for the sweep;
@@ -165,8 +165,9 @@ impl DataKeyStore for DynamoStore {
         after: Option<&DataKeyId>,
         until: Option<&DataKeyId>,
         limit: usize,
+        not_moved_by: Option<&JobId>,
     ) -> Result<Vec<DataKeyRecord>, StoreError> {
-        self.query_data_keys(org, key, partition, after, until, limit)
+        self.query_data_keys(org, key, partition, after, until, limit, not_moved_by)
             .await
     }
 

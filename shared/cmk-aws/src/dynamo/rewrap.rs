@@ -15,7 +15,8 @@ use super::codec::{from_json, get_n, get_s, job_from, n, opt_u32, s, ts, Tally};
 use super::error::{build, collided, corrupt, failed_conditions, sdk_err};
 use super::schema::{
     dk_pk, fail_prefix, fail_sk, gsi1pk, job_sk, move_count_sk, org_pk, partition_of,
-    progress_prefix, progress_sk, DK_SK, MOVES_PER_TRANSACTION, PROGRESS_SHARDS, RUNNING_JOBS,
+    progress_prefix, progress_sk, DK_SK, MOVED_BY, MOVES_PER_TRANSACTION, PROGRESS_SHARDS,
+    RUNNING_JOBS,
 };
 use super::store::{collision_backoff, DynamoStore, TRANSACTION_ATTEMPTS};
 
@@ -122,12 +123,21 @@ impl DynamoStore {
             let (progress, shard) = counting.pick(&batch.job_id);
             let mut items = Vec::with_capacity(moves.len() + 3);
             items.push(self.progress_update(org, batch, progress, "done", count)?);
-            // All moves of a batch go from one source to one target.
+            // All moves of a batch go from one source to one target. A `rotate` job's moves
+            // stay with their key: no count changes (and one item may not be written twice in
+            // a transaction).
             let to = moves[0].to_key_id.clone();
-            items.push(self.counter_update(org, move_count_sk(&batch.source, shard), -count)?);
-            items.push(self.counter_update(org, move_count_sk(&to, shard), count)?);
+            if to != batch.source {
+                items.push(self.counter_update(
+                    org,
+                    move_count_sk(&batch.source, shard),
+                    -count,
+                )?);
+                items.push(self.counter_update(org, move_count_sk(&to, shard), count)?);
+            }
+            let header = items.len();
             for m in &moves {
-                items.push(self.move_update(org, m)?);
+                items.push(self.move_update(org, &batch.job_id, m)?);
             }
             let Err(e) = self.transact(items).await else {
                 return Ok(Some(count as u64));
@@ -138,12 +148,12 @@ impl DynamoStore {
             if failed.first().copied().unwrap_or(false) {
                 return Ok(None); // the job moved on: a stale message
             }
-            // Index 0 is the progress item, 1-2 the counters, then the moves.
+            // Index 0 is the progress item, then the counters (if any), then the moves.
             let before = moves.len();
             moves = moves
                 .into_iter()
                 .enumerate()
-                .filter(|(i, _)| !failed.get(i + 3).copied().unwrap_or(false))
+                .filter(|(i, _)| !failed.get(i + header).copied().unwrap_or(false))
                 .map(|(_, m)| m)
                 .collect();
             if moves.len() == before {
@@ -192,6 +202,7 @@ impl DynamoStore {
     pub(super) fn move_update(
         &self,
         org: &OrgId,
+        job: &JobId,
         m: &DataKeyMove,
     ) -> Result<TransactWriteItem, StoreError> {
         Ok(TransactWriteItem::builder()
@@ -201,8 +212,10 @@ impl DynamoStore {
                     .key("pk", s(dk_pk(org, &m.id)))
                     .key("sk", s(DK_SK))
                     .condition_expression("#kid = :from AND #ver = :v")
-                    .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1")
+                    .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1, #mb = :job")
                     .expression_attribute_names("#kid", "key_id")
+                    .expression_attribute_names("#mb", MOVED_BY)
+                    .expression_attribute_values(":job", s(job.as_str()))
                     .expression_attribute_names("#ver", "version")
                     .expression_attribute_names("#w", "wrapped")
                     .expression_attribute_names("#g1", "gsi1pk")

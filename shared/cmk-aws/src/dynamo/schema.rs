@@ -57,6 +57,8 @@ pub(super) fn dk_pk(org: &OrgId, id: &DataKeyId) -> String {
 
 /// The sort key of a data key item (its partition key names it).
 pub(super) const DK_SK: &str = "DK";
+/// The data-key attribute naming the job that last moved it (every move sets it).
+pub(super) const MOVED_BY: &str = "moved_by";
 
 pub(super) fn job_sk(job: &JobId) -> String {
     format!("JOB#{job}")
