@@ -316,6 +316,13 @@ describe('the Customer Managed Keys page', { timeout: 600_000 }, () => {
     assert.equal(await rate.getAttribute('aria-disabled'), 'true');
     const rateWhy = await rate.getAttribute('aria-describedby');
     assert.match(await page.locator(`#${rateWhy}`).innerText(), /Only AWS KMS and Vault transit keys/);
+    // Re-wrapping to a latest version is for keys with versions, and the menu says so.
+    await page.keyboard.press('ArrowDown');
+    const rewrap = menu.getByRole('menuitem', { name: 'Re-wrap to latest version' });
+    assert.ok(await rewrap.evaluate((el) => el === document.activeElement));
+    assert.equal(await rewrap.getAttribute('aria-disabled'), 'true');
+    const rewrapWhy = await rewrap.getAttribute('aria-describedby');
+    assert.match(await page.locator(`#${rewrapWhy}`).innerText(), /Only Vault transit keys have versions/);
     await page.keyboard.press('Escape');
     await menu.waitFor({ state: 'hidden' });
     assert.ok(await menuButton.evaluate((el) => el === document.activeElement), 'Escape returns focus');

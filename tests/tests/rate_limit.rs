@@ -3,7 +3,8 @@
 //! which it throttles), the requests sent for an `aws-kms` key stay within 10 % of its limit
 //! over every one-second window; when KMS throttles, the rate halves and recovers (AIMD), the
 //! job shows `throttled` with the rate it runs at, and it still completes. An admin changes the
-//! limit with `PATCH keys/{id}`, and the data plane is never limited.
+//! limit with `PATCH keys/{id}`, and the data plane is never limited. `keys/{id}/rewrap` on an
+//! `aws-kms` key answers why nothing needs doing (KMS rotates transparently).
 
 use cmk_tests as common;
 
@@ -360,4 +361,40 @@ async fn a_batch_slowed_by_its_limit_hands_the_rest_on_within_its_time_budget() 
         deliveries > 3,
         "the batches were continued: {deliveries} deliveries"
     );
+}
+
+/// `keys/{id}/rewrap` on an `aws-kms` key: nothing to do, and the answer says why (AWS KMS
+/// rotates its material transparently); no job starts and nothing is sent to KMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrapping_an_aws_kms_key_explains_why_nothing_needs_doing() {
+    let (app, kms) = app_with_kms(
+        SimulatedKmsConfig {
+            latency: Duration::ZERO,
+            quota: None,
+        },
+        engine(5, Duration::from_millis(10)),
+    )
+    .await;
+    let key = add_kms_key(&app, "acme", "prod", 250).await;
+    let id = key["key"]["id"].as_str().expect("id").to_owned();
+    app.wait_job("acme").await;
+    let key_id = KeyId::from_trusted(id.clone());
+    let before = kms.requests(&key_id).len();
+    let (status, body) = app
+        .admin(
+            "POST",
+            &format!("/v1/orgs/acme/keys/{id}/rewrap"),
+            "acme",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reencryption"], Value::Null, "{body}");
+    assert!(
+        body["explanation"]
+            .as_str()
+            .is_some_and(|e| e.contains("transparently")),
+        "{body}"
+    );
+    assert_eq!(kms.requests(&key_id).len(), before, "no KMS request");
 }

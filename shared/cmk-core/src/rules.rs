@@ -308,6 +308,43 @@ pub fn disable(
     Ok(c)
 }
 
+/// Re-wrap every data key of `key` with the key's latest version, after the customer rotated
+/// it: a `rotate` job whose source and target are the key, which stays active (and may stay
+/// the default). Only `vault-transit` keys have versions the service moves data keys between:
+/// AWS KMS rotates its key material transparently, and local keys have one version.
+pub fn rotate(s: &OrgSnapshot, actor: &str, key: &KeyId) -> Result<OrgCommit, CoreError> {
+    if key.is_service() {
+        return Err(CoreError::ServiceKeyLocked);
+    }
+    let record = find_key(s, key).ok_or_else(|| not_found(key))?;
+    if !matches!(record.spec, KeySpec::VaultTransit(_)) {
+        return Err(CoreError::InvalidRequest(format!(
+            "key {key} is a {} key: only vault-transit keys are re-wrapped to a new version",
+            record.spec.key_type().as_str()
+        )));
+    }
+    if record.state != KeyState::Active {
+        return Err(CoreError::KeyNotActive(format!(
+            "key {key} is {}; only an active key is re-wrapped",
+            record.state.as_str()
+        )));
+    }
+    if let Some(job) = s.unfinished_job() {
+        return Err(CoreError::ReencryptionInProgress(job.id.to_string()));
+    }
+    let mut c = base_commit(s);
+    let job = new_job(JobKind::Rotate, vec![key.clone()], key.clone(), actor);
+    c.events.push(
+        AuditEvent::new(actor, AuditAction::KeyRewrapRequested)
+            .key(key)
+            .job(&job.id)
+            .detail("re-wrap every data key with the key's latest version"),
+    );
+    c.events.push(started_event(actor, &job));
+    c.job = Some(JobChange::Start(job));
+    Ok(c)
+}
+
 /// Disable every CMK: the service key becomes the default at once and adopts all data keys.
 pub fn disable_all(s: &OrgSnapshot, actor: &str) -> Result<OrgCommit, CoreError> {
     if let Some(job) = s.unfinished_job() {
@@ -343,7 +380,14 @@ pub fn disable_all(s: &OrgSnapshot, actor: &str) -> Result<OrgCommit, CoreError>
     Ok(c)
 }
 
+/// What a job still has to move. A `rotate` job's data keys stay with their key, so its count
+/// says nothing: what is left is what it has not moved of the data keys it started with
+/// (the store marks each data key a job moved, and a batch lists only the others). Data keys
+/// made meanwhile are wrapped by the latest version already and are not part of it.
 fn data_keys_left(s: &OrgSnapshot, job: &Job) -> u64 {
+    if job.kind == JobKind::Rotate {
+        return job.total.saturating_sub(job.done);
+    }
     job.source_key_ids.iter().map(|k| s.count(k)).sum()
 }
 
@@ -408,7 +452,7 @@ pub fn cancel(s: &OrgSnapshot, actor: &str) -> Result<OrgCommit, CoreError> {
     })?;
     let mut c = base_commit(s);
     c.job = Some(JobChange::Update(update(job, JobState::Cancelled)));
-    if job.kind != JobKind::Adopt {
+    if matches!(job.kind, JobKind::Disable | JobKind::DisableAll) {
         for src in &job.source_key_ids {
             if let Some(mut k) = s.key(src).cloned() {
                 if k.state == KeyState::Reencrypting {
@@ -474,7 +518,7 @@ pub fn finish(s: &OrgSnapshot, job_id: &JobId) -> Finish {
             u.total = Some(job.done);
         }
         c.job = Some(JobChange::Update(u));
-        if job.kind != JobKind::Adopt {
+        if matches!(job.kind, JobKind::Disable | JobKind::DisableAll) {
             for src in &job.source_key_ids {
                 if let Some(mut k) = s.key(src).cloned() {
                     k.state = KeyState::Disabled;
@@ -722,5 +766,106 @@ mod tests {
             },
             other => panic!("{other:?}"),
         }
+    }
+
+    fn transit(id: &str, name: &str) -> KeyRecord {
+        let mut k = record(id, name, KeyState::Active);
+        k.spec = KeySpec::VaultTransit(crate::vault::VaultTransitKey {
+            address: "https://vault.example.com".into(),
+            mount: "transit".into(),
+            key_name: name.into(),
+            namespace: None,
+            auth: crate::vault::VaultAuth {
+                method: crate::vault::VaultAuthMethod::AppRole,
+                fingerprint: "00".into(),
+                sealed: crate::credentials::SealedSecret {
+                    wrapped_key: vec![],
+                    ciphertext: vec![],
+                },
+            },
+        });
+        k
+    }
+
+    #[test]
+    fn only_an_active_transit_key_is_rewrapped_and_it_stays_active() {
+        let mut s = snapshot();
+        s.keys.push(transit("k1", "orders"));
+        s.keys.push(record("k2", "disk", KeyState::Active));
+        s.default_key_id = KeyId::from_trusted("k1");
+        let k1 = KeyId::from_trusted("k1");
+        let c = rotate(&s, "alice", &k1).expect("rotate");
+        let job = job_of(&c);
+        assert_eq!(job.kind, JobKind::Rotate);
+        assert_eq!(
+            (job.source_key_ids.clone(), job.target_key_id.clone()),
+            (vec![k1.clone()], k1.clone())
+        );
+        assert!(c.upsert_keys.is_empty(), "the key stays active");
+        assert_eq!(c.default_key_id, k1, "and stays the default");
+        assert!(matches!(
+            rotate(&s, "alice", &KeyId::from_trusted("k2")),
+            Err(CoreError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            rotate(&s, "alice", &KeyId::service()),
+            Err(CoreError::ServiceKeyLocked)
+        ));
+        s.job = Some(job);
+        assert!(matches!(
+            rotate(&s, "alice", &k1),
+            Err(CoreError::ReencryptionInProgress(_))
+        ));
+        s.job = None;
+        s.keys[0].state = KeyState::Disabled;
+        assert!(matches!(
+            rotate(&s, "alice", &k1),
+            Err(CoreError::KeyNotActive(_))
+        ));
+    }
+
+    /// What is left of a rotate job is what it has not moved: its key's count (which data
+    /// keys made meanwhile raise) decides nothing, and finishing disables no key.
+    #[test]
+    fn a_rotate_job_finishes_on_its_own_counts() {
+        let mut s = snapshot();
+        s.keys.push(transit("k1", "orders"));
+        let k1 = KeyId::from_trusted("k1");
+        s.default_key_id = k1.clone();
+        let mut job = new_job(JobKind::Rotate, vec![k1.clone()], k1.clone(), "a");
+        job.total = 3;
+        job.done = 3;
+        s.job = Some(job.clone());
+        s.data_key_counts.insert(k1.clone(), 5);
+        match finish(&s, &job.id) {
+            Finish::Commit(c) => {
+                assert!(c.upsert_keys.is_empty(), "no key changes state");
+                assert!(
+                    matches!(c.job, Some(JobChange::Update(ref u)) if u.state == JobState::Completed)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        job.done = 2;
+        job.failed = 1;
+        s.job = Some(job.clone());
+        assert!(matches!(finish(&s, &job.id), Finish::Commit(ref c)
+            if matches!(c.job, Some(JobChange::Update(ref u)) if u.state == JobState::Failed)));
+        job.state = JobState::Failed;
+        s.job = Some(job.clone());
+        match retry(&s, "a").expect("retry") {
+            Retry::Restart { commit, .. } => match commit.job {
+                Some(JobChange::Update(u)) => {
+                    assert_eq!(u.total, Some(3), "the failed one is left")
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        let c = cancel(&s, "a").expect("cancel");
+        assert!(
+            c.upsert_keys.is_empty(),
+            "a cancelled rotation leaves the key as it was"
+        );
     }
 }

@@ -132,6 +132,20 @@ pub enum NewKeySpec {
     },
 }
 
+/// What `keys/{id}/rewrap` did.
+#[derive(Clone, Debug)]
+pub enum Rewrap {
+    /// A `rotate` job started.
+    Started(Job),
+    /// Nothing to do, and why.
+    Automatic(String),
+}
+
+/// Why an `aws-kms` key needs no re-wrap after a rotation.
+pub const AWS_KMS_ROTATION: &str = "AWS KMS rotates key material transparently: a rotated key \
+keeps every earlier version and decrypts what they wrapped, so its data keys need no re-wrap \
+and there is no old version to retire.";
+
 /// Most attempts at a conditional commit before answering [`CoreError::Contention`].
 const COMMIT_ATTEMPTS: u32 = 64;
 /// The longest a change waits for its events to be handed over before it carries on.
@@ -728,6 +742,27 @@ impl Cmk {
             .commit_rule(org, |s| rules::disable_all(s, actor))
             .await?;
         self.started(org, job).await
+    }
+
+    /// Re-wraps every data key of `key` with its latest version (a `rotate` job), after the
+    /// customer rotated a `vault-transit` key; an `aws-kms` key answers why there is nothing
+    /// to do.
+    pub async fn rewrap_key(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        key: &KeyId,
+    ) -> Result<Rewrap, CoreError> {
+        if !key.is_service() {
+            let view = self.get_key(org, key).await?;
+            if matches!(view.record.spec, KeySpec::AwsKms { .. }) {
+                return Ok(Rewrap::Automatic(AWS_KMS_ROTATION.to_owned()));
+            }
+        }
+        let (_, job) = self
+            .commit_rule(org, |s| rules::rotate(s, actor, key))
+            .await?;
+        Ok(Rewrap::Started(self.started(org, job).await?))
     }
 
     async fn started(&self, org: &OrgId, job: Option<Job>) -> Result<Job, CoreError> {

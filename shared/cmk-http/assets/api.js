@@ -83,6 +83,7 @@ export function createApi({ org, token, onAuthFailure }) {
     disable: (id, reencryptTo) => call('POST', `/keys/${enc(id)}/disable`, { reencrypt_to: reencryptTo }),
     disableAll: () => call('POST', '/keys/disable-all'),
     check: (id) => call('POST', `/keys/${enc(id)}/check`),
+    rewrap: (id) => call('POST', `/keys/${enc(id)}/rewrap`),
     reencryption: () => call('GET', '/reencryption'),
     retry: () => call('POST', '/reencryption/retry'),
     cancel: () => call('POST', '/reencryption/cancel'),

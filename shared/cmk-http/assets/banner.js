@@ -23,6 +23,8 @@ function describeJob(job) {
       return `Disabling ${sources.join(', ')}: its data keys move to ${target}.`;
     case 'disable_all':
       return 'Disabling all Customer Managed Keys: data keys return to the service-managed key.';
+    case 'rotate':
+      return `Re-wrapping the data keys of ${target} with its latest version; then older versions can be retired (min_decryption_version).`;
     default:
       return `Data keys move to ${target}.`;
   }

@@ -14,7 +14,8 @@ import {
 import { openDisable, openRate } from './disable-dialogs.js';
 import { DOTS, $, alertMessage, el, notice, svgIcon } from './dom.js';
 import { closeMenu, wireMenu } from './menu.js';
-import { whyNoDefault, whyNoDisable, whyNoDisableAll, whyNoRate } from './keys.js';
+import { whyNoDefault, whyNoDisable, whyNoDisableAll, whyNoRate, whyNoRewrap } from './keys.js';
+import { setJob } from './banner.js';
 import { refresh, state } from './state.js';
 
 function badge(text, tone) {
@@ -135,12 +136,34 @@ function rowFor(k) {
     el('span', { class: 'menu-label' }, 'Set re-encryption rate'),
     noRate ? el('span', { class: 'menu-why', id: rateWhyId, 'aria-hidden': 'true' }, noRate) : null,
   );
+  const noRewrap = whyNoRewrap(k);
+  const rewrapWhyId = `why-rewrap-${id}`;
+  const rewrapItem = el(
+    'button',
+    {
+      type: 'button',
+      role: 'menuitem',
+      class: 'menu-item',
+      'aria-disabled': noRewrap ? 'true' : null,
+      'aria-describedby': noRewrap ? rewrapWhyId : null,
+      title: noRewrap,
+      tabindex: '-1',
+      onclick: () => {
+        if (noRewrap) return;
+        closeMenu();
+        onRewrap(k);
+      },
+    },
+    el('span', { class: 'menu-label' }, 'Re-wrap to latest version'),
+    noRewrap ? el('span', { class: 'menu-why', id: rewrapWhyId, 'aria-hidden': 'true' }, noRewrap) : null,
+  );
   const menu = el(
     'div',
     { class: 'menu', id: menuId, role: 'menu', 'aria-label': `Actions for ${k.name}`, hidden: true },
     disableItem,
     checkItem,
     rateItem,
+    rewrapItem,
   );
   const menuButton = el(
     'button',
@@ -221,6 +244,25 @@ async function onSetDefault(k, button) {
   } catch (err) {
     if (!isAuthFailure(err)) {
       alertMessage(`Could not set “${k.name}” as default: ${describeError(err)}`);
+    }
+  }
+  await refresh();
+}
+
+/** After the customer rotated the key: a job re-wraps its data keys (or, for AWS KMS, why
+ * nothing needs doing). */
+async function onRewrap(k) {
+  alertMessage('');
+  try {
+    const res = await state.api.rewrap(k.id);
+    if (res.explanation) notice(res.explanation);
+    if (res.reencryption) {
+      notice(`Re-wrapping the data keys of “${k.name}” with its latest version.`);
+      setJob(res.reencryption);
+    }
+  } catch (err) {
+    if (!isAuthFailure(err)) {
+      alertMessage(`Could not re-wrap “${k.name}”: ${describeError(err)}`);
     }
   }
   await refresh();

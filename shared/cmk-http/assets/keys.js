@@ -47,6 +47,15 @@ export function whyNoRate(k) {
   return null;
 }
 
+/** Why `k`'s data keys cannot be re-wrapped to its latest version, or null. AWS KMS keys
+ * are offered: the service answers why nothing needs doing. */
+export function whyNoRewrap(k) {
+  if (k.type !== 'vault-transit' && k.type !== 'aws-kms') return 'Only Vault transit keys have versions to re-wrap to.';
+  if (k.state !== 'active') return 'Only an active key is re-wrapped.';
+  if (k.type === 'vault-transit' && jobUnfinished()) return 'Unavailable until the current re-encryption finishes.';
+  return null;
+}
+
 export function whyNoDisableAll() {
   if (jobUnfinished()) return 'Unavailable until the current re-encryption finishes.';
   const active = (state.listing?.keys || []).filter(

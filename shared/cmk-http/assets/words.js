@@ -33,6 +33,7 @@ export const JOB_KIND_LABELS = {
   adopt: 'First key added',
   disable: 'Disable key',
   disable_all: 'Disable all',
+  rotate: 'Re-wrap to latest version',
 };
 
 /** What to do about a key that cannot be used, by `health.status` / problem `reason`. */

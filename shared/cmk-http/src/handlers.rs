@@ -10,7 +10,7 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use cmk_core::model::{EncryptionContext, KeyId, TrustMode};
-use cmk_core::service::NewKeySpec;
+use cmk_core::service::{NewKeySpec, Rewrap};
 use cmk_core::CoreError;
 use zeroize::Zeroizing;
 
@@ -19,7 +19,8 @@ use crate::dto::{
     AddKeyRequest, AddKeyResponse, AuditQuery, AuditResponse, Context, DataKeyResponse,
     DecryptRequest, DecryptResponse, DisableRequest, EmptyObject, EncryptRequest, EncryptResponse,
     HealthzResponse, JobResponse, KeyResponse, KeysResponse, NewKeyType,
-    ReencryptionStatusResponse, SetupKitQuery, SetupQuery, SetupResponse, UpdateKeyRequest,
+    ReencryptionStatusResponse, RewrapResponse, SetupKitQuery, SetupQuery, SetupResponse,
+    UpdateKeyRequest,
 };
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, DataKeyPath, Empty, JsonOrEmpty, KeyPath};
@@ -375,6 +376,46 @@ pub async fn disable(
             reencryption: job.into(),
         }),
     ))
+}
+
+/// Re-wraps every data key of a `vault-transit` key with the key's latest version, after the
+/// customer rotated it: a `rotate` job (202). The customer may then raise the key's
+/// `min_decryption_version`. For an `aws-kms` key, 200 with why nothing needs doing.
+#[utoipa::path(post, path = "/v1/orgs/{org}/keys/{key_id}/rewrap", tag = "keys", params(KeyParams),
+    request_body(content = Option<EmptyObject>, description = "Empty, or `{}`"),
+    responses(
+        (status = 202, description = "The rotate job started", body = RewrapResponse),
+        (status = 200, description = "An `aws-kms` key: nothing to do (`explanation`)", body = RewrapResponse),
+        (status = 400, description = "A key type without versions (`local`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`key_not_active`, `key_is_service_managed`, `reencryption_in_progress`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rewrap_key(
+    admin: Admin,
+    KeyPath(key): KeyPath,
+    State(s): State<AppState>,
+    JsonOrEmpty(Empty {}): JsonOrEmpty<Empty>,
+) -> ApiResult<(StatusCode, Json<RewrapResponse>)> {
+    let done = s
+        .cmk
+        .rewrap_key(&admin.principal.subject, &admin.org, &key)
+        .await?;
+    Ok(match done {
+        Rewrap::Started(job) => (
+            StatusCode::ACCEPTED,
+            Json(RewrapResponse {
+                reencryption: Some(job.into()),
+                explanation: None,
+            }),
+        ),
+        Rewrap::Automatic(why) => (
+            StatusCode::OK,
+            Json(RewrapResponse {
+                reencryption: None,
+                explanation: Some(why),
+            }),
+        ),
+    })
 }
 
 /// The service-managed key becomes the default; every active customer key is drained to it.

@@ -89,6 +89,10 @@ pub fn admin_write_routes() -> Router<AppState> {
             "/v1/orgs/{org}/keys/{key_id}/check",
             post(handlers::check_key),
         )
+        .route(
+            "/v1/orgs/{org}/keys/{key_id}/rewrap",
+            post(handlers::rewrap_key),
+        )
         .route("/v1/orgs/{org}/reencryption/retry", post(handlers::retry))
         .route("/v1/orgs/{org}/reencryption/cancel", post(handlers::cancel))
 }

@@ -33,6 +33,7 @@ use crate::handlers;
         handlers::disable,
         handlers::disable_all,
         handlers::check_key,
+        handlers::rewrap_key,
         handlers::reencryption,
         handlers::retry,
         handlers::cancel,
@@ -67,6 +68,7 @@ use crate::handlers;
         dto::VaultAuthDto,
         dto::VaultCredentialDto,
         dto::VaultSetupDto,
+        dto::RewrapResponse,
     )),
     modifiers(&SecurityAndCommonErrors),
     tags(

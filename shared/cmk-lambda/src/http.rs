@@ -62,6 +62,7 @@ const KEYS_WRITE_ROUTES: &[RouteSpec] = &[
     ("POST", "/v1/orgs/{org}/keys/{key_id}/disable"),
     ("POST", "/v1/orgs/{org}/keys/disable-all"),
     ("POST", "/v1/orgs/{org}/keys/{key_id}/check"),
+    ("POST", "/v1/orgs/{org}/keys/{key_id}/rewrap"),
     ("POST", "/v1/orgs/{org}/reencryption/retry"),
     ("POST", "/v1/orgs/{org}/reencryption/cancel"),
 ];

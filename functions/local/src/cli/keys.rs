@@ -1,4 +1,4 @@
-//! `cmk keys list | add | default | set-rate | disable | disable-all | check`.
+//! `cmk keys list | add | default | set-rate | disable | disable-all | rewrap | check | setup`.
 
 use std::process::ExitCode;
 
@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use cmk_http::dto::{
     AddKeyResponse, HealthStatusDto, JobDto, JobResponse, JobStateDto, KeyDto, KeyResponse,
-    KeysResponse,
+    KeysResponse, RewrapResponse,
 };
 use serde_json::json;
 
@@ -51,6 +51,12 @@ enum KeysCommand {
     },
     /// Disable every customer managed key: all data keys return to the service-managed key.
     DisableAll,
+    /// After rotating a vault-transit key: re-wrap every data key with its latest version (a
+    /// `rotate` job), so older versions can be retired (min_decryption_version).
+    Rewrap {
+        /// Key id or name.
+        key: String,
+    },
     /// Check a key's health by a real round trip (exits 1 when the key cannot be used).
     Check {
         /// Key id or name.
@@ -400,6 +406,22 @@ pub async fn keys(args: KeysArgs) -> Result<ExitCode> {
             let res: JobResponse = typed(&res)?;
             out!("disabling {id}: its data keys are re-encrypted with {target}");
             print_job_line(Some(&res.reencryption))?;
+        }
+        KeysCommand::Rewrap { key } => {
+            let id = client.resolve_key(&key).await?;
+            let res = client.post(&format!("/keys/{id}/rewrap"), None).await?;
+            if json {
+                print_json(&res)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let res: RewrapResponse = typed(&res)?;
+            if let Some(why) = res.explanation {
+                out!("{why}");
+            }
+            if let Some(job) = res.reencryption {
+                out!("re-wrapping the data keys of {id} with its latest version");
+                print_job_line(Some(&job))?;
+            }
         }
         KeysCommand::DisableAll => {
             let res = client.post("/keys/disable-all", None).await?;

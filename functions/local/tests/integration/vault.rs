@@ -233,3 +233,113 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         "{body}"
     );
 }
+
+/// The customer rotates the transit key; `cmk keys rewrap` starts a `rotate` job that moves
+/// every data key to the latest version with transit `rewrap`; then the customer raises
+/// `min_decryption_version` and every sample still decrypts. A local key has no versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
+    let Some(bao) = BaoDevServer::start().await else {
+        return;
+    };
+    let (role_id, secret_id) = bao.customer_key("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let (_, token) = cmk(&data, &["token", "--org", "acme", "--role", "admin"]);
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: server.base.clone(),
+        token: token.trim().to_owned(),
+    };
+    let (ok, out) = cmk(&data, &["seed", "--org", "acme", "--data-keys", "600"]);
+    assert!(ok, "seed: {out}");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/orgs/acme/keys",
+            Some(json!({"name": "orders", "type": "vault-transit", "address": bao.address,
+                "key_name": "orders", "auth": {"method": "approle", "role_id": role_id, "secret_id": secret_id}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let orders = body["key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.wait_job("acme").await["state"], "completed");
+
+    bao.rotate("orders").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cmk"))
+        .args(["keys", "rewrap", "orders", "--json"])
+        .env("CMK_URL", &server.base)
+        .env("CMK_TOKEN", token.trim())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(started["reencryption"]["kind"], "rotate", "{started}");
+    assert_eq!(started["reencryption"]["total"], 600, "{started}");
+    let job = api.wait_job("acme").await;
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["done"].as_u64(),
+            job["failed"].as_u64()
+        ),
+        (Some("completed"), Some(600), Some(0)),
+        "{job}"
+    );
+    let (_, listing) = api.call("GET", "/v1/orgs/acme/keys", None).await;
+    let key = listing["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == orders.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (key["state"].as_str(), key["data_keys"].as_u64()),
+        (Some("active"), Some(600)),
+        "the key keeps its data keys and stays active: {key}"
+    );
+    assert_eq!(listing["default_key_id"], orders.as_str());
+
+    // Old versions retired: every sample still decrypts.
+    bao.set_min_decryption_version("orders", 2).await;
+    verify(&data, "acme", 600);
+
+    // A second rewrap with nothing older to move still completes, exactly counted.
+    let (status, body) = api
+        .call("POST", &format!("/v1/orgs/acme/keys/{orders}/rewrap"), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = api.wait_job("acme").await;
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(600)),
+        "{job}"
+    );
+
+    // A local key has one version: refused, nothing started.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/orgs/acme/keys",
+            Some(json!({"name": "disk", "type": "local"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let disk = body["key"]["id"].as_str().unwrap().to_owned();
+    let (status, problem) = api
+        .call("POST", &format!("/v1/orgs/acme/keys/{disk}/rewrap"), None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{problem}"
+    );
+    verify(&data, "acme", 600);
+}
