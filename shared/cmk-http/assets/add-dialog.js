@@ -221,7 +221,7 @@ function validateAdd() {
     const address = $('add-vault-address').value.trim();
     if (!address) fail('add-vault-address', 'add-vault-address-error', 'Enter the Vault server\'s URL.');
     else if (!/^https?:\/\/[^\s/?#@]+/.test(address))
-      fail('add-vault-address', 'add-vault-address-error', 'This is not a URL. It looks like https://vault.example.com:8200.');
+      fail('add-vault-address', 'add-vault-address-error', 'This is not a URL: give the scheme (https) and the host, such as vault.example.com:8200.');
     else fail('add-vault-address', 'add-vault-address-error', '');
     need('add-vault-key-name', 'Enter the transit key\'s name.');
     if (vaultAuth() === 'token') need('add-vault-token-value', 'Enter the token the service uses.');
