@@ -16,6 +16,7 @@ test('a failed key check says why and what to do, for every reason', () => {
     key_not_found: /not found.*Check the Key ARN/,
     invalid_key_state: /current state.*enabled symmetric/,
     throttled: /throttling.*try again/,
+    unavailable: /did not answer.*try again/,
     unknown: /could not be used/,
   };
   for (const [reason, words] of Object.entries(expect)) {
@@ -38,6 +39,8 @@ test('conflicts and refusals are explained, not just named', () => {
 
 test('local keys get advice that fits them', () => {
   assert.match(adviceFor('access_denied', 'local'), /cmk local-key restore/);
+  assert.match(adviceFor('access_denied', 'vault-transit'), /AppRole or token/);
+  assert.match(adviceFor('invalid_key_state', 'vault-transit'), /derived=true/);
   assert.match(adviceFor('access_denied', 'aws-kms'), /external ID/);
   assert.equal(formatCount(1234567), '1,234,567');
   assert.equal(plural(1, 'data key', 'data keys'), '1 data key');

@@ -125,9 +125,8 @@ impl KeyErrorKind {
             KeyErrorKind::KeyNotFound => HealthStatus::KeyNotFound,
             KeyErrorKind::InvalidKeyState => HealthStatus::InvalidKeyState,
             KeyErrorKind::Throttled => HealthStatus::Throttled,
-            KeyErrorKind::Transient
-            | KeyErrorKind::InvalidCiphertext
-            | KeyErrorKind::Unsupported => HealthStatus::Unknown,
+            KeyErrorKind::Transient => HealthStatus::Unavailable,
+            KeyErrorKind::InvalidCiphertext | KeyErrorKind::Unsupported => HealthStatus::Unknown,
         }
     }
 }

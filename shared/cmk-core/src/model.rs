@@ -283,6 +283,9 @@ pub enum HealthStatus {
     KeyNotFound,
     InvalidKeyState,
     Throttled,
+    /// The key's provider did not answer (unreachable, timed out, a sealed Vault): nothing is
+    /// known to be wrong with the key itself.
+    Unavailable,
     Unknown,
 }
 
@@ -295,6 +298,7 @@ impl HealthStatus {
             HealthStatus::KeyNotFound => "key_not_found",
             HealthStatus::InvalidKeyState => "invalid_key_state",
             HealthStatus::Throttled => "throttled",
+            HealthStatus::Unavailable => "unavailable",
             HealthStatus::Unknown => "unknown",
         }
     }

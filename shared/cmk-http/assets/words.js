@@ -20,6 +20,7 @@ export const HEALTH_LABELS = {
   key_not_found: 'Key not found',
   invalid_key_state: 'Invalid key state',
   throttled: 'Throttled',
+  unavailable: 'Unavailable',
   unknown: 'Not checked',
 };
 
@@ -46,7 +47,18 @@ export const REASON_ADVICE = {
   invalid_key_state:
     'The key cannot be used in its current state (for example, pending deletion). Use an enabled symmetric encryption key.',
   throttled: 'The key management system is throttling requests. Wait a moment, then try again.',
+  unavailable:
+    'The key management system did not answer (unreachable, timed out, or a sealed Vault). Nothing is known to be wrong with the key: try again once it answers.',
   unknown: 'The key could not be used. Check the role and the key, then try again.',
+};
+
+/** Advice for `vault-transit` keys, where it differs from AWS KMS's. */
+const VAULT_ADVICE = {
+  access_denied:
+    'Vault denied access. Check that the AppRole or token still has the policy shown in the setup (update on encrypt, decrypt and rewrap of this key), then try again.',
+  key_not_found: 'The transit key was not found. Check the address, mount, namespace and key name.',
+  invalid_key_state:
+    'The transit key cannot serve this: it must be a derived key (derived=true), and no data key may be older than its min_decryption_version.',
 };
 
 /** Advice for a key of `type` that cannot be used for `reason`. */
@@ -54,6 +66,7 @@ export function adviceFor(reason, type) {
   if (type === 'local' && reason === 'access_denied') {
     return 'Access to this local key was revoked. Restore it (cmk local-key restore), then check it again or retry.';
   }
+  if (type === 'vault-transit' && VAULT_ADVICE[reason]) return VAULT_ADVICE[reason];
   return REASON_ADVICE[reason] || REASON_ADVICE.unknown;
 }
 

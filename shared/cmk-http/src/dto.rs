@@ -69,6 +69,8 @@ pub enum HealthStatusDto {
     KeyNotFound,
     InvalidKeyState,
     Throttled,
+    /// The provider did not answer (unreachable, timed out, sealed).
+    Unavailable,
     Unknown,
 }
 
@@ -81,6 +83,7 @@ impl From<HealthStatus> for HealthStatusDto {
             HealthStatus::KeyNotFound => Self::KeyNotFound,
             HealthStatus::InvalidKeyState => Self::InvalidKeyState,
             HealthStatus::Throttled => Self::Throttled,
+            HealthStatus::Unavailable => Self::Unavailable,
             HealthStatus::Unknown => Self::Unknown,
         }
     }

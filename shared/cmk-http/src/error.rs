@@ -407,6 +407,7 @@ mod tests {
             HealthStatus::KeyDisabled,
             HealthStatus::KeyNotFound,
             HealthStatus::InvalidKeyState,
+            HealthStatus::Unavailable,
             HealthStatus::Unknown,
         ] {
             let e = check(

@@ -3,6 +3,7 @@
 //! method and a fingerprint), adopted, used by the data plane, and every sample still
 //! decrypts. Removing the service's policy revokes: the health check reports `access_denied`,
 //! decrypt answers 424, a job to the key fails; restoring the policy and retrying completes it.
+//! A server that goes away makes the key `unavailable`, not revoked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -232,6 +233,25 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         (200, Some("aGVsbG8=")),
         "{body}"
     );
+
+    // The server goes away: the key is `unavailable`, not revoked, so the data key the last
+    // decrypt cached still serves (a revocation would have wiped it).
+    drop(bao);
+    let (_, checked) = api
+        .call("POST", &format!("/v1/orgs/acme/keys/{billing}/check"), None)
+        .await;
+    assert_eq!(
+        checked["key"]["health"]["status"], "unavailable",
+        "{checked}"
+    );
+    let (status, problem) = data_plane
+        .call(
+            "POST",
+            "/v1/orgs/acme/decrypt",
+            Some(json!({"ciphertext": enc["ciphertext"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{problem}");
 }
 
 /// The customer rotates the transit key; `cmk keys rewrap` starts a `rotate` job that moves
