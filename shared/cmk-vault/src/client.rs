@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 /// Where a transit key is.
@@ -133,8 +133,7 @@ impl TransitClient {
         role_id: &str,
         secret_id: &str,
     ) -> Result<Login, VaultError> {
-        let body =
-            Zeroizing::new(json!({ "role_id": role_id, "secret_id": secret_id }).to_string());
+        let body = Zeroizing::new(to_json(&LoginBody { role_id, secret_id }));
         let url = format!("{address}/v1/auth/approle/login");
         let envelope = self.post(&url, namespace, None, body.as_str()).await?;
         let auth = envelope.auth.ok_or_else(|| VaultError {
@@ -155,9 +154,10 @@ impl TransitClient {
         plaintext_b64: &str,
         context_b64: &str,
     ) -> Result<Zeroizing<String>, VaultError> {
-        let body = Zeroizing::new(
-            json!({ "plaintext": plaintext_b64, "context": context_b64 }).to_string(),
-        );
+        let body = Zeroizing::new(to_json(&PlaintextItem {
+            plaintext: plaintext_b64,
+            context: context_b64,
+        }));
         self.single(t, "encrypt", token, &body, "ciphertext").await
     }
 
@@ -169,7 +169,10 @@ impl TransitClient {
         ciphertext: &str,
         context_b64: &str,
     ) -> Result<Zeroizing<String>, VaultError> {
-        let body = json!({ "ciphertext": ciphertext, "context": context_b64 }).to_string();
+        let body = to_json(&CiphertextItem {
+            ciphertext,
+            context: context_b64,
+        });
         self.single(t, "decrypt", token, &body, "plaintext").await
     }
 
@@ -180,12 +183,15 @@ impl TransitClient {
         token: &str,
         items: &[(Zeroizing<String>, String)],
     ) -> Result<Vec<ItemResult>, VaultError> {
-        let input: Vec<Value> = items
+        let batch_input: Vec<PlaintextItem<'_>> = items
             .iter()
-            .map(|(p, c)| json!({ "plaintext": p.as_str(), "context": c }))
+            .map(|(p, c)| PlaintextItem {
+                plaintext: p.as_str(),
+                context: c,
+            })
             .collect();
-        let body = Zeroizing::new(json!({ "batch_input": input }).to_string());
-        drop(input); // (the plaintexts' JSON copies; the body is wiped on drop)
+        // Serialized straight from the borrowed plaintexts: the body is their one copy.
+        let body = Zeroizing::new(to_json(&Batch { batch_input }));
         self.batch(t, "encrypt", token, &body, "ciphertext", items.len())
             .await
     }
@@ -293,11 +299,12 @@ impl TransitClient {
             },
         })?;
         let status = response.status();
-        let text = response.text().await.map_err(|_| VaultError {
+        // Holds plaintext data keys (decrypt) or a token (login): wiped when dropped.
+        let text = Zeroizing::new(response.text().await.map_err(|_| VaultError {
             status: Some(status.as_u16()),
             message: "the answer was cut off".into(),
-        })?;
-        let envelope: Option<Envelope> = serde_json::from_str(&text).ok();
+        })?);
+        let envelope: Option<Envelope> = serde_json::from_str(text.as_str()).ok();
         match envelope {
             Some(e) if status.is_success() => Ok(e),
             Some(e)
@@ -324,12 +331,43 @@ fn op_url(t: Target<'_>, op: &str) -> String {
     format!("{}/v1/{}/{op}/{}", t.address, t.mount, t.key_name)
 }
 
+#[derive(Serialize)]
+struct LoginBody<'a> {
+    role_id: &'a str,
+    secret_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct PlaintextItem<'a> {
+    plaintext: &'a str,
+    context: &'a str,
+}
+
+#[derive(Serialize)]
+struct CiphertextItem<'a> {
+    ciphertext: &'a str,
+    context: &'a str,
+}
+
+#[derive(Serialize)]
+struct Batch<T> {
+    batch_input: Vec<T>,
+}
+
+/// Request bodies are plain structs of strings: serializing them cannot fail.
+fn to_json<T: Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
 fn batch_of_ciphertexts(items: &[(String, String)]) -> String {
-    let input: Vec<Value> = items
+    let batch_input = items
         .iter()
-        .map(|(c, ctx)| json!({ "ciphertext": c, "context": ctx }))
+        .map(|(c, ctx)| CiphertextItem {
+            ciphertext: c,
+            context: ctx,
+        })
         .collect();
-    json!({ "batch_input": input }).to_string()
+    to_json(&Batch { batch_input })
 }
 
 fn data_as<T: DeserializeOwned>(data: Option<Value>) -> Result<T, VaultError> {
