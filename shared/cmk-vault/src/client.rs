@@ -203,8 +203,7 @@ impl TransitClient {
         token: &str,
         items: &[(String, String)],
     ) -> Result<Vec<ItemResult>, VaultError> {
-        let body = batch_of_ciphertexts(items);
-        self.batch(t, "decrypt", token, &body, "plaintext", items.len())
+        self.ciphertext_batch(t, "decrypt", token, items, "plaintext")
             .await
     }
 
@@ -216,9 +215,28 @@ impl TransitClient {
         token: &str,
         items: &[(String, String)],
     ) -> Result<Vec<ItemResult>, VaultError> {
-        let body = batch_of_ciphertexts(items);
-        self.batch(t, "rewrap", token, &body, "ciphertext", items.len())
+        self.ciphertext_batch(t, "rewrap", token, items, "ciphertext")
             .await
+    }
+
+    /// A batch of (ciphertext, context) items to `op`, answering `field` per item.
+    async fn ciphertext_batch(
+        &self,
+        t: Target<'_>,
+        op: &str,
+        token: &str,
+        items: &[(String, String)],
+        field: &str,
+    ) -> Result<Vec<ItemResult>, VaultError> {
+        let batch_input = items
+            .iter()
+            .map(|(c, ctx)| CiphertextItem {
+                ciphertext: c,
+                context: ctx,
+            })
+            .collect();
+        let body = to_json(&Batch { batch_input });
+        self.batch(t, op, token, &body, field, items.len()).await
     }
 
     async fn single(
@@ -357,17 +375,6 @@ struct Batch<T> {
 /// Request bodies are plain structs of strings: serializing them cannot fail.
 fn to_json<T: Serialize>(body: &T) -> String {
     serde_json::to_string(body).unwrap_or_default()
-}
-
-fn batch_of_ciphertexts(items: &[(String, String)]) -> String {
-    let batch_input = items
-        .iter()
-        .map(|(c, ctx)| CiphertextItem {
-            ciphertext: c,
-            context: ctx,
-        })
-        .collect();
-    to_json(&Batch { batch_input })
 }
 
 fn data_as<T: DeserializeOwned>(data: Option<Value>) -> Result<T, VaultError> {

@@ -12,6 +12,92 @@ use serde_json::{json, Value};
 
 use super::e2e::{cmk, verify, Api, Server};
 
+/// A `cmk serve` on a fresh data directory with `data_keys` seeded, and an admin's client.
+struct Local {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    server: Server,
+    token: String,
+    api: Api,
+}
+
+fn local(data_keys: u64) -> Local {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let token = client_token(&data, "admin");
+    let api = client(&server, &token);
+    let (ok, out) = cmk(
+        &data,
+        &[
+            "seed",
+            "--org",
+            "acme",
+            "--data-keys",
+            &data_keys.to_string(),
+        ],
+    );
+    assert!(ok, "seed: {out}");
+    Local {
+        dir,
+        data,
+        server,
+        token,
+        api,
+    }
+}
+
+fn client_token(data: &std::path::Path, role: &str) -> String {
+    let (ok, token) = cmk(data, &["token", "--org", "acme", "--role", role]);
+    assert!(ok, "{token}");
+    token.trim().to_owned()
+}
+
+fn client(server: &Server, token: &str) -> Api {
+    Api {
+        http: reqwest::Client::new(),
+        base: server.base.clone(),
+        token: token.to_owned(),
+    }
+}
+
+/// `POST keys` of a transit key on `bao` logging in with an AppRole.
+fn transit_key(bao: &BaoDevServer, name: &str, role_id: &str, secret_id: &str) -> Value {
+    json!({"name": name, "type": "vault-transit", "address": bao.address, "key_name": name,
+        "auth": {"method": "approle", "role_id": role_id, "secret_id": secret_id}})
+}
+
+/// `cmk <args>` against the local service as its admin.
+fn admin_cli(l: &Local, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cmk"))
+        .args(args)
+        .env("CMK_URL", &l.server.base)
+        .env("CMK_TOKEN", &l.token)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// `POST keys/{id}/check`: the key's health status.
+async fn check(api: &Api, key: &str) -> Value {
+    let (status, checked) = api
+        .call("POST", &format!("/v1/orgs/acme/keys/{key}/check"), None)
+        .await;
+    assert_eq!(status, 200, "{checked}");
+    checked["key"]["health"]["status"].clone()
+}
+
+/// `POST decrypt` of a ciphertext the data plane made.
+async fn decrypt(data_plane: &Api, ciphertext: &Value) -> (u16, Value) {
+    data_plane
+        .call(
+            "POST",
+            "/v1/orgs/acme/decrypt",
+            Some(json!({ "ciphertext": ciphertext })),
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
     let Some(bao) = BaoDevServer::start().await else {
@@ -19,25 +105,9 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
     };
     let (role_id, secret_id) = bao.customer_key("orders").await;
     let (billing_role, billing_secret) = bao.customer_key("billing").await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data);
-    let (ok, token) = cmk(&data, &["token", "--org", "acme", "--role", "admin"]);
-    assert!(ok, "{token}");
-    let (ok, service) = cmk(&data, &["token", "--org", "acme", "--role", "service"]);
-    assert!(ok, "{service}");
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: server.base.clone(),
-        token: token.trim().to_owned(),
-    };
-    let data_plane = Api {
-        http: reqwest::Client::new(),
-        base: server.base.clone(),
-        token: service.trim().to_owned(),
-    };
-    let (ok, out) = cmk(&data, &["seed", "--org", "acme", "--data-keys", "700"]);
-    assert!(ok, "seed: {out}");
+    let l = local(700);
+    let (api, data) = (&l.api, &l.data);
+    let data_plane = client(&l.server, &client_token(data, "service"));
 
     // The setup text names the key's policy and why it must be derived.
     let (status, setup) = api
@@ -58,18 +128,28 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         .contains("derived=true"));
 
     // Added from the CLI: the secret id comes from a file.
-    let secret_file = dir.path().join("secret-id");
+    let secret_file = l.dir.path().join("secret-id");
     std::fs::write(&secret_file, format!("{secret_id}\n")).unwrap();
-    let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_cmk"));
-    add.args(["keys", "add", "--name", "orders", "--type", "vault-transit"])
-        .args(["--address", &bao.address, "--key-name", "orders"])
-        .args(["--role-id", &role_id, "--secret-id-file"])
-        .arg(&secret_file)
-        .args(["--json"])
-        .env("CMK_URL", &server.base)
-        .env("CMK_TOKEN", token.trim())
-        .env("RUST_LOG", "warn");
-    let out = add.output().unwrap();
+    let out = admin_cli(
+        &l,
+        &[
+            "keys",
+            "add",
+            "--name",
+            "orders",
+            "--type",
+            "vault-transit",
+            "--address",
+            &bao.address,
+            "--key-name",
+            "orders",
+            "--role-id",
+            &role_id,
+            "--secret-id-file",
+            secret_file.to_str().unwrap(),
+            "--json",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -95,7 +175,7 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         (Some("completed"), Some(700)),
         "{job}"
     );
-    verify(&data, "acme", 700);
+    verify(data, "acme", 700);
 
     // The data plane wraps new data keys with it.
     let (status, dk) = data_plane
@@ -133,8 +213,7 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         .call(
             "POST",
             "/v1/orgs/acme/keys",
-            Some(json!({"name": "plain", "type": "vault-transit", "address": bao.address,
-                "key_name": "plain", "auth": {"method": "approle", "role_id": role_id, "secret_id": secret_id}})),
+            Some(transit_key(&bao, "plain", &role_id, &secret_id)),
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -157,21 +236,8 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
 
     // Revoked by removing the policy: the check says so, decrypt answers 424.
     bao.put_policy("cmk-orders", "# revoked\n").await;
-    let (status, checked) = api
-        .call("POST", &format!("/v1/orgs/acme/keys/{orders}/check"), None)
-        .await;
-    assert_eq!(status, 200, "{checked}");
-    assert_eq!(
-        checked["key"]["health"]["status"], "access_denied",
-        "{checked}"
-    );
-    let (status, problem) = data_plane
-        .call(
-            "POST",
-            "/v1/orgs/acme/decrypt",
-            Some(json!({"ciphertext": enc["ciphertext"]})),
-        )
-        .await;
+    assert_eq!(check(api, &orders).await, "access_denied");
+    let (status, problem) = decrypt(&data_plane, &enc["ciphertext"]).await;
     assert_eq!(status, 424, "{problem}");
 
     // A job off the revoked key fails; restoring the policy and retrying completes it.
@@ -179,8 +245,7 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         .call(
             "POST",
             "/v1/orgs/acme/keys",
-            Some(json!({"name": "billing", "type": "vault-transit", "address": bao.address,
-                "key_name": "billing", "auth": {"method": "approle", "role_id": billing_role, "secret_id": billing_secret}})),
+            Some(transit_key(&bao, "billing", &billing_role, &billing_secret)),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -206,10 +271,7 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
     assert_eq!(job["errors"][0]["reason"], "access_denied", "{job}");
     bao.put_policy("cmk-orders", &cmk_core::vault::policy("transit", "orders"))
         .await;
-    let (_, checked) = api
-        .call("POST", &format!("/v1/orgs/acme/keys/{orders}/check"), None)
-        .await;
-    assert_eq!(checked["key"]["health"]["status"], "ok", "{checked}");
+    assert_eq!(check(api, &orders).await, "ok");
     let (status, body) = api
         .call("POST", "/v1/orgs/acme/reencryption/retry", None)
         .await;
@@ -220,14 +282,8 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         (Some("completed"), Some(701)),
         "{job}"
     );
-    verify(&data, "acme", 700);
-    let (status, body) = data_plane
-        .call(
-            "POST",
-            "/v1/orgs/acme/decrypt",
-            Some(json!({"ciphertext": enc["ciphertext"]})),
-        )
-        .await;
+    verify(data, "acme", 700);
+    let (status, body) = decrypt(&data_plane, &enc["ciphertext"]).await;
     assert_eq!(
         (status, body["plaintext"].as_str()),
         (200, Some("aGVsbG8=")),
@@ -237,21 +293,9 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
     // The server goes away: the key is `unavailable`, not revoked, so the data key the last
     // decrypt cached still serves (a revocation would have wiped it).
     drop(bao);
-    let (_, checked) = api
-        .call("POST", &format!("/v1/orgs/acme/keys/{billing}/check"), None)
-        .await;
-    assert_eq!(
-        checked["key"]["health"]["status"], "unavailable",
-        "{checked}"
-    );
-    let (status, problem) = data_plane
-        .call(
-            "POST",
-            "/v1/orgs/acme/decrypt",
-            Some(json!({"ciphertext": enc["ciphertext"]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{problem}");
+    assert_eq!(check(api, &billing).await, "unavailable");
+    let (status, body) = decrypt(&data_plane, &enc["ciphertext"]).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The customer rotates the transit key; `cmk keys rewrap` starts a `rotate` job that moves
@@ -263,23 +307,13 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
         return;
     };
     let (role_id, secret_id) = bao.customer_key("orders").await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data);
-    let (_, token) = cmk(&data, &["token", "--org", "acme", "--role", "admin"]);
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: server.base.clone(),
-        token: token.trim().to_owned(),
-    };
-    let (ok, out) = cmk(&data, &["seed", "--org", "acme", "--data-keys", "600"]);
-    assert!(ok, "seed: {out}");
+    let l = local(600);
+    let (api, data) = (&l.api, &l.data);
     let (status, body) = api
         .call(
             "POST",
             "/v1/orgs/acme/keys",
-            Some(json!({"name": "orders", "type": "vault-transit", "address": bao.address,
-                "key_name": "orders", "auth": {"method": "approle", "role_id": role_id, "secret_id": secret_id}})),
+            Some(transit_key(&bao, "orders", &role_id, &secret_id)),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -287,13 +321,7 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
     assert_eq!(api.wait_job("acme").await["state"], "completed");
 
     bao.rotate("orders").await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cmk"))
-        .args(["keys", "rewrap", "orders", "--json"])
-        .env("CMK_URL", &server.base)
-        .env("CMK_TOKEN", token.trim())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = admin_cli(&l, &["keys", "rewrap", "orders", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -329,7 +357,7 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
 
     // Old versions retired: every sample still decrypts.
     bao.set_min_decryption_version("orders", 2).await;
-    verify(&data, "acme", 600);
+    verify(data, "acme", 600);
 
     // A second rewrap with nothing older to move still completes, exactly counted.
     let (status, body) = api
@@ -361,5 +389,5 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
         (400, Some("invalid_request")),
         "{problem}"
     );
-    verify(&data, "acme", 600);
+    verify(data, "acme", 600);
 }
