@@ -40,8 +40,15 @@ pub fn open_backends(
     // `vault-transit` keys go to the transit provider, which opens their sealed credentials
     // with the local service-managed key; every other key stays with the local provider.
     let vault = Arc::new(
-        VaultTransitProvider::new(keys.clone(), VaultSettings::default())
-            .map_err(anyhow::Error::msg)?,
+        VaultTransitProvider::new(
+            keys.clone(),
+            // A local run's Vault is on this machine or its network.
+            VaultSettings {
+                allow_private_addresses: true,
+                ..VaultSettings::default()
+            },
+        )
+        .map_err(anyhow::Error::msg)?,
     );
     let router = ProviderRouter::new(keys.clone()).route(KeyType::VaultTransit, vault.clone());
     let cmk = Cmk::new(

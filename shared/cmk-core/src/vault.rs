@@ -155,6 +155,15 @@ pub fn validate_address(address: &str) -> Result<String, InvalidValue> {
     if host.is_empty() {
         return Err(bad("has no host"));
     }
+    // An address literal the service never calls is refused here; private ones are judged
+    // where the connection is made (the operator's setting), and so are names, once resolved.
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        if !is_callable_ip(ip, true) {
+            return Err(bad(
+                "is a link-local, unspecified or multicast address, which the service never calls",
+            ));
+        }
+    }
     match scheme {
         "https" => Ok(address.to_owned()),
         "http" if is_loopback(host) => Ok(address.to_owned()),
@@ -163,6 +172,40 @@ pub fn validate_address(address: &str) -> Result<String, InvalidValue> {
         )),
         _ => Err(bad("must start with https://")),
     }
+}
+
+/// Whether the service may connect to `ip` for a transit key. Never to link-local addresses
+/// (the cloud's instance metadata at 169.254.169.254 among them), unspecified, multicast or
+/// broadcast ones; to loopback and private ranges (and IPv6 unique-local, where AWS serves
+/// metadata too) only where the operator allows private addresses, as local runs do. A
+/// customer's address must not become a way into the operator's own network.
+pub fn is_callable_ip(ip: std::net::IpAddr, allow_private: bool) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let (never, private) = match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            (
+                v4.is_unspecified()
+                    || v4.is_link_local()
+                    || v4.is_multicast()
+                    || v4.is_broadcast()
+                    || a == 0,
+                v4.is_loopback() || v4.is_private() || (a == 100 && (64..128).contains(&b)),
+            )
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (
+                v6.is_unspecified() || v6.is_multicast() || (first & 0xffc0) == 0xfe80,
+                v6.is_loopback() || (first & 0xfe00) == 0xfc00,
+            )
+        }
+    };
+    !never && (allow_private || !private)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -322,6 +365,39 @@ mod tests {
             let e = validate_address(bad).expect_err("refused");
             assert_eq!(e.field, Some("address"), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_metadata_address_and_private_ranges_are_not_for_customers() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("an address");
+        for never in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!is_callable_ip(ip(never), true), "{never}");
+        }
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00:ec2::254",
+        ] {
+            assert!(is_callable_ip(ip(private), true), "{private} where allowed");
+            assert!(!is_callable_ip(ip(private), false), "{private} by default");
+        }
+        assert!(is_callable_ip(ip("203.0.113.10"), false));
+        assert!(is_callable_ip(ip("2001:db8::1"), false));
+        assert!(validate_address("https://169.254.169.254").is_err());
+        assert!(validate_address("http://[fe80::1]:8200").is_err());
     }
 
     #[test]

@@ -54,6 +54,67 @@ pub struct TransitClient {
     http: reqwest::Client,
     /// Requests sent, logins included (for benchmarks: requests per data key).
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    allow_private: bool,
+}
+
+/// The message of a refused address; [`crate::errors`] reads it as the key's setting.
+pub const REFUSED_ADDRESS: &str = "is an address the service does not call";
+
+fn refused(what: &str) -> VaultError {
+    VaultError {
+        status: None,
+        message: format!(
+            "{what} {REFUSED_ADDRESS} (link-local, metadata, or private where private addresses \
+             are not allowed)"
+        ),
+    }
+}
+
+/// Resolves names, keeping only addresses the service may call.
+#[derive(Debug)]
+struct CallableOnly {
+    allow_private: bool,
+}
+
+/// A name that resolved only to addresses the service does not call.
+#[derive(Debug)]
+struct RefusedName(String);
+
+impl std::fmt::Display for RefusedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {REFUSED_ADDRESS}", self.0)
+    }
+}
+
+impl std::error::Error for RefusedName {}
+
+impl reqwest::dns::Resolve for CallableOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| cmk_core::vault::is_callable_ip(a.ip(), allow_private))
+                .collect();
+            if found.is_empty() {
+                return Err(Box::new(RefusedName(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether a failed request was refused by [`CallableOnly`].
+fn refused_by_resolver(e: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(r) = err.downcast_ref::<RefusedName>() {
+            return Some(r.0.clone());
+        }
+        source = err.source();
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -107,17 +168,39 @@ impl Item {
 
 impl TransitClient {
     /// `timeout` bounds each call; connecting gets at most 3 s of it.
-    pub fn new(timeout: Duration) -> Result<Self, String> {
+    /// `timeout` bounds each call; connecting gets at most 3 s of it. Addresses are checked
+    /// against [`cmk_core::vault::is_callable_ip`] (`allow_private`: loopback and private
+    /// ranges too), both address literals and what names resolve to, at every connection, so
+    /// a name cannot be re-pointed at the instance metadata after the key was added.
+    pub fn new(timeout: Duration, allow_private: bool) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(CallableOnly { allow_private }))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             http,
             requests: Default::default(),
+            allow_private,
         })
+    }
+
+    /// Refuses an address literal the service may not call (names go through
+    /// [`CallableOnly`]).
+    fn check_literal(&self, url: &str) -> Result<(), VaultError> {
+        let host = reqwest::Url::parse(url).ok().and_then(|u| {
+            u.host_str()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+                .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        });
+        match host {
+            Some(ip) if !cmk_core::vault::is_callable_ip(ip, self.allow_private) => {
+                Err(refused(&ip.to_string()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// How many requests this client has sent.
@@ -306,14 +389,22 @@ impl TransitClient {
         if let Some(ns) = namespace {
             request = request.header("X-Vault-Namespace", ns);
         }
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let response = request.send().await.map_err(|e| VaultError {
-            status: None,
-            message: if e.is_timeout() {
-                "the server did not answer in time".into()
-            } else {
-                "the server cannot be reached".into()
+        self.check_literal(url)?;
+        let sent = request.send().await;
+        let refused_name = sent.as_ref().err().and_then(refused_by_resolver);
+        if refused_name.is_none() {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let response = sent.map_err(|e| match refused_name {
+            Some(name) => refused(&name),
+            None => VaultError {
+                status: None,
+                message: if e.is_timeout() {
+                    "the server did not answer in time".into()
+                } else {
+                    "the server cannot be reached".into()
+                },
             },
         })?;
         let status = response.status();

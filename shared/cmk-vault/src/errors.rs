@@ -9,6 +9,8 @@ use crate::client::VaultError;
 pub fn kind(status: Option<u16>, message: &str) -> KeyErrorKind {
     let m = message.to_ascii_lowercase();
     match status {
+        // The key's address is one the service does not call: the key's setting.
+        None if m.contains(crate::client::REFUSED_ADDRESS) => KeyErrorKind::InvalidKeyState,
         // No answer: unreachable, timed out, or an answer that is not transit's.
         None if m.contains("cannot be reached")
             || m.contains("did not answer")

@@ -32,12 +32,17 @@ const TOKEN_REUSE: Duration = Duration::from_secs(3600);
 pub struct VaultSettings {
     /// The longest one call may take.
     pub timeout: Duration,
+    /// Whether transit servers may be at loopback or private addresses (local runs, where the
+    /// customer's Vault is on the same machine or network). Off by default: a hosted service
+    /// must not let a customer's address reach into its own network.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for VaultSettings {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
+            allow_private_addresses: false,
         }
     }
 }
@@ -140,7 +145,7 @@ impl VaultTransitProvider {
     /// `credentials` opens the sealed credentials: the provider of the service-managed key.
     pub fn new(credentials: Arc<dyn KeyProvider>, settings: VaultSettings) -> Result<Self, String> {
         Ok(Self {
-            client: TransitClient::new(settings.timeout)?,
+            client: TransitClient::new(settings.timeout, settings.allow_private_addresses)?,
             credentials,
             tokens: Mutex::new(HashMap::new()),
         })

@@ -20,6 +20,14 @@ use cmk_embedded::LocalKeyProvider;
 use cmk_vault::testing::BaoDevServer;
 use cmk_vault::{VaultSettings, VaultTransitProvider, BATCH_LIMIT};
 
+/// The dev server listens on loopback: private addresses allowed.
+fn on_this_machine() -> VaultSettings {
+    VaultSettings {
+        allow_private_addresses: true,
+        ..VaultSettings::default()
+    }
+}
+
 struct Fixture {
     bao: BaoDevServer,
     local: Arc<LocalKeyProvider>,
@@ -32,8 +40,7 @@ async fn fixture() -> Option<Fixture> {
     let bao = BaoDevServer::start().await?;
     let dir = tempfile::tempdir().unwrap();
     let local = Arc::new(LocalKeyProvider::open(dir.path()).unwrap());
-    let vault =
-        Arc::new(VaultTransitProvider::new(local.clone(), VaultSettings::default()).unwrap());
+    let vault = Arc::new(VaultTransitProvider::new(local.clone(), on_this_machine()).unwrap());
     Some(Fixture {
         bao,
         local,
@@ -312,4 +319,35 @@ async fn rotation_then_rewrap_moves_every_data_key_to_the_latest_version() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, KeyErrorKind::InvalidKeyState, "{e:?}");
+}
+
+/// By default (a hosted service) a transit server at a loopback or private address is refused
+/// before any request, whether named by its address or by a name that resolves to it; the
+/// instance-metadata address never passes.
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let Some(f) = fixture().await else { return };
+    let kek = f.customer_kek("orders").await;
+    let hosted = VaultTransitProvider::new(f.local.clone(), VaultSettings::default()).unwrap();
+    let port = f.bao.address.rsplit(':').next().unwrap().to_owned();
+    for address in [
+        f.bao.address.clone(),
+        format!("http://localhost:{port}"),
+        format!("http://[::ffff:127.0.0.1]:{port}"),
+    ] {
+        let mut at = kek.clone();
+        if let KeySpec::VaultTransit(k) = &mut at.spec {
+            k.address = address.clone();
+        }
+        let e = hosted.check(&at).await.unwrap_err();
+        assert_eq!(e.kind, KeyErrorKind::InvalidKeyState, "{address}: {e:?}");
+        assert!(
+            e.message.contains("does not call"),
+            "{address}: {}",
+            e.message
+        );
+    }
+    assert_eq!(hosted.requests(), 0, "nothing was sent");
+    // Allowed, the same key works (the local runs' setting).
+    f.vault.check(&kek).await.expect("allowed on this machine");
 }
