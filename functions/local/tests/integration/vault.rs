@@ -301,6 +301,7 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
 /// The customer rotates the transit key; `cmk keys rewrap` starts a `rotate` job that moves
 /// every data key to the latest version with transit `rewrap`; then the customer raises
 /// `min_decryption_version` and every sample still decrypts. A local key has no versions.
+/// Disable all then brings every data key back to the service-managed key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
     let Some(bao) = BaoDevServer::start().await else {
@@ -388,6 +389,19 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
         (status, problem["code"].as_str()),
         (400, Some("invalid_request")),
         "{problem}"
+    );
+    verify(data, "acme", 600);
+
+    // Disable all: every data key returns from the transit key to the service-managed key.
+    let (status, body) = api
+        .call("POST", "/v1/orgs/acme/keys/disable-all", None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = api.wait_job("acme").await;
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(600)),
+        "{job}"
     );
     verify(data, "acme", 600);
 }
