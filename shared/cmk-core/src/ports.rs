@@ -93,8 +93,9 @@ pub struct DataKeyMove {
     pub row_hint: Option<i64>,
 }
 
-/// The result of one batch of a job, committed atomically with the progress counters. Each
-/// applied move marks its data key with `job_id` (see [`DataKeyStore::list_data_keys`]).
+/// The result of one batch of a job, committed atomically with the progress counters. An
+/// applied move within one key marks its data key with `job_id` (see
+/// [`DataKeyStore::list_data_keys`]).
 #[derive(Clone, Debug)]
 pub struct BatchCommit {
     pub job_id: JobId,
@@ -239,9 +240,11 @@ pub trait DataKeyStore: Send + Sync + 'static {
     }
 
     /// Data keys wrapped by `key` in `partition`, with ids in `(after, until]`, in id order, at
-    /// most `limit`; with `not_moved_by`, only those that job has not moved. Every move of a
-    /// batch marks its data key with the batch's job, which is how a `rotate` job (whose data
-    /// keys stay with their key) knows what it already moved when a batch is delivered again.
+    /// most `limit`; with `not_moved_by`, only those that job has moved within their key. A
+    /// move that leaves its data key with the same key (a `rotate` job's) marks it with the
+    /// batch's job, which is how such a job knows what it already moved when a batch is
+    /// delivered again; a move to another key clears the mark (the key filter suffices there,
+    /// and an unmarked row keeps its size, which keeps SQLite's update in place).
     /// A short page means the range is exhausted, whatever was skipped.
     #[allow(clippy::too_many_arguments)] // one listing's range, page size and job filter
     async fn list_data_keys(

@@ -492,11 +492,13 @@ fn apply_batch(
             });
         }
     }
-    // Every move marks its data key with the job (see `DataKeyStore::list_data_keys`).
-    let job_n = if b.moves.is_empty() {
-        -1
+    // A move within one key marks its data key with the job; any other move clears the mark
+    // (NULL, as rows are made, so an ordinary move keeps the row's size and SQLite updates it
+    // in place). See `DataKeyStore::list_data_keys`.
+    let job_n: Option<i64> = if b.moves.iter().any(|m| m.to_key_id == b.source) {
+        Some(names.intern(conn, b.job_id.as_str())?)
     } else {
-        names.intern(conn, b.job_id.as_str())?
+        None
     };
     let tx = immediate(conn)?;
     let row: Option<(String, i64, i64, i64, i64)> = tx

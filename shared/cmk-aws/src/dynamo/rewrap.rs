@@ -199,40 +199,39 @@ impl DynamoStore {
     }
 
     /// Moves one data key to its new wrapping, only if still at the source and version read.
+    /// A move within one key marks the data key with its job, any other clears the mark (see
+    /// `DataKeyStore::list_data_keys`).
     pub(super) fn move_update(
         &self,
         org: &OrgId,
         job: &JobId,
         m: &DataKeyMove,
     ) -> Result<TransactWriteItem, StoreError> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(dk_pk(org, &m.id)))
+            .key("sk", s(DK_SK))
+            .condition_expression("#kid = :from AND #ver = :v")
+            .expression_attribute_names("#kid", "key_id")
+            .expression_attribute_names("#mb", MOVED_BY)
+            .expression_attribute_names("#ver", "version")
+            .expression_attribute_names("#w", "wrapped")
+            .expression_attribute_names("#g1", "gsi1pk")
+            .expression_attribute_values(":from", s(m.from_key_id.as_str()))
+            .expression_attribute_values(":v", n(m.from_version))
+            .expression_attribute_values(":to", s(m.to_key_id.as_str()))
+            .expression_attribute_values(":w", AttributeValue::B(Blob::new(m.wrapped.clone())))
+            .expression_attribute_values(":v1", n(m.from_version + 1))
+            .expression_attribute_values(":g1", s(gsi1pk(org, &m.to_key_id, partition_of(&m.id))));
+        update = if m.to_key_id == m.from_key_id {
+            update
+                .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1, #mb = :job")
+                .expression_attribute_values(":job", s(job.as_str()))
+        } else {
+            update.update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1 REMOVE #mb")
+        };
         Ok(TransactWriteItem::builder()
-            .update(build(
-                Update::builder()
-                    .table_name(&self.table)
-                    .key("pk", s(dk_pk(org, &m.id)))
-                    .key("sk", s(DK_SK))
-                    .condition_expression("#kid = :from AND #ver = :v")
-                    .update_expression("SET #kid = :to, #w = :w, #ver = :v1, #g1 = :g1, #mb = :job")
-                    .expression_attribute_names("#kid", "key_id")
-                    .expression_attribute_names("#mb", MOVED_BY)
-                    .expression_attribute_values(":job", s(job.as_str()))
-                    .expression_attribute_names("#ver", "version")
-                    .expression_attribute_names("#w", "wrapped")
-                    .expression_attribute_names("#g1", "gsi1pk")
-                    .expression_attribute_values(":from", s(m.from_key_id.as_str()))
-                    .expression_attribute_values(":v", n(m.from_version))
-                    .expression_attribute_values(":to", s(m.to_key_id.as_str()))
-                    .expression_attribute_values(
-                        ":w",
-                        AttributeValue::B(Blob::new(m.wrapped.clone())),
-                    )
-                    .expression_attribute_values(":v1", n(m.from_version + 1))
-                    .expression_attribute_values(
-                        ":g1",
-                        s(gsi1pk(org, &m.to_key_id, partition_of(&m.id))),
-                    )
-                    .build(),
-            )?)
+            .update(build(update.build())?)
             .build())
     }
 
