@@ -115,6 +115,17 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Waits for the org's job, which must complete having moved `done` data keys.
+    pub(crate) async fn wait_completed(&self, org: &str, done: u64) -> Value {
+        let job = self.wait_job(org).await;
+        assert_eq!(
+            (job["state"].as_str(), job["done"].as_u64()),
+            (Some("completed"), Some(done)),
+            "{job}"
+        );
+        job
+    }
+
     pub(crate) async fn wait_job(&self, org: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -170,12 +181,7 @@ async fn the_binary_walks_the_seed_flows_and_every_sample_still_decrypts() {
         .await;
     assert_eq!(status, 201, "{body}");
     let prod = body["key"]["id"].as_str().unwrap().to_owned();
-    let job = api.wait_job("acme").await;
-    assert_eq!(
-        (job["state"].as_str(), job["done"].as_u64()),
-        (Some("completed"), Some(2000)),
-        "{job}"
-    );
+    api.wait_completed("acme", 2000).await;
     verify(&data, "acme", 2000);
 
     // Second key, set as default; more data under it.
@@ -204,12 +210,7 @@ async fn the_binary_walks_the_seed_flows_and_every_sample_still_decrypts() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    let job = api.wait_job("acme").await;
-    assert_eq!(
-        (job["state"].as_str(), job["done"].as_u64()),
-        (Some("completed"), Some(2000)),
-        "{job}"
-    );
+    api.wait_completed("acme", 2000).await;
     verify(&data, "acme", 2500);
 
     // Revoke stage: decrypt fails naming it; restore; all good again.
@@ -232,12 +233,7 @@ async fn the_binary_walks_the_seed_flows_and_every_sample_still_decrypts() {
         .call("POST", "/v1/orgs/acme/keys/disable-all", None)
         .await;
     assert_eq!(status, 202, "{body}");
-    let job = api.wait_job("acme").await;
-    assert_eq!(
-        (job["state"].as_str(), job["done"].as_u64()),
-        (Some("completed"), Some(2500)),
-        "{job}"
-    );
+    api.wait_completed("acme", 2500).await;
     verify(&data, "acme", 2500);
     let (_, listing) = api.call("GET", "/v1/orgs/acme/keys", None).await;
     assert_eq!(listing["default_key_id"], "service");

@@ -67,6 +67,13 @@ fn transit_key(bao: &BaoDevServer, name: &str, role_id: &str, secret_id: &str) -
         "auth": {"method": "approle", "role_id": role_id, "secret_id": secret_id}})
 }
 
+/// Adds a key (201): its id.
+async fn add_key(api: &Api, body: Value) -> String {
+    let (status, added) = api.call("POST", "/v1/orgs/acme/keys", Some(body)).await;
+    assert_eq!(status, 201, "{added}");
+    added["key"]["id"].as_str().unwrap().to_owned()
+}
+
 /// `cmk <args>` against the local service as its admin.
 fn admin_cli(l: &Local, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_cmk"))
@@ -169,12 +176,7 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
             .len(),
         16
     );
-    let job = api.wait_job("acme").await;
-    assert_eq!(
-        (job["state"].as_str(), job["done"].as_u64()),
-        (Some("completed"), Some(700)),
-        "{job}"
-    );
+    api.wait_completed("acme", 700).await;
     verify(data, "acme", 700);
 
     // The data plane wraps new data keys with it.
@@ -241,15 +243,11 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
     assert_eq!(status, 424, "{problem}");
 
     // A job off the revoked key fails; restoring the policy and retrying completes it.
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/orgs/acme/keys",
-            Some(transit_key(&bao, "billing", &billing_role, &billing_secret)),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let billing = body["key"]["id"].as_str().unwrap().to_owned();
+    let billing = add_key(
+        api,
+        transit_key(&bao, "billing", &billing_role, &billing_secret),
+    )
+    .await;
     let (status, body) = api
         .call(
             "POST",
@@ -276,12 +274,7 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         .call("POST", "/v1/orgs/acme/reencryption/retry", None)
         .await;
     assert!(status == 200 || status == 202, "{body}");
-    let job = api.wait_job("acme").await;
-    assert_eq!(
-        (job["state"].as_str(), job["done"].as_u64()),
-        (Some("completed"), Some(701)),
-        "{job}"
-    );
+    api.wait_completed("acme", 701).await;
     verify(data, "acme", 700);
     let (status, body) = decrypt(&data_plane, &enc["ciphertext"]).await;
     assert_eq!(
@@ -310,15 +303,7 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
     let (role_id, secret_id) = bao.customer_key("orders").await;
     let l = local(600);
     let (api, data) = (&l.api, &l.data);
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/orgs/acme/keys",
-            Some(transit_key(&bao, "orders", &role_id, &secret_id)),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let orders = body["key"]["id"].as_str().unwrap().to_owned();
+    let orders = add_key(api, transit_key(&bao, "orders", &role_id, &secret_id)).await;
     assert_eq!(api.wait_job("acme").await["state"], "completed");
 
     bao.rotate("orders").await;
@@ -365,23 +350,10 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
         .call("POST", &format!("/v1/orgs/acme/keys/{orders}/rewrap"), None)
         .await;
     assert_eq!(status, 202, "{body}");
-    let job = api.wait_job("acme").await;
-    assert_eq!(
-        (job["state"].as_str(), job["done"].as_u64()),
-        (Some("completed"), Some(600)),
-        "{job}"
-    );
+    api.wait_completed("acme", 600).await;
 
     // A local key has one version: refused, nothing started.
-    let (status, body) = api
-        .call(
-            "POST",
-            "/v1/orgs/acme/keys",
-            Some(json!({"name": "disk", "type": "local"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let disk = body["key"]["id"].as_str().unwrap().to_owned();
+    let disk = add_key(api, json!({"name": "disk", "type": "local"})).await;
     let (status, problem) = api
         .call("POST", &format!("/v1/orgs/acme/keys/{disk}/rewrap"), None)
         .await;
@@ -397,11 +369,6 @@ async fn rotation_then_rewrap_lets_the_customer_retire_old_versions() {
         .call("POST", "/v1/orgs/acme/keys/disable-all", None)
         .await;
     assert_eq!(status, 202, "{body}");
-    let job = api.wait_job("acme").await;
-    assert_eq!(
-        (job["state"].as_str(), job["done"].as_u64()),
-        (Some("completed"), Some(600)),
-        "{job}"
-    );
+    api.wait_completed("acme", 600).await;
     verify(data, "acme", 600);
 }
