@@ -103,12 +103,7 @@ impl Webhook {
 fn checked_url(url: &str) -> Result<reqwest::Url> {
     let parsed = reqwest::Url::parse(url).with_context(|| format!("--webhook-url {url:?}"))?;
     let host = parsed.host_str().unwrap_or_default();
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = cmk_core::vault::is_loopback_host(host);
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" if loopback => Ok(parsed),

@@ -166,7 +166,7 @@ pub fn validate_address(address: &str) -> Result<String, InvalidValue> {
     }
     match scheme {
         "https" => Ok(address.to_owned()),
-        "http" if is_loopback(host) => Ok(address.to_owned()),
+        "http" if is_loopback_host(host) => Ok(address.to_owned()),
         "http" => Err(bad(
             "must use https (http is accepted only for a loopback address)",
         )),
@@ -208,9 +208,13 @@ pub fn is_callable_ip(ip: std::net::IpAddr, allow_private: bool) -> bool {
     !never && (allow_private || !private)
 }
 
-fn is_loopback(host: &str) -> bool {
+/// Whether a URL's host (`localhost`, or an address, IPv6 with or without brackets) is this
+/// machine: the one place plain http is accepted, for transit servers and webhooks alike.
+pub fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
