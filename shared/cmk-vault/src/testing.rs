@@ -61,8 +61,9 @@ impl BaoDevServer {
     pub async fn start() -> Option<Self> {
         let bin = bao_binary()?;
         let port = free_port();
-        let root_token = format!("root-{}", uuid_like());
-        let home = std::env::temp_dir().join(format!("cmk-bao-{port}-{}", uuid_like()));
+        // The port is this server's alone while it runs: it names its token and directory.
+        let root_token = format!("root-{port}");
+        let home = std::env::temp_dir().join(format!("cmk-bao-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&home).expect("a home for bao");
         let child = Command::new(&bin)
             .args([
@@ -224,16 +225,4 @@ impl BaoDevServer {
         self.approle(&format!("cmk-{name}"), &[&format!("cmk-{name}")])
             .await
     }
-}
-
-fn uuid_like() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    format!("{:016x}", h.finish())
 }
