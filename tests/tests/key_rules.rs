@@ -1296,4 +1296,7 @@ async fn keys_setup_trusts_each_function_role_named_not_an_account_root() {
         .admin("GET", "/v1/orgs/setup/keys/setup", "setup", None)
         .await;
     assert!(body["trust_policy"]["Statement"][0]["Principal"]["AWS"].is_string());
+    // A service that takes no vault-transit keys describes no Vault setup.
+    assert!(body.get("vault").is_none(), "{body}");
+    assert!(cmk.vault_setup(None, None).expect("setup").is_none());
 }

@@ -451,6 +451,19 @@ impl Cmk {
         })
     }
 
+    /// What a customer sets up in Vault for the transit key `key_name` at `mount` (defaults:
+    /// [`crate::vault::setup`]); `None` where this service takes no `vault-transit` keys.
+    pub fn vault_setup(
+        &self,
+        mount: Option<&str>,
+        key_name: Option<&str>,
+    ) -> Result<Option<crate::vault::VaultSetup>, CoreError> {
+        if !self.inner.config.allow_vault_keys {
+            return Ok(None);
+        }
+        Ok(Some(crate::vault::setup(mount, key_name)?))
+    }
+
     /// The principals a customer's role trusts in `external_id` mode: several where the service
     /// is several function roles (the ones that reach customer keys).
     fn service_principals(&self) -> Vec<&str> {

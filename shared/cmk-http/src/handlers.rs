@@ -100,15 +100,11 @@ pub async fn setup(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<SetupQuery>,
 ) -> ApiResult<Json<SetupResponse>> {
-    let vault = if s.cmk.config().allow_vault_keys {
-        let v = cmk_core::vault::setup(q.vault_mount.as_deref(), q.vault_key_name.as_deref())
-            .map_err(cmk_core::CoreError::from)?;
-        Some(v.into())
-    } else {
-        None
-    };
+    let vault = s
+        .cmk
+        .vault_setup(q.vault_mount.as_deref(), q.vault_key_name.as_deref())?;
     let mut setup: SetupResponse = s.cmk.setup(&admin.org).await?.into();
-    setup.vault = vault;
+    setup.vault = vault.map(Into::into);
     Ok(Json(setup))
 }
 

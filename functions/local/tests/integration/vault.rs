@@ -133,6 +133,14 @@ async fn transit_keys_walk_the_seed_flows_and_revoke_by_policy() {
         .as_str()
         .unwrap()
         .contains("derived=true"));
+    let (status, problem) = api
+        .call("GET", "/v1/orgs/acme/keys/setup?vault_key_name=a/b", None)
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (400, Some("key_name")),
+        "{problem}"
+    );
 
     // Added from the CLI: the secret id comes from a file.
     let secret_file = l.dir.path().join("secret-id");
